@@ -1,0 +1,7 @@
+"""`python -m cachelayer` runs the command-line interface."""
+
+import sys
+
+from cachelayer.cli import main
+
+sys.exit(main())

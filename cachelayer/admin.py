@@ -1,0 +1,124 @@
+"""Routes that are not completions: models, health, stats, clear; and the metrics export."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from cachelayer.context import LEDGER, SETTINGS, STARTED_AT, STORE, UPSTREAM
+from cachelayer.errors import (
+    AuthenticationRequired,
+    Forbidden,
+    InvalidRequest,
+    UpstreamStatusError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from cachelayer.metrics import build_metrics, write_metrics_file
+
+log = logging.getLogger(__name__)
+_HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def store_stats(app: web.Application) -> dict[str, Any]:
+    """Live numbers of the response store."""
+    store = app[STORE]
+    return {"entries": len(store), "bytes": store.volume(), "limitBytes": store.size_limit,
+            "degraded": store.degraded}
+
+
+def metrics_document(app: web.Application) -> dict[str, Any]:
+    """The metrics document as of now (blocking: reads the ledger from disk)."""
+    runtime_ms = int((time.time() - app[STARTED_AT]) * 1000)
+    return build_metrics(app[LEDGER].totals(), runtime_ms=runtime_ms, store=store_stats(app))
+
+
+def export_metrics(app: web.Application) -> None:
+    """Flush the ledger and rewrite the metrics file atomically (blocking)."""
+    app[LEDGER].flush()
+    write_metrics_file(app[SETTINGS].metrics_file, metrics_document(app))
+
+
+async def models(request: web.Request) -> web.Response:
+    """GET /v1/models, forwarded to the upstream."""
+    url = request.app[SETTINGS].upstream_url + "/v1/models"
+    try:
+        async with request.app[UPSTREAM].get(url) as upstream:
+            body = await upstream.read()
+            if upstream.status >= 400:
+                raise UpstreamStatusError(f"upstream {url} answered {upstream.status}",
+                                          status=upstream.status)
+            return web.Response(body=body, status=upstream.status,
+                                content_type="application/json")
+    except asyncio.TimeoutError:
+        raise UpstreamTimeout(f"upstream {url} did not answer in time") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnreachable(f"cannot reach upstream {url}: {exc}") from None
+
+
+async def health(request: web.Request) -> web.Response:
+    """GET /health: the proxy is up; whether the upstream answers; whether the store writes."""
+    url = request.app[SETTINGS].upstream_url
+    upstream: dict[str, Any] = {"url": url}
+    try:
+        async with request.app[UPSTREAM].get(url + "/v1/models", timeout=_HEALTH_TIMEOUT) as r:
+            upstream["ok"] = r.status < 500
+            upstream["status"] = r.status
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        upstream["ok"] = False
+        upstream["error"] = str(exc) or type(exc).__name__
+    degraded = request.app[STORE].degraded
+    return _json({"status": "degraded" if degraded else "ok", "upstream": upstream,
+                  "store": {"ok": degraded is None, "error": degraded}})
+
+
+def require_admin(request: web.Request) -> None:
+    """Admin routes answer loopback clients, or any client holding the admin token."""
+    token = request.app[SETTINGS].admin_token
+    if token:
+        offered = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(offered.encode(), token.encode()):
+            raise AuthenticationRequired("this admin route needs 'Authorization: Bearer <token>'")
+        return
+    try:
+        loopback = ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise Forbidden("admin routes answer loopback clients only (or set --admin-token)")
+
+
+async def stats(request: web.Request) -> web.Response:
+    """GET /cache/stats: the metrics document, live."""
+    loop = asyncio.get_running_loop()
+    return _json(await loop.run_in_executor(None, metrics_document, request.app))
+
+
+async def clear(request: web.Request) -> web.Response:
+    """POST /cache/clear?what=responses,ledger: remove what is named (admin only)."""
+    require_admin(request)
+    what = set(filter(None, request.query.get("what", "responses").split(",")))
+    unknown = what - {"responses", "ledger"}
+    if unknown:
+        raise InvalidRequest(f"cannot clear {sorted(unknown)}; choose responses, ledger")
+    loop = asyncio.get_running_loop()
+    removed: dict[str, int] = {}
+    if "responses" in what:
+        removed["responses"] = await loop.run_in_executor(None, request.app[STORE].clear)
+    if "ledger" in what:
+        await loop.run_in_executor(None, request.app[LEDGER].clear)
+        removed["ledger"] = 1
+    log.info("cleared %s", removed)
+    return _json({"cleared": removed})

@@ -1,0 +1,120 @@
+"""make_app(settings): the middleware order, the routes, start-up and clean-up, in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from cachelayer import admin
+from cachelayer.config import Settings
+from cachelayer.context import (
+    BACKGROUND,
+    EXCHANGE,
+    LEDGER,
+    SETTINGS,
+    STARTED_AT,
+    STORE,
+    UPSTREAM,
+    Background,
+)
+from cachelayer.layers.edge import CODECS, edge_middleware
+from cachelayer.layers.forward import handle_completion
+from cachelayer.layers.store import store_middleware
+from cachelayer.ledger import Ledger
+from cachelayer.protocol.codec import Codec
+from cachelayer.protocol.openai import OpenAICodec
+from cachelayer.storage import ResponseStore
+
+log = logging.getLogger(__name__)
+
+
+def make_codecs(settings: Settings) -> dict[str, Codec]:
+    """The client APIs this proxy speaks, keyed by name."""
+    return {"openai": OpenAICodec(), "anthropic": OpenAICodec()}
+
+
+async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[STORE] = ResponseStore(
+        settings.responses_dir,
+        size_limit=settings.response_max_bytes,
+        ttl_s=settings.response_ttl_s,
+        entry_max_bytes=settings.entry_max_bytes,
+    )
+    app[LEDGER] = Ledger(settings.ledger_dir)
+    app[BACKGROUND] = Background()
+    app[STARTED_AT] = time.time()
+    exporter = asyncio.create_task(_export_loop(app))
+    yield
+    exporter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await exporter
+    await app[BACKGROUND].drain()
+    await asyncio.get_running_loop().run_in_executor(None, admin.export_metrics, app)
+    app[LEDGER].close()
+    app[STORE].close()
+
+
+async def _export_loop(app: web.Application) -> None:
+    """Flush the ledger and rewrite the metrics file every few seconds, off the loop."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(app[SETTINGS].metrics_interval_s)
+        try:
+            await loop.run_in_executor(None, admin.export_metrics, app)
+        except OSError as exc:
+            log.warning("could not write the metrics file: %s", exc)
+
+
+async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
+    )
+    connector = aiohttp.TCPConnector(limit=256, ttl_dns_cache=300)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector,
+                                     auto_decompress=True) as session:
+        app[UPSTREAM] = session
+        yield
+
+
+async def _set_cache_headers(request: web.Request, response: web.StreamResponse) -> None:
+    exchange = request.get(EXCHANGE)
+    if exchange is not None:
+        response.headers["X-Cache-Status"] = exchange.cache_status
+
+
+def make_app(settings: Settings) -> web.Application:
+    """Build the proxy application for these settings."""
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        # Outermost first: errors in the client's shape, then layer 2 (layer 1 joins here).
+        middlewares=[edge_middleware, store_middleware],
+        handler_args={"max_field_size": 65536},
+    )
+    app[SETTINGS] = settings
+    app[CODECS] = make_codecs(settings)
+    app.cleanup_ctx.append(_storage_ctx)
+    app.cleanup_ctx.append(_upstream_ctx)
+    app.on_response_prepare.append(_set_cache_headers)
+    app.router.add_post("/v1/chat/completions", handle_completion)
+    app.router.add_post("/v1/completions", handle_completion)
+    app.router.add_post("/v1/messages", handle_completion)
+    app.router.add_get("/v1/models", admin.models)
+    app.router.add_get("/health", admin.health)
+    app.router.add_get("/cache/stats", admin.stats)
+    app.router.add_post("/cache/clear", admin.clear)
+    return app
+
+
+def settings_summary(settings: Settings) -> dict[str, Any]:
+    """What the proxy runs with, for the start-up banner and /health."""
+    return {"upstream": settings.upstream, "data_dir": str(settings.data_dir),
+            "response_cache": settings.response_cache.value}

@@ -1,0 +1,109 @@
+"""The one frozen Settings object that the CLI builds and the app reads.
+
+Nothing below the CLI reads environment variables: `settings_from_env_defaults` is the
+single place where `MLX_LM_URL` and `XDG_CACHE_HOME` turn into defaults.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_PORT = 8082
+DEFAULT_BACKEND_PORT = 8080
+METRICS_FILE_NAME = ".anyclaude-cache-metrics.json"
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+class ResponseCacheMode(str, enum.Enum):
+    """What layer 2 stores: everything, only reproducible requests, or nothing."""
+
+    ALL = "all"
+    DETERMINISTIC = "deterministic"
+    OFF = "off"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the proxy needs to run; built once by the CLI."""
+
+    upstream: str | None = None
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    data_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "cachelayer")
+    metrics_file: Path = field(default_factory=lambda: Path(METRICS_FILE_NAME))
+    max_body_bytes: int = 32 * MiB
+    response_cache: ResponseCacheMode = ResponseCacheMode.ALL
+    response_ttl_s: float = 7 * 24 * 3600.0
+    response_max_bytes: int = 2 * GiB
+    entry_max_bytes: int = 16 * MiB
+    store_truncated: bool = False
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 600.0
+    metrics_interval_s: float = 5.0
+    admin_token: str | None = None
+    volatile_patterns: tuple[str, ...] = ()
+    model_map: Mapping[str, str] = field(default_factory=dict)
+    max_tokens_cap: int = 8192
+    log_level: str = "info"
+
+    @property
+    def responses_dir(self) -> Path:
+        """Where layer 2's diskcache lives."""
+        return self.data_dir / "responses"
+
+    @property
+    def ledger_dir(self) -> Path:
+        """Where the persistent counters and the prefix ledger live."""
+        return self.data_dir / "ledger"
+
+    @property
+    def kv_dir(self) -> Path:
+        """Where the backend keeps prompt KV cache files."""
+        return self.data_dir / "kv"
+
+    @property
+    def models_dir(self) -> Path:
+        """Where generated models (the demo model) live."""
+        return self.data_dir / "models"
+
+    @property
+    def upstream_url(self) -> str:
+        """The upstream base URL without a trailing slash; the CLI guarantees it is set."""
+        if not self.upstream:
+            raise ValueError("no upstream configured")
+        return self.upstream.rstrip("/")
+
+
+def default_data_dir(env: Mapping[str, str]) -> Path:
+    """The per-user cache directory: $XDG_CACHE_HOME/cachelayer or ~/.cache/cachelayer."""
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "cachelayer"
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": MiB, "g": GiB, "t": 1024 * GiB}
+
+
+def parse_size(text: str) -> int:
+    """Parse '512M', '2G', '2GiB' or '1048576' into bytes (binary units)."""
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ValueError(f"not a size: {text!r} (try 512M or 2G)")
+    number, unit, _ = match.groups()
+    return int(float(number) * _SIZE_UNITS[unit.lower()])
+
+
+def parse_model_map(items: list[str]) -> dict[str, str]:
+    """Parse repeated 'client-name=upstream-name' items into a mapping."""
+    mapping: dict[str, str] = {}
+    for item in items:
+        client, sep, upstream = item.partition("=")
+        if not sep or not client or not upstream:
+            raise ValueError(f"--model-map needs NAME=UPSTREAM_NAME, got {item!r}")
+        mapping[client.strip()] = upstream.strip()
+    return mapping

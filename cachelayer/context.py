@@ -1,0 +1,53 @@
+"""Typed keys for app-wide state and per-request state; no module-level state elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from cachelayer.config import Settings
+from cachelayer.ledger import Ledger
+from cachelayer.protocol.chat import ChatRequest, ChatResult
+from cachelayer.protocol.codec import Codec
+from cachelayer.storage import ResponseStore
+
+
+@dataclass
+class Exchange:
+    """What the layers learn about one proxied request as it passes through them."""
+
+    chat: ChatRequest
+    codec: Codec
+    cache_status: str = "BYPASS"
+    result: ChatResult | None = None
+    upstream_ms: float | None = None
+
+
+@dataclass
+class Background:
+    """Writes still running off the request path; awaited at shutdown."""
+
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def spawn(self, coro: object) -> None:
+        """Run a coroutine in the background and keep a reference until it ends."""
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for every background write to finish."""
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", ResponseStore)
+LEDGER = web.AppKey("ledger", Ledger)
+UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
+BACKGROUND = web.AppKey("background", Background)
+STARTED_AT = web.AppKey("started_at", float)
+EXCHANGE = web.RequestKey("exchange", Exchange)

@@ -1,0 +1,100 @@
+"""Layer 2: answer exact repeats from the response store; store complete misses.
+
+A hit never reaches the forwarder. A miss passes through, and once the forwarder has
+recorded a complete result on the exchange, this layer stores it off the request path
+(if the policy allows and the answer is not a failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from cachelayer.context import BACKGROUND, EXCHANGE, LEDGER, SETTINGS, STORE, Exchange
+from cachelayer.keys import response_key, tenant_id
+from cachelayer.layers.forward import replay_stream
+from cachelayer.ledger import Ledger
+from cachelayer.metrics import count_usage
+from cachelayer.policy import decide, parse_cache_control, unstorable_reason
+from cachelayer.protocol.chat import ChatResult
+from cachelayer.storage import ResponseStore
+
+log = logging.getLogger(__name__)
+
+
+def request_key(request: web.Request, exchange: Exchange) -> str:
+    """The response key for this request: its meaning, its tenant, its upstream."""
+    tenant = tenant_id(request.headers.get("Authorization"), request.headers.get("x-api-key"))
+    return response_key(exchange.chat.kind, exchange.chat.body, tenant=tenant,
+                        upstream=request.app[SETTINGS].upstream_url)
+
+
+async def replay(
+    request: web.Request, exchange: Exchange, result: ChatResult, age: float
+) -> web.StreamResponse:
+    """Answer from a stored result, as JSON or SSE per the current request's stream flag."""
+    headers = {"Age": str(int(age))}
+    if exchange.chat.stream:
+        return await replay_stream(request, exchange, result, headers)
+    return web.Response(body=exchange.codec.render_response(result, exchange.chat),
+                        content_type="application/json", headers=headers)
+
+
+@web.middleware
+async def store_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Look up, replay on a hit, and store a complete answer on a miss."""
+    exchange = request.get(EXCHANGE)
+    if exchange is None:
+        return await handler(request)
+    app = request.app
+    settings, store, ledger = app[SETTINGS], app[STORE], app[LEDGER]
+    control = parse_cache_control(request.headers.get("Cache-Control"))
+    decision = decide(settings.response_cache, control, exchange.chat.body)
+    key = request_key(request, exchange) if decision.lookup or decision.store else ""
+    exchange.cache_status = "BYPASS"
+    if decision.lookup:
+        found = store.get(key)
+        exchange.cache_status = "MISS"
+        if found is not None:
+            age = found.age(time.time())
+            if decision.max_age is None or age <= decision.max_age:
+                exchange.cache_status = "HIT"
+                ledger.count("response.hits")
+                count_usage(ledger, found.result.usage, from_store=True)
+                return await replay(request, exchange, found.result, age)
+            exchange.cache_status = "EXPIRED"
+    ledger.count({"MISS": "response.misses", "EXPIRED": "response.expired"}.get(
+        exchange.cache_status, "response.bypasses"))
+    try:
+        response = await handler(request)
+    except Exception:
+        ledger.count("response.errors")
+        raise
+    result = exchange.result
+    if result is None:
+        ledger.count("response.errors")
+        return response
+    count_usage(ledger, result.usage, from_store=False)
+    if decision.store:
+        reason = unstorable_reason(result, store_truncated=settings.store_truncated)
+        if reason is None:
+            store.stage(key, result)
+            app[BACKGROUND].spawn(_put(store, ledger, key, result))
+        else:
+            ledger.count("response.not_stored")
+            log.debug("not storing answer: %s", reason)
+    return response
+
+
+async def _put(store: ResponseStore, ledger: Ledger, key: str, result: ChatResult) -> None:
+    loop = asyncio.get_running_loop()
+    outcome = await loop.run_in_executor(None, store.put, key, result)
+    if outcome.stored:
+        ledger.count("response.stored")
+        ledger.count("response.evictions", outcome.evicted + outcome.expired)
+    else:
+        ledger.count("response.not_stored")

@@ -1,0 +1,170 @@
+"""`cachelayer stats` and `cachelayer clear`: read and reset the caches from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cachelayer.config import METRICS_FILE_NAME, default_data_dir
+
+
+def add_data_dir(parser: argparse.ArgumentParser) -> None:
+    """The --data-dir option every command that touches the caches takes."""
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="cache root (default: $XDG_CACHE_HOME/cachelayer)")
+
+
+def add_stats_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `cachelayer stats`."""
+    p = sub.add_parser("stats", help="show what each cache layer did")
+    p.add_argument("--json", action="store_true", help="print the metrics document as JSON")
+    p.add_argument("--metrics-file", type=Path, default=Path(METRICS_FILE_NAME))
+    p.add_argument("--url", default=None,
+                   help="ask a running proxy (e.g. http://127.0.0.1:8082) instead of the file")
+    add_data_dir(p)
+    p.set_defaults(func=cmd_stats)
+
+
+def add_clear_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `cachelayer clear`."""
+    p = sub.add_parser("clear", help="remove cached answers, KV files or the ledger")
+    p.add_argument("--responses", action="store_true", help="stored answers (the default)")
+    p.add_argument("--kv", action="store_true", help="prompt KV cache files")
+    p.add_argument("--ledger", action="store_true", help="counters and the prefix ledger")
+    p.add_argument("--all", action="store_true", help="all of the above")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    add_data_dir(p)
+    p.set_defaults(func=cmd_clear)
+
+
+def load_metrics(args: argparse.Namespace) -> dict[str, Any]:
+    """The metrics document from a running proxy, the metrics file, or the ledger on disk."""
+    if args.url:
+        url = args.url.rstrip("/") + "/cache/stats"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return dict(orjson.loads(response.read()))
+    if args.metrics_file.exists():
+        return dict(orjson.loads(args.metrics_file.read_bytes()))
+    from cachelayer.ledger import Ledger
+    from cachelayer.metrics import build_metrics
+
+    data_dir = args.data_dir or default_data_dir(os.environ)
+    ledger = Ledger(data_dir / "ledger")
+    try:
+        return build_metrics(ledger.totals(), runtime_ms=0, store={})
+    finally:
+        ledger.close()
+
+
+def _row(label: str, value: Any) -> str:
+    return f"  {label:<28} {value}"
+
+
+def format_stats(doc: dict[str, Any]) -> str:
+    """A readable table per layer."""
+    m = doc.get("metrics", {})
+    layers = doc.get("layers", {})
+    response = layers.get("response", {})
+    kv = layers.get("kv", {})
+    prefix = layers.get("prefix", {})
+    lines = [f"cachelayer stats (exported {doc.get('exportedAt', '?')})", "overall"]
+    lines += [
+        _row("requests", m.get("totalRequests", 0)),
+        _row("cache hits (store + kv)", f"{m.get('cacheHits', 0)}  ({m.get('hitRate')}%)"),
+        _row("input tokens", m.get("totalInputTokens", 0)),
+        _row("tokens not recomputed", f"{m.get('cacheReadTokens', 0)}  "
+                                      f"({m.get('tokenSavings')}%)"),
+        "response store (layer 2)",
+        _row("hits / misses / bypasses", f"{response.get('hits', 0)} / "
+             f"{response.get('misses', 0)} / {response.get('bypasses', 0)}"),
+        _row("hit rate", f"{response.get('hitRate', 0.0):.2f}%"),
+        _row("stored / evictions", f"{response.get('stored', 0)} / {response.get('evictions', 0)}"),
+        _row("tokens saved by hits", response.get("tokens_saved", 0)),
+        _row("entries / bytes", f"{response.get('entries', '?')} / {response.get('bytes', '?')}"),
+        "kv cache (layer 3)",
+        _row("requests reusing a prefix", kv.get("hits", 0)),
+        _row("tokens reused / prefilled", f"{kv.get('tokensReused', 0)} / "
+                                          f"{kv.get('tokensPrefilled', 0)}"),
+    ]
+    if "files" in kv:
+        lines.append(_row("files / bytes on disk", f"{kv.get('files')} / {kv.get('bytes')}"))
+    if prefix:
+        lines.append("prefix (layer 1)")
+        lines += [_row(k, v) for k, v in prefix.items() if not isinstance(v, (list, dict))]
+    top = doc.get("topEntries") or []
+    if top:
+        lines.append("top prefixes")
+        lines.append(f"  {'id':<18} {'tools':>5} {'reqs':>6} {'hit%':>6} {'reused':>9}  last miss")
+        for e in top[:10]:
+            lines.append(
+                f"  {str(e.get('hash', ''))[:16]:<18} {e.get('tools', 0):>5} "
+                f"{e.get('hits', 0) + e.get('misses', 0):>6} {e.get('hitRate', ''):>6} "
+                f"{e.get('cacheTokens', 0):>9}  {e.get('lastMissReason') or '-'}"
+            )
+    return "\n".join(lines)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Print the stats table (or the JSON document)."""
+    try:
+        doc = load_metrics(args)
+    except (OSError, urllib.error.URLError, orjson.JSONDecodeError) as exc:
+        print(f"cachelayer stats: cannot read metrics: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(format_stats(doc))
+    return 0
+
+
+def _confirm(what: list[str], yes: bool) -> bool:
+    if yes or not sys.stdin.isatty():
+        return True
+    answer = input(f"remove {', '.join(what)}? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def cmd_clear(args: argparse.Namespace) -> int:
+    """Remove what is named; safe while a proxy or backend runs."""
+    data_dir: Path = args.data_dir or default_data_dir(os.environ)
+    what = [name for name in ("responses", "kv", "ledger") if getattr(args, name) or args.all]
+    what = what or ["responses"]
+    if not _confirm(what, args.yes):
+        print("nothing removed")
+        return 1
+    started = time.perf_counter()
+    for name in what:
+        print(f"{name}: {clear_one(name, data_dir)}")
+    print(f"done in {time.perf_counter() - started:.2f}s")
+    return 0
+
+
+def clear_one(name: str, data_dir: Path) -> str:
+    """Clear one cache under data_dir; returns what was removed, in words."""
+    if name == "responses":
+        if not (data_dir / "responses").exists():
+            return "nothing stored"
+        import diskcache
+
+        with diskcache.Cache(str(data_dir / "responses")) as cache:
+            return f"removed {cache.clear()} stored answers"
+    if name == "ledger":
+        from cachelayer.ledger import Ledger
+
+        ledger = Ledger(data_dir / "ledger")
+        ledger.clear()
+        ledger.close()
+        return "counters and prefix ledger reset"
+    from cachelayer.backend.kv_files import clear_kv
+
+    files, nbytes = clear_kv(data_dir / "kv")
+    return f"removed {files} KV cache files ({nbytes / 1e6:.1f} MB)"

@@ -1,0 +1,46 @@
+"""A tiny blocking HTTP client for raw-byte assertions (the SDKs hide bytes and headers)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Answer:
+    """Status, headers and the raw body of one HTTP exchange."""
+
+    status: int
+    headers: dict[str, str]
+    content: bytes
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.content)
+
+
+def request(method: str, url: str, *, json_body: Any = None, data: bytes | None = None,
+            headers: dict[str, str] | None = None, timeout: float = 60) -> Answer:
+    """Send one request; HTTP error statuses are returned, not raised."""
+    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    if json_body is not None:
+        data = json.dumps(json_body).encode()
+    req = urllib.request.Request(url, data=data, headers=hdrs, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return Answer(response.status, dict(response.headers.items()), response.read())
+    except urllib.error.HTTPError as exc:
+        return Answer(exc.code, dict(exc.headers.items()), exc.read())
+
+
+def post(url: str, json: Any = None, **kwargs: Any) -> Answer:
+    """POST a JSON body."""
+    return request("POST", url, json_body=json, **kwargs)
+
+
+def get(url: str, **kwargs: Any) -> Answer:
+    """GET a URL."""
+    return request("GET", url, **kwargs)
