@@ -1,0 +1,258 @@
+"""`cachelayer backend`: mlx_lm.server with prompt KV caches persisted on disk.
+
+Rather than fork mlx-lm's server, this reuses its `ModelProvider`,
+`ResponseGenerator` and `APIHandler` and changes three things:
+
+* the generator's `prompt_cache` is a `PersistentPromptCache` (memory LRU in
+  front of safetensors files), so a known prefix survives restarts;
+* every request is served by the one model given on the command line, whatever
+  its `model` field says (mlx-lm would try to load that name from the hub);
+* two routes are added: `GET /v1/cachelayer/kv` (counters) and
+  `POST /v1/cachelayer/count_tokens` (prompt length under the chat template).
+
+Tested with mlx-lm >=0.32,<0.33.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from cachelayer.backend.kv_files import ensure_private_dir, model_fingerprint
+from cachelayer.backend.settings import BackendSettings
+
+logger = logging.getLogger(__name__)
+
+KV_ROUTE = "/v1/cachelayer/kv"
+COUNT_TOKENS_ROUTE = "/v1/cachelayer/count_tokens"
+# The largest body count_tokens accepts; the chat routes keep mlx-lm's rules.
+_MAX_COUNT_BODY = 64 << 20
+
+
+def resolve_model_dir(model: str) -> Path:
+    """The local directory of `model`: a path, or a repo already in the HF cache."""
+    path = Path(model)
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model, local_files_only=True))
+
+
+def mlx_cli_args(settings: BackendSettings) -> argparse.Namespace:
+    """The namespace mlx_lm.server's own `main()` would build, from our settings."""
+    return argparse.Namespace(
+        model=settings.model,
+        adapter_path=None,
+        host=settings.host,
+        port=settings.port,
+        # No CORS headers: a web page in the user's browser must not be able
+        # to read answers from a server on localhost.
+        allowed_origins=[],
+        draft_model=None,
+        num_draft_tokens=3,
+        trust_remote_code=False,
+        log_level=settings.log_level,
+        chat_template="",
+        use_default_chat_template=False,
+        temp=0.0,
+        top_p=1.0,
+        top_k=0,
+        min_p=0.0,
+        max_tokens=settings.max_tokens,
+        chat_template_args=dict(settings.chat_template_args),
+        decode_concurrency=32,
+        prompt_concurrency=8,
+        prefill_step_size=settings.prefill_step_size,
+        prompt_cache_size=settings.prompt_cache_size,
+        prompt_cache_bytes=None,
+        kv_bits=None,
+        kv_group_size=64,
+        quantized_kv_start=0,
+        pipeline=False,
+    )
+
+
+def count_prompt_tokens(
+    tokenizer: Any, body: dict[str, Any], chat_template_args: dict[str, Any]
+) -> int:
+    """Tokens of an OpenAI chat-completions body rendered as the server would."""
+    from mlx_lm.server import process_message_content
+
+    messages = copy.deepcopy(body.get("messages"))
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list")
+    process_message_content(messages)
+    args = {**chat_template_args, **(body.get("chat_template_kwargs") or {})}
+    prompt = tokenizer.apply_chat_template(
+        messages, tools=body.get("tools") or None, add_generation_prompt=True, **args
+    )
+    return len(prompt)
+
+
+def make_handler_class(settings: BackendSettings) -> type:
+    """An mlx-lm `APIHandler` subclass with the cachelayer routes and one model."""
+    from mlx_lm.server import APIHandler
+
+    class CachelayerHandler(APIHandler):
+        def validate_model_parameters(self) -> None:
+            super().validate_model_parameters()
+            # The provider maps this exact string to the loaded model, so no
+            # client-chosen name can make the server load something else.
+            self.requested_model = settings.model
+            self.requested_draft_model = "default_model"
+            self.adapter = None
+
+        def do_GET(self) -> None:
+            if self.path == KV_ROUTE:
+                cache: Any = self.response_generator.prompt_cache
+                self._send_json(200, cache.stats())
+            else:
+                super().do_GET()
+
+        def do_POST(self) -> None:
+            if self.path != COUNT_TOKENS_ROUTE:
+                super().do_POST()
+                return
+            try:
+                length = int(self.headers.get("Content-Length", "0"))
+                if not 0 < length <= _MAX_COUNT_BODY:
+                    raise ValueError("missing or oversized body")
+                body = json.loads(self.rfile.read(length))
+                if not isinstance(body, dict):
+                    raise ValueError("body must be a JSON object")
+                tokenizer = self.response_generator.model_provider.tokenizer
+                n = count_prompt_tokens(tokenizer, body, dict(settings.chat_template_args))
+            except Exception as e:  # any bad input is the client's error here
+                self._send_json(400, {"error": str(e)})
+                return
+            self._send_json(200, {"input_tokens": n})
+
+        def _send_json(self, status: int, obj: Any) -> None:
+            data = json.dumps(obj).encode()
+            self._set_completion_headers(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            self.wfile.flush()
+
+    return CachelayerHandler
+
+
+class Backend:
+    """The running pieces: model provider, generator, persistent cache, HTTP server."""
+
+    def __init__(self, settings: BackendSettings) -> None:
+        """Load the model, rebuild the disk index and bind the socket (not serving yet)."""
+        from mlx_lm.server import ModelProvider, ResponseGenerator
+
+        from cachelayer.backend.persistent_cache import PersistentPromptCache
+        from cachelayer.backend.prompt_store import PromptStore
+
+        self.settings = settings
+        ensure_private_dir(settings.kv_dir)
+        fingerprint = model_fingerprint(resolve_model_dir(settings.model))
+        store = PromptStore(
+            settings.kv_dir,
+            fingerprint,
+            max_bytes=settings.kv_max_bytes,
+            min_tokens=settings.kv_min_tokens,
+        )
+        store.rebuild_index()
+        self.prompt_cache = PersistentPromptCache(
+            store,
+            (settings.model, None, None),  # ModelProvider's key for the default model
+            max_size=settings.prompt_cache_size,
+            model_name=settings.model,
+        )
+        self.prompt_cache.export_stats()
+        provider = ModelProvider(mlx_cli_args(settings))
+        self.generator = ResponseGenerator(provider, self.prompt_cache)
+        # Listen only once the model is loaded, so a successful /health means ready.
+        while provider.model_key is None:
+            if not self.generator.generation_available():
+                raise RuntimeError(f"could not load model {settings.model}")
+            time.sleep(0.05)
+        handler = make_handler_class(settings)
+        self.httpd: ThreadingHTTPServer = ThreadingHTTPServer(
+            (settings.host, settings.port),
+            lambda *a, **kw: handler(self.generator, *a, **kw),
+        )
+        self.httpd.daemon_threads = True
+        logger.info(
+            "cachelayer backend on http://%s:%d model=%s kv=%s",
+            settings.host,
+            self.httpd.server_address[1],
+            settings.model,
+            store.root,
+        )
+
+    def serve_forever(self) -> None:
+        """Serve until shutdown() is called from another thread."""
+        self.httpd.serve_forever()
+
+    def shutdown(self) -> None:
+        """Stop serving, finish queued cache writes, stop the generation thread."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.generator.stop_and_join()
+        self.prompt_cache.close()
+
+
+def serve(settings: BackendSettings) -> int:
+    """Run the backend in this process until SIGINT or SIGTERM; returns an exit code."""
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # mlx-lm's /v1/models scans the hub cache and fails if it does not exist;
+    # nothing may be downloaded at run time either. Set before huggingface_hub
+    # is imported (it reads these once).
+    hf_home = settings.hf_home or settings.kv_dir.parent / "hf"
+    ensure_private_dir(hf_home / "hub")
+    os.environ.setdefault("HF_HOME", str(hf_home))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    backend = Backend(settings)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        logger.info("signal %d: shutting down", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server_thread = threading.Thread(target=backend.serve_forever, name="http", daemon=True)
+    server_thread.start()
+    # The main thread waits here because Python delivers signals only to it.
+    while not stop.wait(0.5):
+        if not backend.generator.generation_available():
+            logger.error("generation thread died")
+            backend.httpd.shutdown()
+            backend.prompt_cache.close()
+            return 1
+    backend.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m cachelayer.backend.server ...`: same flags as `cachelayer backend`."""
+    from cachelayer.backend.cli import add_backend_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser(prog="cachelayer backend", description=__doc__)
+    add_backend_arguments(parser)
+    args = parser.parse_args(argv)
+    return serve(settings_from_args(args, os.environ))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
