@@ -34,7 +34,7 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the caching proxy")
     p.add_argument("--upstream", default=None,
                    help="OpenAI-compatible server to front (default: $MLX_LM_URL)")

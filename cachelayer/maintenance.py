@@ -22,7 +22,7 @@ def add_data_dir(parser: argparse.ArgumentParser) -> None:
                         help="cache root (default: $XDG_CACHE_HOME/cachelayer)")
 
 
-def add_stats_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_stats_parser(sub: argparse._SubParsersAction) -> None:
     """Register `cachelayer stats`."""
     p = sub.add_parser("stats", help="show what each cache layer did")
     p.add_argument("--json", action="store_true", help="print the metrics document as JSON")
@@ -33,7 +33,7 @@ def add_stats_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.set_defaults(func=cmd_stats)
 
 
-def add_clear_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_clear_parser(sub: argparse._SubParsersAction) -> None:
     """Register `cachelayer clear`."""
     p = sub.add_parser("clear", help="remove cached answers, KV files or the ledger")
     p.add_argument("--responses", action="store_true", help="stored answers (the default)")

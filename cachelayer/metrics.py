@@ -69,7 +69,9 @@ def build_metrics(
     total_input = totals.get("tokens.input", 0)
     read = totals.get("tokens.read", 0)
     stamp = (now or datetime.now(timezone.utc)).isoformat(timespec="milliseconds")
-    response = {name: totals.get(f"response.{name}", 0) for name in RESPONSE_COUNTERS}
+    response: dict[str, Any] = {
+        name: totals.get(f"response.{name}", 0) for name in RESPONSE_COUNTERS
+    }
     response["hitRate"] = round(percent(response["hits"], response["hits"] + response["misses"]
                                         + response["expired"]), 2)
     response.update(store)

@@ -1,8 +1,8 @@
 """Where layer 2 keeps answers: a size-bounded diskcache with counted evictions.
 
 diskcache culls silently once past its size limit (1 GB by default). Here automatic
-culling is off (`cull_limit=0`) and the store culls after each write itself, so every
-eviction is counted. Reads never write (least-recently-stored policy), which keeps a
+culling is off (`cull_limit=0`) and the store evicts the oldest entries after each write
+itself, so every eviction is counted. Reads never write (least-recently-stored policy), which keeps a
 hit to one SQLite read on the event loop.
 """
 
@@ -121,8 +121,7 @@ class ResponseStore:
             expired = evicted = 0
             if self._cache.volume() > self.size_limit:
                 expired = self._cache.expire()
-                if self._cache.volume() > self.size_limit:
-                    evicted = self._cache.cull()
+                evicted = self._evict_to_limit(keep=key)
         except (sqlite3.Error, OSError) as exc:
             # A full or read-only disk must not take the proxy down: serve as a pass-through.
             self.degraded = f"response store write failed: {exc}"
@@ -130,6 +129,17 @@ class ResponseStore:
             return PutOutcome(stored=False)
         self.degraded = None
         return PutOutcome(stored=True, nbytes=len(payload), evicted=evicted, expired=expired)
+
+    def _evict_to_limit(self, keep: str) -> int:
+        # diskcache's own cull() deletes in batches of ten, which empties a small store;
+        # evict the oldest entries one by one instead (iteration order is insertion order).
+        evicted = 0
+        while self._cache.volume() > self.size_limit:
+            oldest = next(iter(self._cache), None)
+            if oldest is None or oldest == keep:
+                break
+            evicted += int(self._cache.delete(oldest))
+        return evicted
 
     def delete(self, key: str) -> None:
         """Remove one entry if present."""

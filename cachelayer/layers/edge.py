@@ -86,6 +86,6 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        error = NotFound(exc.reason) if exc.status == 404 else ClientError(exc.reason,
-                                                                          status=exc.status)
-        return error_response(codec, error)
+        http_error = (NotFound(exc.reason) if exc.status == 404
+                      else ClientError(exc.reason, status=exc.status))
+        return error_response(codec, http_error)

@@ -12,6 +12,7 @@ from cachelayer.protocol.chat import (
     ChatRequest,
     ChatResult,
     Choice,
+    ClientApi,
     Finish,
     Kind,
     ResultBuilder,
@@ -333,7 +334,7 @@ class _OpenAIStream(ChunkRenderer):
 class OpenAICodec:
     """The OpenAI chat and text completions edge."""
 
-    api = "openai"
+    api: ClientApi = "openai"
 
     def parse_request(self, kind: Kind, raw: bytes) -> ChatRequest:
         """Validate and neutralise an OpenAI body."""
