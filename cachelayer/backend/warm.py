@@ -52,10 +52,11 @@ def system_prefix_tokens(
 class ProgressBar:
     """A one-line text progress bar; fits generate_step's prompt_progress_callback."""
 
-    def __init__(self, label: str, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, label: str, stream: TextIO | None = None) -> None:
         """Draw on `stream` (stderr by default, so stdout stays machine-readable)."""
         self.label = label
-        self.stream = stream
+        # Looked up now, not at import, so redirected stderr (tests) is honoured.
+        self.stream = stream if stream is not None else sys.stderr
         self.start = time.monotonic()
 
     def __call__(self, done: int, total: int) -> None:

@@ -1,0 +1,150 @@
+"""Start and stop model servers as child processes (tests, benchmarks, tools).
+
+No mlx import: this only spawns commands, polls `/health` and cleans up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on `host`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """A server child process listening on 127.0.0.1:`port`."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. http://127.0.0.1:8080."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        """The server's combined output so far (for failure messages)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def backend_command(model: Path | str, port: int, kv_dir: Path, *extra: str) -> list[str]:
+    """argv for `python -m cachelayer.backend.server` on `port`."""
+    return [
+        sys.executable,
+        "-m",
+        "cachelayer.backend.server",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        "--kv-dir",
+        str(kv_dir),
+        *extra,
+    ]
+
+
+def stock_command(model: Path | str, port: int, *extra: str) -> list[str]:
+    """argv for the unmodified `mlx_lm.server` on `port`."""
+    return [
+        sys.executable,
+        "-m",
+        "mlx_lm",
+        "server",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        *extra,
+    ]
+
+
+def wait_healthy(server: ServerProcess, timeout: float) -> None:
+    """Poll GET /health until it answers 200; raise with the log if it never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"server exited with {server.proc.returncode}:\n{server.log()}")
+        with (
+            contextlib.suppress(OSError, urllib.error.URLError, ValueError),
+            urllib.request.urlopen(f"{server.url}/health", timeout=2) as r,
+        ):
+            if json.loads(r.read()).get("status") == "ok":
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"server not healthy after {timeout}s:\n{server.log()}")
+
+
+def start_server(
+    argv: Sequence[str],
+    port: int,
+    log_path: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    ready_timeout: float = 180.0,
+) -> ServerProcess:
+    """Spawn `argv`, wait for /health; the caller must stop_server() it."""
+    child_env = dict(os.environ if env is None else env)
+    child_env.setdefault("HF_HUB_OFFLINE", "1")
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        list(argv), stdout=log, stderr=subprocess.STDOUT, env=child_env, cwd=cwd
+    )
+    log.close()
+    server = ServerProcess(proc, port, log_path)
+    try:
+        wait_healthy(server, ready_timeout)
+    except BaseException:
+        stop_server(server)
+        raise
+    return server
+
+
+def stop_server(server: ServerProcess, timeout: float = 30.0) -> int:
+    """SIGTERM, then SIGKILL after `timeout`; returns the exit status."""
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+    return int(server.proc.returncode)
+
+
+@contextlib.contextmanager
+def running_server(
+    argv: Sequence[str],
+    port: int,
+    log_path: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Iterator[ServerProcess]:
+    """Context manager around start_server/stop_server."""
+    server = start_server(argv, port, log_path, env=env, cwd=cwd)
+    try:
+        yield server
+    finally:
+        stop_server(server)
