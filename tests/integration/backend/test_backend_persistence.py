@@ -1,0 +1,181 @@
+"""`cachelayer backend` as a real process: prompt caches survive restarts."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from cachelayer.backend.demo_model import build_demo_model
+from cachelayer.backend.kv_files import STATS_NAME, SUFFIX, clear_kv, kv_stats
+from cachelayer.backend.launch import stop_server
+
+StartBackend = Callable[..., Any]
+
+
+def _files(kv_dir: Path) -> list[Path]:
+    return sorted(kv_dir.glob(f"*/*{SUFFIX}"))
+
+
+def _wait_for_files(kv_dir: Path, n: int = 1, timeout: float = 30.0) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while len(_files(kv_dir)) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _files(kv_dir)
+
+
+def test_first_request_after_restart_reuses_the_prefix_from_disk(
+    demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any
+) -> None:
+    kv = tmp_path / "kv"
+    first = start_backend(demo_model, kv)
+    cold = api.chat(first, "What is in README.md?")
+    assert api.cached_tokens(cold) == 0
+    # A clean stop finishes the queued writes.
+    assert stop_server(first) == 0
+    assert _files(kv)
+
+    second = start_backend(demo_model, kv)
+    warm = api.chat(second, "And what is in setup.py?")
+    assert warm.choices[0].message is not None
+    assert api.cached_tokens(warm) > 1000
+    assert api.cached_tokens(warm) < warm.usage.prompt_tokens
+    stats = api.get_json(second, "/v1/cachelayer/kv")
+    assert stats["tokens_restored_disk"] == api.cached_tokens(warm)
+    assert stats["disk_hits"] == 1 and stats["files"] >= 1
+
+
+def test_streamed_answer_reports_disk_tokens_in_usage(
+    demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any
+) -> None:
+    kv = tmp_path / "kv"
+    first = start_backend(demo_model, kv)
+    api.chat(first, "hello")
+    stop_server(first)
+    assert _files(kv)
+    second = start_backend(demo_model, kv)
+    chunks = list(
+        api.chat(second, "hello again", stream=True, stream_options={"include_usage": True})
+    )
+    usage = chunks[-1].usage
+    assert usage is not None and usage.prompt_tokens_details.cached_tokens > 1000
+
+
+def test_a_changed_model_reuses_nothing(
+    demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any
+) -> None:
+    kv = tmp_path / "kv"
+    first = start_backend(demo_model, kv)
+    api.chat(first, "hello")
+    stop_server(first)
+    assert _files(kv)
+    other_model = build_demo_model(tmp_path / "other", seed=1)
+    second = start_backend(other_model, kv)
+    answer = api.chat(second, "hello again")
+    assert api.cached_tokens(answer) == 0
+    assert api.get_json(second, "/v1/cachelayer/kv")["tokens_restored_disk"] == 0
+    assert len({p.parent.name for p in _wait_for_files(kv, 2)}) == 2
+
+
+def test_a_file_corrupted_while_running_is_survived_and_removed(
+    demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any
+) -> None:
+    kv = tmp_path / "kv"
+    first = start_backend(demo_model, kv)
+    api.chat(first, "hello")
+    stop_server(first)
+    (path,) = _files(kv)
+    second = start_backend(demo_model, kv)
+    # Damaged after the index was built: only loading it can notice.
+    path.write_bytes(b"\xff" * 8 + path.read_bytes()[8:])
+    answer = api.chat(second, "hello again")
+    assert answer.choices and api.cached_tokens(answer) == 0
+    assert not path.exists()
+    assert api.get_json(second, "/v1/cachelayer/kv")["corrupt_removed"] == 1
+    assert "removing kv file" in second.log()
+
+
+def test_clear_while_running_turns_hits_into_misses(
+    demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any
+) -> None:
+    kv = tmp_path / "kv"
+    first = start_backend(demo_model, kv)
+    api.chat(first, "hello")
+    stop_server(first)
+    assert _files(kv)
+    second = start_backend(demo_model, kv)
+    removed, freed = clear_kv(kv)
+    assert removed >= 1 and freed > 0
+    answer = api.chat(second, "hello again")
+    assert api.cached_tokens(answer) == 0
+    assert api.get_json(second, "/v1/cachelayer/kv")["missing_files"] == 1
+    # The answer itself is persisted again.
+    assert _wait_for_files(kv)
+
+
+def test_eviction_keeps_the_disk_under_the_limit(
+    demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any
+) -> None:
+    kv = tmp_path / "kv"
+    server = start_backend(demo_model, kv, "--kv-max-bytes", "3M")
+    for i in range(4):
+        api.chat(server, "hi", system=f"Session {i}. {api.system}")
+    deadline = time.monotonic() + 30
+    while api.get_json(server, "/v1/cachelayer/kv")["writes"] < 4:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    stats = kv_stats(kv)
+    assert 0 < stats["bytes"] <= 3 << 20
+    assert api.get_json(server, "/v1/cachelayer/kv")["evictions"] >= 1
+
+
+def test_concurrent_requests_sharing_a_prefix_are_all_answered(
+    demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any
+) -> None:
+    kv = tmp_path / "kv"
+    first = start_backend(demo_model, kv)
+    api.chat(first, "warm up")
+    stop_server(first)
+    assert _files(kv)
+    second = start_backend(demo_model, kv)
+    questions = [f"question number {i}" for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda q: api.chat(second, q), questions))
+    counts = [
+        api.post_json(
+            second,
+            "/v1/cachelayer/count_tokens",
+            {
+                "messages": [
+                    {"role": "system", "content": api.system},
+                    {"role": "user", "content": q},
+                ],
+                "tools": api.tools,
+            },
+        )["input_tokens"]
+        for q in questions
+    ]
+    for answer, count in zip(answers, counts, strict=True):
+        assert answer.choices[0].finish_reason in {"length", "stop"}
+        assert answer.usage.prompt_tokens == count
+        assert 0 < api.cached_tokens(answer) < count
+    stats = api.get_json(second, "/v1/cachelayer/kv")
+    assert stats["tokens_restored_disk"] + stats["tokens_restored_memory"] == sum(
+        api.cached_tokens(a) for a in answers
+    )
+
+
+def test_stats_file_is_exported_for_readers_without_a_backend(
+    demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any
+) -> None:
+    kv = tmp_path / "kv"
+    server = start_backend(demo_model, kv)
+    api.chat(server, "hello")
+    stop_server(server)
+    exported = json.loads((kv / STATS_NAME).read_text())
+    assert exported["lookups"] == 1 and exported["tokens_prefilled"] > 1000
+    stats = kv_stats(kv)
+    assert stats["files"] >= 1 and stats["lookups"] == 1
