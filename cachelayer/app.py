@@ -24,6 +24,7 @@ from cachelayer.context import (
     UPSTREAM,
     Background,
 )
+from cachelayer.embedded import backend_ctx
 from cachelayer.layers.edge import CODECS, edge_middleware
 from cachelayer.layers.forward import handle_completion
 from cachelayer.layers.store import store_middleware
@@ -37,7 +38,9 @@ log = logging.getLogger(__name__)
 
 def make_codecs(settings: Settings) -> dict[str, Codec]:
     """The client APIs this proxy speaks, keyed by name."""
-    return {"openai": OpenAICodec(), "anthropic": OpenAICodec()}
+    from cachelayer.protocol.anthropic import AnthropicCodec
+
+    return {"openai": OpenAICodec(), "anthropic": AnthropicCodec(settings)}
 
 
 async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -101,6 +104,7 @@ def make_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[CODECS] = make_codecs(settings)
+    app.cleanup_ctx.append(backend_ctx)
     app.cleanup_ctx.append(_storage_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
     app.on_response_prepare.append(_set_cache_headers)

@@ -13,7 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cachelayer import __version__
+from cachelayer.backend.cli import add_backend_parser, add_warm_parser
 from cachelayer.config import (
+    DEFAULT_BACKEND_PORT,
     DEFAULT_PORT,
     METRICS_FILE_NAME,
     ResponseCacheMode,
@@ -22,6 +24,7 @@ from cachelayer.config import (
     parse_model_map,
     parse_size,
 )
+from cachelayer.embedded import demo_model_dir, free_port
 from cachelayer.maintenance import add_clear_parser, add_data_dir, add_stats_parser
 
 log = logging.getLogger("cachelayer")
@@ -38,6 +41,11 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the caching proxy")
     p.add_argument("--upstream", default=None,
                    help="OpenAI-compatible server to front (default: $MLX_LM_URL)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="run the embedded backend on this MLX model directory "
+                        "(default without --upstream: the generated demo model)")
+    p.add_argument("--backend-port", type=int, default=None,
+                   help="port of the embedded backend (default: a free one)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     add_data_dir(p)
@@ -72,18 +80,32 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
 
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     """Turn parsed serve arguments (and the environment's defaults) into Settings."""
+    upstream = args.upstream or (None if args.model else env.get("MLX_LM_URL")) or None
+    data_dir = (args.data_dir or default_data_dir(env)).expanduser().resolve()
+    backend_model = None
+    backend_port = args.backend_port or DEFAULT_BACKEND_PORT
+    if upstream and args.model:
+        raise ValueError("--upstream and --model exclude each other: pick one")
+    if not upstream:
+        backend_model = (args.model or demo_model_dir(data_dir)).expanduser().resolve()
+        backend_port = args.backend_port or free_port()
+        upstream = f"http://127.0.0.1:{backend_port}"
     return Settings(
-        upstream=args.upstream or env.get("MLX_LM_URL") or None,
+        upstream=upstream,
+        backend_model=backend_model,
+        backend_port=backend_port,
         host=args.host,
         port=args.port,
-        data_dir=args.data_dir or default_data_dir(env),
+        data_dir=data_dir,
         metrics_file=args.metrics_file,
         max_body_bytes=args.max_body_bytes,
         response_cache=ResponseCacheMode(args.response_cache),
         response_ttl_s=args.response_ttl,
         response_max_bytes=args.response_max_bytes,
         entry_max_bytes=args.entry_max_bytes,
-        store_truncated=args.store_truncated,
+        # The random-weight demo model never emits end-of-sequence: every answer ends at
+        # max_tokens, so on it truncated answers are the only answers there are to store.
+        store_truncated=args.store_truncated or backend_model == demo_model_dir(data_dir),
         connect_timeout_s=args.connect_timeout,
         read_timeout_s=args.read_timeout,
         metrics_interval_s=args.metrics_interval,
@@ -118,13 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_parser(sub)
     add_stats_parser(sub)
     add_clear_parser(sub)
-    try:
-        from cachelayer.backend.cli import add_backend_parser, add_warm_parser
-    except ImportError:  # the backend package is optional at import time
-        pass
-    else:
-        add_backend_parser(sub)
-        add_warm_parser(sub)
+    add_backend_parser(sub)
+    add_warm_parser(sub)
     return parser
 
 

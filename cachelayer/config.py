@@ -50,6 +50,8 @@ class Settings:
     model_map: Mapping[str, str] = field(default_factory=dict)
     max_tokens_cap: int = 8192
     log_level: str = "info"
+    backend_model: Path | None = None
+    backend_port: int = DEFAULT_BACKEND_PORT
 
     @property
     def responses_dir(self) -> Path:

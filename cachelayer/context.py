@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import sys
 
 from aiohttp import web
 
@@ -42,15 +41,20 @@ def serve(settings: Settings) -> int:
     """Run the proxy in the foreground until Ctrl-C or SIGTERM; flushes metrics on the way out."""
     # Everything the proxy writes (store, ledger, metrics) is for its owner only.
     os.umask(0o077)
-    if not settings.upstream:
-        print("cachelayer: no upstream: pass --upstream URL or set MLX_LM_URL", file=sys.stderr)
-        return 2
     if not is_loopback(settings.host):
         log.warning("listening on %s: clients on other machines can reach this proxy",
                     settings.host)
     app = make_app(settings)
-    print(banner(settings), flush=True)
-    web.run_app(app, host=settings.host, port=settings.port, print=None,
-                access_log=None, shutdown_timeout=30.0,
-                handle_signals=True)
+
+    async def _announce(app: web.Application) -> None:
+        print(banner(settings), flush=True)
+
+    # on_startup runs after the cleanup contexts, so this prints once the backend is up.
+    app.on_startup.append(_announce)
+    try:
+        web.run_app(app, host=settings.host, port=settings.port, print=None,
+                    access_log=None, shutdown_timeout=30.0, handle_signals=True)
+    except (RuntimeError, OSError) as exc:
+        print(f"cachelayer: {exc}", file=sys.stderr)
+        return 1
     return 0

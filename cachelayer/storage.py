@@ -2,8 +2,8 @@
 
 diskcache culls silently once past its size limit (1 GB by default). Here automatic
 culling is off (`cull_limit=0`) and the store evicts the oldest entries after each write
-itself, so every eviction is counted. Reads never write (least-recently-stored policy), which keeps a
-hit to one SQLite read on the event loop.
+itself, so every eviction is counted. Reads never write (least-recently-stored policy),
+which keeps a hit to one SQLite read on the event loop.
 """
 
 from __future__ import annotations

@@ -1,0 +1,33 @@
+# Two commands do all the set-up: `make serve` runs the product, `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: serve test lint unit bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+serve: $(BIN)/.installed  ## create the virtualenv, install, run the proxy (embedded demo model by default)
+	$(BIN)/cachelayer serve $(ARGS)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check cachelayer tests tools
+	$(BIN)/mypy cachelayer
+
+test: $(BIN)/.installed lint  ## create the virtualenv, install, lint, run every test
+	$(BIN)/pytest
+
+unit: $(BIN)/.installed
+	$(BIN)/pytest tests/unit
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python tools/bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
