@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -218,11 +219,8 @@ def test_model_map_renames_upstream_but_client_model_is_kept() -> None:
 
 
 def test_unmapped_model_uses_a_default_model_when_settings_have_one() -> None:
-    class WithDefault:
-        model_map: dict[str, str] = {}
-        default_model = "local/default"
-
-    assert upstream_model(WithDefault(), "claude-x") == "local/default"  # type: ignore[arg-type]
+    with_default = SimpleNamespace(model_map={}, default_model="local/default")
+    assert upstream_model(with_default, "claude-x") == "local/default"  # type: ignore[arg-type]
     assert upstream_model(SETTINGS, "claude-x") == "claude-x"
 
 
