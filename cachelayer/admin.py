@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from cachelayer.backend.kv_files import kv_stats
 from cachelayer.context import LEDGER, SETTINGS, STARTED_AT, STORE, UPSTREAM
 from cachelayer.errors import (
     AuthenticationRequired,
@@ -40,9 +41,12 @@ def store_stats(app: web.Application) -> dict[str, Any]:
 
 
 def metrics_document(app: web.Application) -> dict[str, Any]:
-    """The metrics document as of now (blocking: reads the ledger from disk)."""
+    """The metrics document as of now (blocking: reads the ledger and kv dir from disk)."""
+    settings, ledger = app[SETTINGS], app[LEDGER]
     runtime_ms = int((time.time() - app[STARTED_AT]) * 1000)
-    return build_metrics(app[LEDGER].totals(), runtime_ms=runtime_ms, store=store_stats(app))
+    kv = kv_stats(settings.kv_dir) if settings.kv_dir.is_dir() else None
+    return build_metrics(ledger.totals(), runtime_ms=runtime_ms, store=store_stats(app),
+                         kv=kv, prefixes=ledger.prefixes.records())
 
 
 def export_metrics(app: web.Application) -> None:

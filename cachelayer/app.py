@@ -25,8 +25,10 @@ from cachelayer.context import (
     Background,
 )
 from cachelayer.embedded import backend_ctx
+from cachelayer.keys import compile_volatile
 from cachelayer.layers.edge import CODECS, edge_middleware
 from cachelayer.layers.forward import handle_completion
+from cachelayer.layers.prefix import prefix_middleware, setup_prefix_layer
 from cachelayer.layers.store import store_middleware
 from cachelayer.ledger import Ledger
 from cachelayer.protocol.codec import Codec
@@ -98,12 +100,14 @@ def make_app(settings: Settings) -> web.Application:
     """Build the proxy application for these settings."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        # Outermost first: errors in the client's shape, then layer 2 (layer 1 joins here).
-        middlewares=[edge_middleware, store_middleware],
+        # Outermost first: the edge (parse, errors in the client's shape), layer 1 (prefix),
+        # layer 2 (store); the handler is layer 3 (forward).
+        middlewares=[edge_middleware, prefix_middleware, store_middleware],
         handler_args={"max_field_size": 65536},
     )
     app[SETTINGS] = settings
     app[CODECS] = make_codecs(settings)
+    setup_prefix_layer(app, compile_volatile(settings.volatile_patterns))
     app.cleanup_ctx.append(backend_ctx)
     app.cleanup_ctx.append(_storage_ctx)
     app.cleanup_ctx.append(_upstream_ctx)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cachelayer import __version__
 from cachelayer.backend.cli import add_backend_parser, add_warm_parser
+from cachelayer.backend.launch import free_port
 from cachelayer.config import (
     DEFAULT_BACKEND_PORT,
     DEFAULT_PORT,
@@ -24,7 +25,7 @@ from cachelayer.config import (
     parse_model_map,
     parse_size,
 )
-from cachelayer.embedded import demo_model_dir, free_port
+from cachelayer.embedded import demo_model_dir
 from cachelayer.maintenance import add_clear_parser, add_data_dir, add_stats_parser
 
 log = logging.getLogger("cachelayer")

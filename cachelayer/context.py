@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from cachelayer.config import Settings
+from cachelayer.keys import PrefixIds
 from cachelayer.ledger import Ledger
 from cachelayer.protocol.chat import ChatRequest, ChatResult
 from cachelayer.protocol.codec import Codec
@@ -24,6 +25,7 @@ class Exchange:
     chat: ChatRequest
     codec: Codec
     cache_status: str = "BYPASS"
+    prefix: PrefixIds | None = None
     result: ChatResult | None = None
     upstream_ms: float | None = None
 

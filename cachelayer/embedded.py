@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from cachelayer.backend.launch import backend_command
 from cachelayer.context import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -30,13 +30,6 @@ _BUILD_DEMO = (
 )
 READY_TIMEOUT_S = 300.0
 STOP_GRACE_S = 10.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def demo_model_dir(data_dir: Path) -> Path:
@@ -57,13 +50,6 @@ async def build_demo_model(path: Path) -> Path:
         raise RuntimeError(f"building the demo model failed (exit {process.returncode})")
     _say(f"demo model ready ({time.perf_counter() - started:.1f}s)")
     return path
-
-
-def backend_command(model: Path, port: int, kv_dir: Path, log_level: str) -> list[str]:
-    """The command line of the child backend."""
-    return [sys.executable, "-m", "cachelayer", "backend", "--model", str(model),
-            "--host", "127.0.0.1", "--port", str(port), "--kv-dir", str(kv_dir),
-            "--log-level", log_level.upper()]
 
 
 async def wait_until_ready(url: str, process: asyncio.subprocess.Process,
@@ -108,7 +94,8 @@ async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
         await build_demo_model(model)
     _say(f"starting the backend on {model} ...")
     process = await asyncio.create_subprocess_exec(
-        *backend_command(model, settings.backend_port, settings.kv_dir, settings.log_level)
+        *backend_command(model, settings.backend_port, settings.kv_dir,
+                         "--host", "127.0.0.1", "--log-level", settings.log_level.upper())
     )
     try:
         await wait_until_ready(settings.upstream_url, process)

@@ -8,7 +8,9 @@ what goes into a key means bumping KEY_VERSION so old entries simply stop matchi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -92,3 +94,99 @@ def is_deterministic(body: Mapping[str, Any]) -> bool:
     if isinstance(temperature, (int, float)) and temperature == 0:
         return True
     return body.get("seed") is not None
+
+
+# -- layer 1: the stable prefix ------------------------------------------------------------
+
+# Claude Code's first system block: cc_version changes with every release and, in some
+# versions, cch= with every request. It sits at the very start of the prompt.
+BILLING_HEADER_PATTERN = r"(?m)^x-anthropic-billing-header:[^\n]*(?:\n+|$)"
+
+
+def compile_volatile(patterns: Sequence[str]) -> tuple[re.Pattern[str], ...]:
+    """The default volatile rule followed by the user's extra patterns, compiled."""
+    return tuple(re.compile(p) for p in (BILLING_HEADER_PATTERN, *patterns))
+
+
+def strip_volatile(text: str, rules: Sequence[re.Pattern[str]]) -> tuple[str, list[str]]:
+    """Remove every volatile segment; returns the stable text and what was removed."""
+    removed: list[str] = []
+    for rule in rules:
+        found = [m.group(0) for m in rule.finditer(text)]
+        if found:
+            removed.extend(found)
+            text = rule.sub("", text)
+    return text, removed
+
+
+def _strip_content(content: Any, rules: Sequence[re.Pattern[str]], removed: list[str]) -> Any:
+    if isinstance(content, str):
+        text, gone = strip_volatile(content, rules)
+        removed.extend(gone)
+        return text
+    if isinstance(content, list):
+        out = []
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                text, gone = strip_volatile(part["text"], rules)
+                removed.extend(gone)
+                part = {**part, "text": text}
+            out.append(part)
+        return out
+    return content
+
+
+def stabilize(
+    body: Mapping[str, Any], rules: Sequence[re.Pattern[str]]
+) -> tuple[dict[str, Any], list[str]]:
+    """The body with volatile segments removed from system messages (the prefix)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return dict(body), []
+    removed: list[str] = []
+    stable = []
+    for message in messages:
+        if isinstance(message, dict) and message.get("role") in ("system", "developer"):
+            content = _strip_content(message.get("content"), rules, removed)
+            message = {**message, "content": content}
+        stable.append(message)
+    if not removed:
+        return dict(body), []
+    return {**body, "messages": stable}, removed
+
+
+@dataclass(frozen=True)
+class PrefixIds:
+    """The identity of a request's stable prefix: its tools, its system prompt, both."""
+
+    tools_hash: str
+    system_hash: str
+    prefix_id: str
+    tools: int
+
+
+def system_text(messages: Sequence[Any]) -> str:
+    """The leading system prompt: every system message before the first other message."""
+    parts: list[str] = []
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") not in ("system", "developer"):
+            break
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        parts.append(content if isinstance(content, str) else "")
+    return "\n".join(parts)
+
+
+def prefix_ids(body: Mapping[str, Any]) -> PrefixIds:
+    """Hash the tools (canonical JSON) and the system prompt, and chain them (tools first,
+    the order in which chat templates and Anthropic's cache put them)."""
+    tools = body.get("tools") or []
+    tools_hash = digest(canonical_json(tools))
+    system_hash = digest(system_text(body.get("messages") or []).encode())
+    return PrefixIds(
+        tools_hash=tools_hash,
+        system_hash=system_hash,
+        prefix_id=digest(f"{tools_hash}:{system_hash}".encode()),
+        tools=len(tools) if isinstance(tools, list) else 0,
+    )

@@ -13,10 +13,10 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import diskcache
 
+from cachelayer.prefix_ledger import PrefixLedger
 from cachelayer.storage import ensure_private_dir
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class Ledger:
         self._pending: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._cache.add(_CREATED_KEY, time.time())
+        self.prefixes = PrefixLedger(self._cache)
 
     def count(self, name: str, n: int = 1) -> None:
         """Add n to a counter (in memory until the next flush)."""
@@ -42,6 +43,7 @@ class Ledger:
 
     def flush(self) -> bool:
         """Write pending deltas to disk atomically; blocking. False if the disk refused."""
+        self.prefixes.flush()
         with self._lock:
             pending, self._pending = self._pending, Counter()
         if not pending:
@@ -77,19 +79,11 @@ class Ledger:
             totals.update(self._pending)
         return dict(totals)
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """Read a non-counter record (used by the prefix ledger)."""
-        return self._cache.get(key, default)
-
-    @property
-    def cache(self) -> diskcache.Cache:
-        """The underlying diskcache, for records that need their own transactions."""
-        return self._cache
-
     def clear(self) -> None:
         """Forget every counter and record."""
         with self._lock:
             self._pending.clear()
+        self.prefixes.clear()
         self._cache.clear()
         self._cache.add(_CREATED_KEY, time.time())
 

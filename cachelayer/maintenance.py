@@ -59,7 +59,8 @@ def load_metrics(args: argparse.Namespace) -> dict[str, Any]:
     data_dir = args.data_dir or default_data_dir(os.environ)
     ledger = Ledger(data_dir / "ledger")
     try:
-        return build_metrics(ledger.totals(), runtime_ms=0, store={})
+        return build_metrics(ledger.totals(), runtime_ms=0, store={},
+                             prefixes=ledger.prefixes.records())
     finally:
         ledger.close()
 

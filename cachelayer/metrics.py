@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from cachelayer.ledger import Ledger
+from cachelayer.prefix_ledger import PrefixRecord, top_entries
 from cachelayer.protocol.chat import Usage
 
 SCHEMA_VERSION = 1
@@ -48,6 +49,24 @@ def count_usage(ledger: Ledger, usage: Usage | None, *, from_store: bool) -> Non
         ledger.count("kv.hits")
 
 
+def prefix_section(
+    totals: Mapping[str, int], prefixes: Mapping[str, PrefixRecord]
+) -> dict[str, Any]:
+    """Layer 1's numbers: requests, distinct prefixes, what was stripped, why prefixes missed."""
+    reasons = {name[len("prefix.miss."):]: n for name, n in totals.items()
+               if name.startswith("prefix.miss.")}
+    return {
+        "requests": totals.get("prefix.requests", 0),
+        "uniquePrefixes": len(prefixes),
+        "hits": sum(r.hits for r in prefixes.values()),
+        "misses": sum(r.misses for r in prefixes.values()),
+        "strippedSegments": totals.get("prefix.stripped_segments", 0),
+        "reusedTokens": sum(r.reused_tokens for r in prefixes.values()),
+        "estimatedReusedTokens": sum(r.estimated_reused_tokens for r in prefixes.values()),
+        "missReasons": dict(sorted(reasons.items())),
+    }
+
+
 def percent(part: float, whole: float) -> float:
     """part/whole in percent; 0 when nothing was counted (never a ratio of nothing)."""
     return 100.0 * part / whole if whole > 0 else 0.0
@@ -59,11 +78,11 @@ def build_metrics(
     runtime_ms: int,
     store: Mapping[str, Any],
     kv: Mapping[str, Any] | None = None,
-    prefix: Mapping[str, Any] | None = None,
-    top_entries: list[dict[str, Any]] | None = None,
+    prefixes: Mapping[str, PrefixRecord] | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """The metrics document from ledger totals and live layer stats."""
+    prefixes = prefixes or {}
     requests = totals.get("requests", 0)
     hits = totals.get("response.hits", 0) + totals.get("kv.hits", 0)
     total_input = totals.get("tokens.input", 0)
@@ -88,10 +107,10 @@ def build_metrics(
             "cacheCreationTokens": totals.get("tokens.created", 0),
             "cacheReadTokens": read,
         },
-        "topEntries": top_entries or [],
+        "topEntries": top_entries(dict(prefixes)),
         "schemaVersion": SCHEMA_VERSION,
         "layers": {
-            "prefix": dict(prefix or {}),
+            "prefix": prefix_section(totals, prefixes),
             "response": response,
             "kv": {
                 "hits": totals.get("kv.hits", 0),

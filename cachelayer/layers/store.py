@@ -18,7 +18,6 @@ from cachelayer.context import BACKGROUND, EXCHANGE, LEDGER, SETTINGS, STORE, Ex
 from cachelayer.keys import response_key, tenant_id
 from cachelayer.layers.forward import replay_stream
 from cachelayer.ledger import Ledger
-from cachelayer.metrics import count_usage
 from cachelayer.policy import decide, parse_cache_control, unstorable_reason
 from cachelayer.protocol.chat import ChatResult
 from cachelayer.storage import ResponseStore
@@ -63,8 +62,8 @@ async def store_middleware(request: web.Request, handler: Handler) -> web.Stream
             age = found.age(time.time())
             if decision.max_age is None or age <= decision.max_age:
                 exchange.cache_status = "HIT"
+                exchange.result = found.result
                 ledger.count("response.hits")
-                count_usage(ledger, found.result.usage, from_store=True)
                 return await replay(request, exchange, found.result, age)
             exchange.cache_status = "EXPIRED"
     ledger.count({"MISS": "response.misses", "EXPIRED": "response.expired"}.get(
@@ -78,7 +77,6 @@ async def store_middleware(request: web.Request, handler: Handler) -> web.Stream
     if result is None:
         ledger.count("response.errors")
         return response
-    count_usage(ledger, result.usage, from_store=False)
     if decision.store:
         reason = unstorable_reason(result, store_truncated=settings.store_truncated)
         if reason is None:

@@ -1,0 +1,87 @@
+"""Layer 1: keep the prompt prefix stable, identify it, and account what reuse saved.
+
+Runs before layer 2, so the response key and the forwarded body are both computed on
+the stabilised body: the backend sees a byte-identical prefix turn after turn even when
+Claude Code's billing line changes on every request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from cachelayer.context import EXCHANGE, LEDGER, Exchange
+from cachelayer.keys import prefix_ids, stabilize, tenant_id
+from cachelayer.metrics import count_usage
+
+log = logging.getLogger(__name__)
+VOLATILE_RULES = web.AppKey("volatile_rules", tuple[re.Pattern[str], ...])
+SESSION_HEADER = "X-Claude-Code-Session-Id"
+_LOGGED_LIMIT = 256
+
+
+def client_of(request: web.Request) -> str:
+    """Who is talking, for 'what changed since your last prefix': session, else tenant."""
+    session = request.headers.get(SESSION_HEADER)
+    if session:
+        return "s:" + session[:128]
+    return tenant_id(request.headers.get("Authorization"), request.headers.get("x-api-key"))
+
+
+def _log_stripped_once(app: web.Application, removed: list[str]) -> None:
+    seen: set[str] = app[_STRIPPED_SEEN]
+    for segment in removed:
+        pattern = re.sub(r"=[^;\s]*", "=…", segment.strip())
+        if pattern not in seen and len(seen) < _LOGGED_LIMIT:
+            seen.add(pattern)
+            log.debug("stripped volatile prompt segment: %s", pattern)
+
+
+_STRIPPED_SEEN = web.AppKey("stripped_seen", set[str])
+
+
+def stabilize_exchange(app: web.Application, exchange: Exchange) -> None:
+    """Remove volatile segments from the request body and compute its prefix ids."""
+    rules: tuple[re.Pattern[str], ...] = app[VOLATILE_RULES]
+    body, removed = stabilize(exchange.chat.body, rules)
+    if removed:
+        app[LEDGER].count("prefix.stripped_segments", len(removed))
+        _log_stripped_once(app, removed)
+        exchange.chat = dataclasses.replace(exchange.chat, body=body)
+    exchange.prefix = prefix_ids(exchange.chat.body)
+
+
+@web.middleware
+async def prefix_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Stabilise and identify the prefix; after the answer, record it in the ledger."""
+    exchange = request.get(EXCHANGE)
+    if exchange is None:
+        return await handler(request)
+    app = request.app
+    if exchange.chat.kind == "chat":
+        stabilize_exchange(app, exchange)
+    response = await handler(request)
+    result = exchange.result
+    if result is None:
+        return response
+    ledger = app[LEDGER]
+    from_store = exchange.cache_status == "HIT"
+    count_usage(ledger, result.usage, from_store=from_store)
+    if exchange.prefix is not None:
+        ledger.count("prefix.requests")
+        reason = ledger.prefixes.record(exchange.prefix, result.usage,
+                                        from_store=from_store, client=client_of(request))
+        if reason is not None:
+            ledger.count(f"prefix.miss.{reason}")
+            log.info("prefix %s… missed: %s", exchange.prefix.prefix_id[:12], reason)
+    return response
+
+
+def setup_prefix_layer(app: web.Application, compiled: tuple[re.Pattern[str], ...]) -> None:
+    """Install the layer's state on the app."""
+    app[VOLATILE_RULES] = compiled
+    app[_STRIPPED_SEEN] = set()
