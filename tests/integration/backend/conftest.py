@@ -64,11 +64,11 @@ def chat(server: ServerProcess, user: str, *, system: str = SYSTEM, **extra: Any
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    extra.setdefault("max_tokens", 4)
     return client.chat.completions.create(
         model="claude-sonnet-4",  # a client's name: the backend must ignore it
         messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
         tools=TOOLS,  # type: ignore[arg-type]
-        max_tokens=4,
         temperature=0,
         **extra,
     )

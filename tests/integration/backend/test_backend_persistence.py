@@ -48,6 +48,19 @@ def test_first_request_after_restart_reuses_the_prefix_from_disk(
     assert stats["disk_hits"] == 1 and stats["files"] >= 1
 
 
+def test_an_answer_from_a_restored_cache_equals_the_cold_answer(
+    demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any
+) -> None:
+    kv = tmp_path / "kv"
+    first = start_backend(demo_model, kv)
+    cold = api.chat(first, "Same question twice.", max_tokens=12)
+    stop_server(first)
+    second = start_backend(demo_model, kv)
+    warm = api.chat(second, "Same question twice.", max_tokens=12)
+    assert api.cached_tokens(warm) == warm.usage.prompt_tokens - 1
+    assert warm.choices[0].message.content == cold.choices[0].message.content
+
+
 def test_streamed_answer_reports_disk_tokens_in_usage(
     demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any
 ) -> None:
