@@ -26,6 +26,13 @@ LS_CALL = {"id": "call_1", "type": "function",
 LONG_TEXT = "Here is a longer answer that the proxy will replay in several stream pieces."
 
 
+def _streamed_text(raw: bytes) -> str:
+    """The text an Anthropic SSE body adds up to."""
+    events = [orjson.loads(line[len("data: "):]) for line in raw.decode().split("\n")
+              if line.startswith("data: ")]
+    return "".join(e["delta"]["text"] for e in events if e["type"] == "content_block_delta")
+
+
 def _tool_reply(body: dict[str, Any]) -> Reply:
     return Reply(text="Let me look.", tool_calls=[LS_CALL], finish_reason="tool_calls")
 
@@ -268,3 +275,24 @@ def test_sdk_stream_raises_when_the_upstream_cuts_the_stream(
         stream.get_final_message()
     assert isinstance(caught.value.body, dict)
     assert caught.value.body["error"]["type"] == "api_error"
+
+
+def test_claude_code_billing_block_never_reaches_the_upstream_or_the_key(
+    proxy: RunningServer, upstream: Upstream
+) -> None:
+    def body(cch: str) -> dict[str, Any]:
+        return {"model": "claude-x", "max_tokens": 128000, "stream": True, "messages": MESSAGES,
+                "system": [{"type": "text", "text": "x-anthropic-billing-header: "
+                            f"cc_version=2.1.330; cc_entrypoint=cli; cch={cch};"},
+                           {"type": "text", "text": "You are Claude Code.",
+                            "cache_control": {"type": "ephemeral"}}]}
+
+    first = http.post(proxy.url + "/v1/messages?beta=true", json=body("aaa"))
+    wait_for_writes(proxy)
+    second = http.post(proxy.url + "/v1/messages?beta=true", json=body("bbb"))
+    assert (first.headers["X-Cache-Status"], second.headers["X-Cache-Status"]) == (
+        "MISS", "HIT")
+    assert _streamed_text(first.content) == _streamed_text(second.content) == 'You said: "hi"'
+    sent = upstream[0].calls[0]
+    assert sent["messages"][0] == {"role": "system", "content": "You are Claude Code."}
+    assert sent["max_tokens"] == 8192
