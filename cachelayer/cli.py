@@ -73,7 +73,11 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="regex of prompt text to strip before hashing (repeatable)")
     p.add_argument("--model-map", action="append", default=[],
                    help="CLIENT_NAME=UPSTREAM_NAME (repeatable)")
-    p.add_argument("--max-tokens-cap", type=int, default=8192)
+    p.add_argument("--upstream-model", default=None,
+                   help="model name sent upstream for Anthropic requests not in --model-map "
+                        "(default: the embedded backend's model; needed for mlx_lm.server)")
+    p.add_argument("--max-tokens-cap", type=int, default=8192,
+                   help="upper bound on max_tokens of Anthropic requests (default: 8192)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
@@ -113,6 +117,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Sett
         admin_token=args.admin_token or env.get("CACHELAYER_ADMIN_TOKEN") or None,
         volatile_patterns=tuple(args.volatile_pattern),
         model_map=parse_model_map(args.model_map),
+        default_model=args.upstream_model or (str(backend_model) if backend_model else None),
         max_tokens_cap=args.max_tokens_cap,
         log_level=args.log_level,
     )

@@ -48,6 +48,9 @@ class Settings:
     admin_token: str | None = None
     volatile_patterns: tuple[str, ...] = ()
     model_map: Mapping[str, str] = field(default_factory=dict)
+    # Sent upstream for Anthropic requests whose model is not in model_map: a client's
+    # `claude-*` name must never reach mlx_lm.server, which would try to load it.
+    default_model: str | None = None
     max_tokens_cap: int = 8192
     log_level: str = "info"
     backend_model: Path | None = None

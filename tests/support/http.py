@@ -44,3 +44,20 @@ def post(url: str, json: Any = None, **kwargs: Any) -> Answer:
 def get(url: str, **kwargs: Any) -> Answer:
     """GET a URL."""
     return request("GET", url, **kwargs)
+
+
+def sse_events(content: bytes) -> list[Any]:
+    """The JSON payloads of an SSE body, in order (`[DONE]` excluded)."""
+    events = []
+    for line in content.decode().splitlines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            events.append(json.loads(line[6:]))
+    return events
+
+
+def sse_text(content: bytes) -> str:
+    """The text an OpenAI chat SSE body adds up to."""
+    return "".join(
+        choice.get("delta", {}).get("content") or ""
+        for event in sse_events(content) for choice in event.get("choices", [])
+    )

@@ -1,0 +1,72 @@
+"""Fixtures for full-stack tests: the proxy in front of real mlx-lm servers on a tiny model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from cachelayer.app import make_app
+from cachelayer.backend.demo_model import build_demo_model
+from cachelayer.backend.launch import (
+    ServerProcess,
+    backend_command,
+    free_port,
+    start_server,
+    stock_command,
+    stop_server,
+)
+from cachelayer.config import Settings
+from tests.support.servers import RunningServer, serve_app
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="session")
+def stack_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The random-weight demo model, built once for these tests."""
+    return build_demo_model(tmp_path_factory.mktemp("stack-models") / "demo")
+
+
+@pytest.fixture
+def backend(stack_model: Path, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A real `cachelayer backend` with its KV files under the test's tmp dir."""
+    port = free_port()
+    argv = backend_command(stack_model, port, tmp_path / "kv", "--kv-min-tokens", "128")
+    server = start_server(argv, port, tmp_path / "backend.log", cwd=ROOT)
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture
+def stock(stack_model: Path, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A real, unmodified `mlx_lm.server`."""
+    port = free_port()
+    (tmp_path / "hf").mkdir()
+    server = start_server(stock_command(stack_model, port), port, tmp_path / "stock.log",
+                          cwd=ROOT, env={**os.environ, "HF_HOME": str(tmp_path / "hf"),
+                                         "HF_HUB_OFFLINE": "1"})
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+def stack_settings(tmp_path: Path, upstream: str, **overrides: object) -> Settings:
+    """Proxy settings with every file under tmp_path."""
+    base = Settings(upstream=upstream, data_dir=tmp_path / "data",
+                    metrics_file=tmp_path / "metrics.json", metrics_interval_s=0.2)
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def stack(backend: ServerProcess, tmp_path: Path) -> Iterator[RunningServer]:
+    """The proxy in front of the real backend."""
+    settings = stack_settings(tmp_path, backend.url)
+    with serve_app(lambda: make_app(settings)) as proxy:
+        yield proxy
