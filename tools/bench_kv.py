@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -144,6 +145,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"- stock (c)/(a): {ratios['stock_c_over_a']:.3f} (expected ~1)",
         f"- cachelayer (b)/stock (b): {ratios['b_cachelayer_over_stock']:.3f} (target <= 1.10)",
         f"- stock (c) / cachelayer (c): {ratios['c_speedup']:.1f}x",
+        f"- load average before/after: {report['loadavg_before']} / {report['loadavg_after']}",
     ]
     return "\n".join(rows) + "\n"
 
@@ -176,9 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         "model": "demo llama, hidden 64, 2 layers, 2 heads, float32, random weights",
         "machine": f"{platform.machine()} {platform.system()}, {platform.processor() or '?'}",
     }
+    # Other jobs on the machine skew single runs; the load average says how much.
+    report["loadavg_before"] = [round(x, 2) for x in os.getloadavg()]
     for name, argv_for_port in scenarios.items():
         print(f"running {name} ...", file=sys.stderr)
         report[name] = run_scenario(name, argv_for_port, system, work, args.max_tokens)
+    report["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     s, c = report["stock"], report["cachelayer"]
     report["ratios"] = {
         "cachelayer_c_over_a": c["c_after_restart"]["ttft_s"] / c["a_cold"]["ttft_s"],
