@@ -24,6 +24,7 @@ from cachelayer.context import (
     UPSTREAM,
     Background,
 )
+from cachelayer.count_tokens import count_tokens
 from cachelayer.embedded import backend_ctx
 from cachelayer.keys import compile_volatile
 from cachelayer.layers.edge import CODECS, edge_middleware
@@ -31,6 +32,7 @@ from cachelayer.layers.forward import handle_completion
 from cachelayer.layers.prefix import prefix_middleware, setup_prefix_layer
 from cachelayer.layers.store import store_middleware
 from cachelayer.ledger import Ledger
+from cachelayer.protocol.anthropic import AnthropicCodec
 from cachelayer.protocol.codec import Codec
 from cachelayer.protocol.openai import OpenAICodec
 from cachelayer.storage import ResponseStore
@@ -40,8 +42,6 @@ log = logging.getLogger(__name__)
 
 def make_codecs(settings: Settings) -> dict[str, Codec]:
     """The client APIs this proxy speaks, keyed by name."""
-    from cachelayer.protocol.anthropic import AnthropicCodec
-
     return {"openai": OpenAICodec(), "anthropic": AnthropicCodec(settings)}
 
 
@@ -115,6 +115,7 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/chat/completions", handle_completion)
     app.router.add_post("/v1/completions", handle_completion)
     app.router.add_post("/v1/messages", handle_completion)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/v1/models", admin.models)
     app.router.add_get("/health", admin.health)
     app.router.add_get("/cache/stats", admin.stats)

@@ -268,8 +268,8 @@ class AnthropicStream:
             if self._call is None:
                 out += self._end_block()
                 # Same fallback id as ResultBuilder, so a replay shows the same ids.
-                self._call = _PendingCall(event.id or f"call_{event.index}_{event.call_index}",
-                                          event.name or "", [])
+                fallback = f"call_{self._id}_{event.index}_{event.call_index}"
+                self._call = _PendingCall(event.id or fallback, event.name or "", [])
                 self._call_index = event.call_index
             if event.name and not self._call.name:
                 self._call.name = event.name

@@ -206,7 +206,8 @@ class ResultBuilder:
             parts = self._choices[index]
             calls = tuple(
                 ToolCall(
-                    id=parts.calls[i][0] or f"call_{index}_{i}",
+                    # Ids must differ across turns when the upstream sends none.
+                    id=parts.calls[i][0] or f"call_{self._start.id}_{index}_{i}",
                     name=parts.calls[i][1] or "",
                     arguments="".join(parts.call_args.get(i, [])),
                 )

@@ -15,7 +15,7 @@ from aiohttp import web
 from cachelayer.app import make_app
 from cachelayer.config import Settings
 from cachelayer.context import BACKGROUND
-from cachelayer.count_tokens import COUNT_ROUTE, count_tokens
+from cachelayer.count_tokens import COUNT_ROUTE
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.servers import RunningServer, serve_app
 
@@ -33,14 +33,6 @@ def wait_for_writes(proxy: RunningServer) -> None:
     deadline = time.time() + 10
     while proxy.app[BACKGROUND].tasks and time.time() < deadline:
         time.sleep(0.01)
-
-
-def _with_count_route(app: web.Application) -> web.Application:
-    # The lead registers the route in make_app; add it only where that has not happened yet.
-    if not any(r.resource is not None and r.resource.canonical == COUNT_TOKENS_PATH
-               for r in app.router.routes()):
-        app.router.add_post(COUNT_TOKENS_PATH, count_tokens)
-    return app
 
 
 @contextmanager
@@ -62,7 +54,7 @@ def _counting(
 
     with serve_app(make_upstream) as upstream:
         proxied = replace(settings, upstream=upstream.url)
-        with serve_app(lambda: _with_count_route(make_app(proxied))) as proxy:
+        with serve_app(lambda: make_app(proxied)) as proxy:
             yield proxy, seen
 
 
