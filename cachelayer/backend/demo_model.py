@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 MARKER_NAME = ".cachelayer-demo-model.json"
 # Bump when the produced files change shape, so old directories get rebuilt.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 
 SPECIAL_TOKENS = [
     "<|begin|>",
@@ -33,6 +33,12 @@ SPECIAL_TOKENS = [
     "</tool_call>",
 ]
 EOS_TOKEN = "<|end|>"
+# What the demo model answers, whatever it is asked: random weights never emit
+# end-of-sequence, and an agent treats an answer cut at max_tokens as an error.
+DEMO_REPLY = "Hello from the demo model."
+# The residual-stream dimension that marks "any prompt token", and its strength.
+_MARK = 4.0
+_LOGIT = 3.0
 
 # The template puts the tools (as JSON) at the very top of the system area, so
 # a change of tools changes the prompt prefix, as it does with real models.
@@ -186,6 +192,47 @@ def is_complete(path: Path, params: dict[str, int]) -> bool:
         return False
 
 
+def reply_token_ids(tokenizer: Any) -> list[int]:
+    """The demo reply's token ids, without repeats (each needs its own chain link)."""
+    ids: list[int] = []
+    for token_id in tokenizer.encode(DEMO_REPLY).ids:
+        if token_id in ids:
+            break
+        ids.append(token_id)
+    return ids
+
+
+def _wire_reply(weights: dict[str, Any], tokenizer: Any, eos_id: int, layers: int) -> None:
+    """Make greedy and sampled decoding alike answer DEMO_REPLY and then stop.
+
+    Every embedding carries a strong mark on dimension 0, except the reply's tokens, which
+    carry one on dimensions 1..k; lm_head maps mark 0 to the first reply token, mark j to
+    token j+1 and mark k to end-of-sequence. The layers still run at full cost on random
+    weights (prefill timing is unchanged); their outputs are damped so the marks dominate.
+    """
+    import mlx.core as mx
+
+    chain = reply_token_ids(tokenizer)
+    embed = weights["model.embed_tokens.weight"]
+    head = weights["lm_head.weight"]
+    hidden = embed.shape[1]
+    if len(chain) + 1 > hidden:
+        chain = chain[: hidden - 1]
+    marks = mx.zeros((embed.shape[0],), dtype=mx.int32)
+    marks[mx.array(chain)] = mx.arange(1, len(chain) + 1, dtype=mx.int32)
+    embed = embed + _MARK * (mx.arange(hidden)[None, :] == marks[:, None])
+    targets = [*chain, eos_id]
+    rows = mx.zeros(head.shape)
+    for mark, target in enumerate(targets):
+        rows[target, mark] = _LOGIT
+    weights["model.embed_tokens.weight"] = embed
+    weights["lm_head.weight"] = head + rows
+    for i in range(layers):
+        for name in ("self_attn.o_proj", "mlp.down_proj"):
+            key = f"model.layers.{i}.{name}.weight"
+            weights[key] = weights[key] * 0.1
+
+
 def _write_model(out: Path, params: dict[str, int]) -> None:
     """Write config, random weights and tokenizer files into `out`."""
     import mlx.core as mx
@@ -208,7 +255,7 @@ def _write_model(out: Path, params: dict[str, int]) -> None:
         "vocab_size": vocab_size,
         "max_position_embeddings": 131072,
         "rope_theta": 10000.0,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": False,
         "eos_token_id": eos_id,
         "bos_token_id": tokenizer.token_to_id("<|begin|>"),
         "torch_dtype": "float32",
@@ -217,6 +264,7 @@ def _write_model(out: Path, params: dict[str, int]) -> None:
     args = llama.ModelArgs.from_dict(config)
     model = llama.Model(args)
     weights = dict(tree_flatten(model.parameters()))
+    _wire_reply(weights, tokenizer, eos_id, params["num_layers"])
     mx.eval(weights)
     mx.save_safetensors(str(out / "model.safetensors"), weights, {"format": "mlx"})
 

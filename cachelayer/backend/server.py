@@ -106,6 +106,7 @@ def make_handler_class(settings: BackendSettings) -> type:
 
     class CachelayerHandler(APIHandler):
         def validate_model_parameters(self) -> None:
+            """mlx-lm's checks, then pin the request to the loaded model."""
             super().validate_model_parameters()
             # The provider maps this exact string to the loaded model, so no
             # client-chosen name can make the server load something else.
@@ -114,6 +115,7 @@ def make_handler_class(settings: BackendSettings) -> type:
             self.adapter = None
 
         def do_GET(self) -> None:
+            """Serve /v1/cachelayer/kv; everything else as mlx-lm does."""
             if self.path == KV_ROUTE:
                 cache: Any = self.response_generator.prompt_cache
                 self._send_json(200, cache.stats())
@@ -121,6 +123,7 @@ def make_handler_class(settings: BackendSettings) -> type:
                 super().do_GET()
 
         def do_POST(self) -> None:
+            """Serve /v1/cachelayer/count_tokens; everything else as mlx-lm does."""
             if self.path != COUNT_TOKENS_ROUTE:
                 super().do_POST()
                 return
@@ -226,6 +229,7 @@ def serve(settings: BackendSettings) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
+        """Ask the main loop to shut down (signal handlers must stay small)."""
         logger.info("signal %d: shutting down", signum)
         stop.set()
 
