@@ -108,9 +108,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Sett
         response_ttl_s=args.response_ttl,
         response_max_bytes=args.response_max_bytes,
         entry_max_bytes=args.entry_max_bytes,
-        # The random-weight demo model never emits end-of-sequence: every answer ends at
-        # max_tokens, so on it truncated answers are the only answers there are to store.
-        store_truncated=args.store_truncated or backend_model == demo_model_dir(data_dir),
+        store_truncated=args.store_truncated,
         connect_timeout_s=args.connect_timeout,
         read_timeout_s=args.read_timeout,
         metrics_interval_s=args.metrics_interval,
