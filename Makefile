@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
+CLAUDE_CODE_VERSION ?= 2.1.197
+CLAUDE := .e2e/node_modules/.bin/claude
+
 .PHONY: serve test lint unit bench clean
 
 $(BIN)/.installed: pyproject.toml
@@ -19,7 +22,12 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check cachelayer tests tools
 	$(BIN)/mypy cachelayer
 
-test: $(BIN)/.installed lint  ## create the virtualenv, install, lint, run every test
+# The end-to-end test drives the real Claude Code CLI from npm.
+$(CLAUDE):
+	npm install --prefix .e2e --no-audit --no-fund --loglevel=error \
+		@anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
+
+test: $(BIN)/.installed $(CLAUDE) lint  ## create the virtualenv, install, lint, run every test
 	$(BIN)/pytest
 
 unit: $(BIN)/.installed
@@ -30,4 +38,4 @@ bench: $(BIN)/.installed
 	$(BIN)/python tools/bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .e2e .pytest_cache .mypy_cache .ruff_cache
