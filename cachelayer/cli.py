@@ -47,11 +47,14 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                         "(default without --upstream: the generated demo model)")
     p.add_argument("--backend-port", type=int, default=None,
                    help="port of the embedded backend (default: a free one)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="listen address (default: 127.0.0.1; others get a warning)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="listen port (default: 8082)")
     add_data_dir(p)
-    p.add_argument("--metrics-file", type=Path, default=Path(METRICS_FILE_NAME))
-    p.add_argument("--max-body-size", type=_size, default="32M", dest="max_body_bytes")
+    p.add_argument("--metrics-file", type=Path, default=Path(METRICS_FILE_NAME),
+                   help=f"metrics export (default: ./{METRICS_FILE_NAME})")
+    p.add_argument("--max-body-size", type=_size, default="32M", dest="max_body_bytes",
+                   help="largest request body accepted (default: 32M)")
     p.add_argument("--response-cache", choices=[m.value for m in ResponseCacheMode],
                    default="all", help="what layer 2 stores (default: all)")
     p.add_argument("--response-ttl", type=float, default=7 * 24 * 3600.0,
@@ -62,10 +65,12 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="largest single answer that is stored (default: 16M)")
     p.add_argument("--store-truncated", action="store_true",
                    help="also store answers cut at max_tokens")
-    p.add_argument("--connect-timeout", type=float, default=10.0)
+    p.add_argument("--connect-timeout", type=float, default=10.0,
+                   help="seconds to connect to the upstream (default: 10)")
     p.add_argument("--read-timeout", type=float, default=600.0,
                    help="seconds to wait for the upstream's next byte (default: 600)")
-    p.add_argument("--metrics-interval", type=float, default=5.0)
+    p.add_argument("--metrics-interval", type=float, default=5.0,
+                   help="seconds between metrics exports (default: 5)")
     p.add_argument("--admin-token", default=None,
                    help="token that lets non-loopback clients use admin routes "
                         "(default: $CACHELAYER_ADMIN_TOKEN)")
