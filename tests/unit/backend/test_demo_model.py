@@ -70,3 +70,23 @@ def test_different_parameters_rebuild_the_directory(tmp_path: Path) -> None:
     assert (target / "model.safetensors").read_bytes() != before
     marker = json.loads((target / MARKER_NAME).read_text())
     assert marker["seed"] == 2 and is_complete(target, marker)
+
+
+def test_demo_model_answers_the_fixed_reply_and_stops(demo_model: Path) -> None:
+    from mlx_lm import load, stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    from cachelayer.backend.demo_model import DEMO_REPLY
+
+    model, tokenizer = load(str(demo_model))
+    for question, temp in (("hello", 0.0), ("what is a KV cache?", 0.7)):
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True
+        )
+        out = list(
+            stream_generate(
+                model, tokenizer, prompt, max_tokens=50, sampler=make_sampler(temp=temp)
+            )
+        )
+        assert "".join(r.text for r in out) == DEMO_REPLY
+        assert out[-1].finish_reason == "stop"

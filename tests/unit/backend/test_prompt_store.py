@@ -66,6 +66,9 @@ def test_restored_prefix_gives_the_same_logits_as_a_cold_prefill(
     assert n == 200 and warm_cache is not None
     warm = model(mx.array(prompt[n:])[None], cache=warm_cache)[0, -1]
     assert mx.allclose(cold, warm, atol=1e-4).item()
+    # Negative control: the cache really shapes the logits, so a wrong one shows.
+    wrong = model(mx.array(prompt[n:])[None], cache=prefill(_tokens(200, start=700)))[0, -1]
+    assert not mx.allclose(cold, wrong, atol=1e-4).item()
 
 
 def test_nearest_prefers_the_longest_usable_prefix_and_leaves_one_token(
