@@ -23,19 +23,12 @@ from cachelayer.config import (
     Settings,
     default_data_dir,
     parse_model_map,
-    parse_size,
+    size_arg,
 )
 from cachelayer.embedded import demo_model_dir
 from cachelayer.maintenance import add_clear_parser, add_data_dir, add_stats_parser
 
 log = logging.getLogger("cachelayer")
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,15 +46,15 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     add_data_dir(p)
     p.add_argument("--metrics-file", type=Path, default=Path(METRICS_FILE_NAME),
                    help=f"metrics export (default: ./{METRICS_FILE_NAME})")
-    p.add_argument("--max-body-size", type=_size, default="32M", dest="max_body_bytes",
+    p.add_argument("--max-body-size", type=size_arg, default="32M", dest="max_body_bytes",
                    help="largest request body accepted (default: 32M)")
     p.add_argument("--response-cache", choices=[m.value for m in ResponseCacheMode],
                    default="all", help="what layer 2 stores (default: all)")
     p.add_argument("--response-ttl", type=float, default=7 * 24 * 3600.0,
                    help="seconds a stored answer stays valid (default: 7 days)")
-    p.add_argument("--response-max-size", type=_size, default="2G", dest="response_max_bytes",
+    p.add_argument("--response-max-size", type=size_arg, default="2G", dest="response_max_bytes",
                    help="total size of the response store (default: 2G)")
-    p.add_argument("--entry-max-size", type=_size, default="16M", dest="entry_max_bytes",
+    p.add_argument("--entry-max-size", type=size_arg, default="16M", dest="entry_max_bytes",
                    help="largest single answer that is stored (default: 16M)")
     p.add_argument("--store-truncated", action="store_true",
                    help="also store answers cut at max_tokens")

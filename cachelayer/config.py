@@ -6,6 +6,7 @@ single place where `MLX_LM_URL` and `XDG_CACHE_HOME` turn into defaults.
 
 from __future__ import annotations
 
+import argparse
 import enum
 import re
 from collections.abc import Mapping
@@ -86,8 +87,11 @@ class Settings:
 
 def default_data_dir(env: Mapping[str, str]) -> Path:
     """The per-user cache directory: $XDG_CACHE_HOME/cachelayer or ~/.cache/cachelayer."""
-    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "cachelayer"
+    xdg = env.get("XDG_CACHE_HOME")
+    if xdg and Path(xdg).is_absolute():  # the XDG spec says to ignore relative values
+        return Path(xdg) / "cachelayer"
+    home = env.get("HOME")
+    return (Path(home) if home else Path.home()) / ".cache" / "cachelayer"
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
@@ -96,11 +100,19 @@ _SIZE_UNITS = {"": 1, "k": 1024, "m": MiB, "g": GiB, "t": 1024 * GiB}
 
 def parse_size(text: str) -> int:
     """Parse '512M', '2G', '2GiB' or '1048576' into bytes (binary units)."""
-    match = _SIZE_RE.match(text)
+    match = _SIZE_RE.match(str(text))
     if not match:
         raise ValueError(f"not a size: {text!r} (try 512M or 2G)")
     number, unit, _ = match.groups()
     return int(float(number) * _SIZE_UNITS[unit.lower()])
+
+
+def size_arg(text: str) -> int:
+    """argparse type for sizes: parse_size with argparse's error."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_model_map(items: list[str]) -> dict[str, str]:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import diskcache
 
+from cachelayer.files import ensure_private_dir
 from cachelayer.prefix_ledger import PrefixLedger
-from cachelayer.storage import ensure_private_dir
 
 log = logging.getLogger(__name__)
 _COUNTER_PREFIX = "c:"

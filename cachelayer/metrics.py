@@ -7,9 +7,6 @@ per-layer numbers sit beside them under `layers`.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from cachelayer.files import write_atomic
 from cachelayer.ledger import Ledger
 from cachelayer.prefix_ledger import PrefixRecord, top_entries
 from cachelayer.protocol.chat import Usage
@@ -121,20 +119,6 @@ def build_metrics(
             },
         },
     }
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace path's content in one step (temp file in the same dir, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def write_metrics_file(path: Path, document: Mapping[str, Any]) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import diskcache
 
+from cachelayer.files import ensure_private_dir
 from cachelayer.protocol.chat import ChatResult
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,6 @@ class PutOutcome:
     nbytes: int = 0
     evicted: int = 0
     expired: int = 0
-
-
-def ensure_private_dir(path: Path) -> Path:
-    """Create a directory readable by its owner only (and tighten it if it exists)."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.chmod(0o700)
-    return path
 
 
 class ResponseStore:

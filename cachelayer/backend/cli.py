@@ -18,15 +18,8 @@ from cachelayer.backend.settings import (
     DEFAULT_KV_MIN_TOKENS,
     BackendSettings,
     default_kv_dir,
-    parse_size,
 )
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
+from cachelayer.config import size_arg
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -57,7 +50,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     _kv_dir_argument(parser)
     parser.add_argument(
         "--kv-max-bytes",
-        type=_size,
+        type=size_arg,
         default=DEFAULT_KV_MAX_BYTES,
         help="disk budget for prompt caches, e.g. 512M, 2G (default 8G)",
     )
@@ -155,7 +148,7 @@ def add_warm_parser(subparsers: Any) -> argparse.ArgumentParser:
     _kv_dir_argument(parser)
     parser.add_argument(
         "--kv-max-bytes",
-        type=_size,
+        type=size_arg,
         default=DEFAULT_KV_MAX_BYTES,
         help="disk budget, as for `cachelayer backend` (default 8G)",
     )

@@ -18,17 +18,17 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cachelayer.files import TMP_PREFIX, write_atomic
+
 # Stored in every file; a file without it (or with another value) is foreign.
 FORMAT = "cachelayer-kv/1"
 STATS_NAME = "kv-stats.json"
 SUFFIX = ".safetensors"
-TMP_PREFIX = ".tmp-"
 # A safetensors header beyond this is not one of ours (token ids of a 1M-token
 # prompt take ~5.4 MB as base64); refusing it bounds what a bad file can cost.
 MAX_HEADER_BYTES = 64 << 20
@@ -122,26 +122,9 @@ def model_fingerprint(model_dir: Path) -> str:
     return digest.hexdigest()[:24]
 
 
-def ensure_private_dir(path: Path) -> Path:
-    """Create `path` (and parents) owner-only; tighten it if it already exists."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o077:
-        os.chmod(path, 0o700)
-    return path
-
-
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON via a temp file and rename, so readers never see half a file."""
-    ensure_private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode())
 
 
 def iter_cache_files(kv_dir: Path) -> Iterator[Path]:

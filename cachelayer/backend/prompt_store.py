@@ -35,10 +35,10 @@ from cachelayer.backend.kv_files import (
     TMP_PREFIX,
     decode_tokens,
     encode_tokens,
-    ensure_private_dir,
     read_entry_info,
     tokens_hash,
 )
+from cachelayer.files import ensure_private_dir
 
 logger = logging.getLogger(__name__)
 

@@ -28,8 +28,9 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from cachelayer.backend.kv_files import ensure_private_dir, model_fingerprint
+from cachelayer.backend.kv_files import model_fingerprint
 from cachelayer.backend.settings import BackendSettings
+from cachelayer.files import ensure_private_dir
 
 logger = logging.getLogger(__name__)
 

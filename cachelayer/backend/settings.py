@@ -6,36 +6,21 @@ nothing below the CLI reads environment variables.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cachelayer.config import default_data_dir, parse_size
+
 DEFAULT_KV_MAX_BYTES = 8 << 30
 DEFAULT_KV_MIN_TOKENS = 256
-
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """Parse a byte size such as `4096`, `512M`, `2G`, `1.5GiB` (binary units)."""
-    match = _SIZE_RE.match(str(text))
-    if match is None:
-        raise ValueError(f"not a size: {text!r} (use e.g. 512M, 2G)")
-    number, unit = match.groups()
-    return int(float(number) * _UNITS[unit.upper()])
-
+__all__ = ["DEFAULT_KV_MAX_BYTES", "DEFAULT_KV_MIN_TOKENS", "BackendSettings", "default_kv_dir",
+           "parse_size"]
 
 def default_kv_dir(env: Mapping[str, str]) -> Path:
     """`$XDG_CACHE_HOME/cachelayer/kv`, else `~/.cache/cachelayer/kv` (from `env`)."""
-    xdg = env.get("XDG_CACHE_HOME")
-    if xdg and Path(xdg).is_absolute():  # the XDG spec says to ignore relative values
-        return Path(xdg) / "cachelayer" / "kv"
-    home = env.get("HOME")
-    base = Path(home) if home else Path.home()
-    return base / ".cache" / "cachelayer" / "kv"
+    return default_data_dir(env) / "kv"
 
 
 @dataclass(frozen=True)
