@@ -1,0 +1,274 @@
+"""Helpers for the hardening suite: real proxies (in-process and as
+`python -m cachelayer serve` subprocesses), a scripted upstream that counts every
+request it sees, raw TCP servers that misbehave, and error-shape assertions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from cachelayer.config import MiB, Settings
+from cachelayer.context import BACKGROUND
+from tests.support import http
+from tests.support.fake_upstream import FakeUpstream, default_reply
+from tests.support.servers import RunningServer, free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BODY_LIMIT = 4 * MiB
+# Summary lines the suite prints at the end of the run (see pytest_terminal_summary).
+SUMMARY: list[str] = []
+
+
+class CountingUpstream(FakeUpstream):
+    """The scripted upstream, also recording every request it receives (method, path),
+    with an optional delay before each completion answer (a slow model)."""
+
+    def __init__(self, script: Callable[[dict[str, Any]], Any] | None = None) -> None:
+        super().__init__(script or default_reply)
+        self.requests: list[tuple[str, str]] = []
+        self.delay_s = 0.0
+
+    def make_app(self) -> web.Application:
+        """The fake's routes behind a counting (and delaying) middleware, accepting bodies
+        up to 64 MiB (aiohttp's default 1 MiB would refuse large accepted prompts)."""
+
+        @web.middleware
+        async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+            self.requests.append((request.method, request.path))
+            if request.method == "POST" and self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            return await handler(request)
+
+        app = web.Application(client_max_size=64 * MiB, middlewares=[count])
+        app.router.add_post("/v1/chat/completions", self._complete)
+        app.router.add_post("/v1/completions", self._complete)
+        app.router.add_get("/v1/models", self._models)
+        return app
+
+    def posts(self) -> int:
+        """How many POSTs (completions, count_tokens) reached the upstream."""
+        return sum(1 for method, _ in self.requests if method == "POST")
+
+
+def wait_for_writes(proxy: RunningServer, timeout: float = 10.0) -> None:
+    """Let layer 2's background store writes land."""
+    deadline = time.time() + timeout
+    while proxy.app[BACKGROUND].tasks and time.time() < deadline:
+        time.sleep(0.01)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll predicate until it holds or timeout passes; returns its last value."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def api_of(path: str) -> str:
+    """Which API's error shape a path answers in."""
+    return "anthropic" if path.startswith("/v1/messages") else "openai"
+
+
+def error_message(answer: http.Answer, api: str) -> str:
+    """Assert the body is a JSON error in `api`'s shape and return its message."""
+    assert answer.headers.get("Content-Type", "").startswith("application/json"), (
+        f"error is not JSON: {answer.headers.get('Content-Type')} {answer.content[:200]!r}")
+    body = answer.json()
+    if api == "anthropic":
+        assert body.get("type") == "error", body
+        error = body.get("error")
+        assert isinstance(error, dict) and isinstance(error.get("type"), str), body
+    else:
+        assert set(body) == {"error"}, body
+        error = body["error"]
+        assert isinstance(error, dict) and isinstance(error.get("type"), str), body
+    message = error.get("message")
+    assert isinstance(message, str) and message, body
+    return message
+
+
+# -- misbehaving raw TCP upstreams ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def raw_tcp_server(behaviour: Callable[[socket.socket], None]) -> Iterator[str]:
+    """A TCP server on 127.0.0.1 that hands each accepted connection to `behaviour`
+    (after which the connection is closed); yields its base URL."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def _serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with contextlib.suppress(OSError):
+                conn.settimeout(5)
+                behaviour(conn)
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    thread = threading.Thread(target=_serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def read_request_head(conn: socket.socket) -> bytes:
+    """Read an HTTP request up to the end of its headers (the body is left unread)."""
+    data = b""
+    while b"\r\n\r\n" not in data and len(data) < 1 << 20:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+# -- the proxy as a real subprocess ---------------------------------------------------------
+
+
+@dataclass
+class ProxyProcess:
+    """`python -m cachelayer serve` running as a child process, its output in files."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    data_dir: Path
+    metrics_file: Path
+    stdout_path: Path
+    stderr_path: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        return self.proc.pid
+
+    def rss_kib(self) -> int:
+        """Resident memory of the child (VmRSS from /proc), in KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS line")
+
+    def output(self) -> str:
+        """Everything the child wrote to stdout and stderr so far."""
+        return (self.stdout_path.read_text(errors="replace")
+                + self.stderr_path.read_text(errors="replace"))
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return int(self.proc.returncode)
+
+    def kill9(self) -> None:
+        """SIGKILL: no clean-up of any kind runs."""
+        os.kill(self.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+
+def spawn_proxy(tmp: Path, upstream_url: str, *extra: str, name: str = "proxy",
+                data_dir: Path | None = None, port: int | None = None,
+                wait: bool = True) -> ProxyProcess:
+    """Start `python -m cachelayer serve --upstream URL` on a free loopback port and (by
+    default) wait until /health answers."""
+    port = port or free_port()
+    data_dir = data_dir or tmp / "data"
+    metrics_file = tmp / f"{name}-metrics.json"
+    stdout_path, stderr_path = tmp / f"{name}.stdout", tmp / f"{name}.stderr"
+    args = [sys.executable, "-m", "cachelayer", "serve", "--upstream", upstream_url,
+            "--port", str(port), "--data-dir", str(data_dir),
+            "--metrics-file", str(metrics_file), "--metrics-interval", "0.5",
+            "--connect-timeout", "2", "--read-timeout", "10", *extra]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
+    env.pop("CACHELAYER_ADMIN_TOKEN", None)
+    with stdout_path.open("ab") as out, stderr_path.open("ab") as err:
+        proc = subprocess.Popen(args, stdout=out, stderr=err, env=env, cwd=str(tmp),
+                                stdin=subprocess.DEVNULL)
+    host = "127.0.0.1"
+    if "--host" in extra:
+        host = extra[extra.index("--host") + 1]
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    child = ProxyProcess(proc, f"http://{host}:{port}", data_dir, metrics_file,
+                         stdout_path, stderr_path, args)
+    if wait:
+        wait_until_up(child)
+    return child
+
+
+def wait_until_up(child: ProxyProcess, timeout: float = 30.0) -> None:
+    """Wait for the child's /health to answer 200; fail with its output if it dies."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"proxy exited with {child.proc.returncode}:\n{child.output()}")
+        with contextlib.suppress(OSError):
+            if http.get(child.url + "/health", timeout=2).status == 200:
+                return
+        time.sleep(0.1)
+    child.stop()
+    raise RuntimeError(f"proxy did not come up in {timeout}s:\n{child.output()}")
+
+
+@contextlib.contextmanager
+def running_proxy(tmp: Path, upstream_url: str, *extra: str,
+                  **kwargs: Any) -> Iterator[ProxyProcess]:
+    """spawn_proxy, always stopped on exit."""
+    child = spawn_proxy(tmp, upstream_url, *extra, **kwargs)
+    try:
+        yield child
+    finally:
+        child.stop()
+
+
+Upstream = tuple[CountingUpstream, RunningServer]
+ProxyFactory = Callable[..., AbstractContextManager[RunningServer]]
+
+
+def hardened_settings(tmp: Path, **overrides: Any) -> Settings:
+    """Settings for hardening tests: files under tmp, a 4 MiB body limit, short timeouts."""
+    base = Settings(
+        upstream="http://127.0.0.1:9",
+        data_dir=tmp / "data",
+        metrics_file=tmp / "metrics.json",
+        max_body_bytes=BODY_LIMIT,
+        metrics_interval_s=0.2,
+        connect_timeout_s=2.0,
+        read_timeout_s=5.0,
+    )
+    return replace(base, **overrides)
