@@ -27,10 +27,10 @@ from cachelayer.context import (
 from cachelayer.count_tokens import count_tokens
 from cachelayer.embedded import backend_ctx
 from cachelayer.keys import compile_volatile
-from cachelayer.layers.edge import CODECS, edge_middleware
+from cachelayer.layers.edge import edge_middleware, setup_edge
 from cachelayer.layers.forward import handle_completion
 from cachelayer.layers.prefix import prefix_middleware, setup_prefix_layer
-from cachelayer.layers.store import store_middleware
+from cachelayer.layers.store import setup_store_layer, store_middleware
 from cachelayer.ledger import Ledger
 from cachelayer.protocol.anthropic import AnthropicCodec
 from cachelayer.protocol.codec import Codec
@@ -106,8 +106,9 @@ def make_app(settings: Settings) -> web.Application:
         handler_args={"max_field_size": 65536},
     )
     app[SETTINGS] = settings
-    app[CODECS] = make_codecs(settings)
+    setup_edge(app, make_codecs(settings))
     setup_prefix_layer(app, compile_volatile(settings.volatile_patterns))
+    setup_store_layer(app)
     app.cleanup_ctx.append(backend_ctx)
     app.cleanup_ctx.append(_storage_ctx)
     app.cleanup_ctx.append(_upstream_ctx)

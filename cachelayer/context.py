@@ -24,6 +24,7 @@ class Exchange:
 
     chat: ChatRequest
     codec: Codec
+    fingerprint: str | None = None  # digest of route + raw body, for the layers' memos
     cache_status: str = "BYPASS"
     prefix: PrefixIds | None = None
     result: ChatResult | None = None

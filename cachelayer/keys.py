@@ -101,25 +101,63 @@ def is_deterministic(body: Mapping[str, Any]) -> bool:
 # Claude Code's first system block: cc_version changes with every release and, in some
 # versions, cch= with every request. It sits at the very start of the prompt.
 BILLING_HEADER_PATTERN = r"(?m)^x-anthropic-billing-header:[^\n]*(?:\n+|$)"
+BILLING_HEADER_LITERAL = "x-anthropic-billing-header:"
 
 
-def compile_volatile(patterns: Sequence[str]) -> tuple[re.Pattern[str], ...]:
+@dataclass(frozen=True)
+class VolatileRule:
+    """A pattern to strip, and a literal every match contains (scanning for it is cheap)."""
+
+    pattern: re.Pattern[str]
+    literal: str = ""
+
+
+def compile_volatile(patterns: Sequence[str]) -> tuple[VolatileRule, ...]:
     """The default volatile rule followed by the user's extra patterns, compiled."""
-    return tuple(re.compile(p) for p in (BILLING_HEADER_PATTERN, *patterns))
+    return (
+        VolatileRule(re.compile(BILLING_HEADER_PATTERN), BILLING_HEADER_LITERAL),
+        *(VolatileRule(re.compile(p)) for p in patterns),
+    )
 
 
-def strip_volatile(text: str, rules: Sequence[re.Pattern[str]]) -> tuple[str, list[str]]:
+def strip_volatile(text: str, rules: Sequence[VolatileRule]) -> tuple[str, list[str]]:
     """Remove every volatile segment; returns the stable text and what was removed."""
     removed: list[str] = []
+
+    def _keep(match: re.Match[str]) -> str:
+        removed.append(match.group(0))
+        return ""
+
     for rule in rules:
-        found = [m.group(0) for m in rule.finditer(text)]
-        if found:
-            removed.extend(found)
-            text = rule.sub("", text)
+        if rule.literal:
+            text = _strip_at_literal(rule, text, removed)
+        else:
+            text = rule.pattern.sub(_keep, text)
     return text, removed
 
 
-def _strip_content(content: Any, rules: Sequence[re.Pattern[str]], removed: list[str]) -> Any:
+def _strip_at_literal(rule: VolatileRule, text: str, removed: list[str]) -> str:
+    # A multiline regex walks every line of a 15 KB prompt on every request; finding the
+    # literal is a memchr, and the pattern then only runs where the literal stands.
+    pieces: list[str] = []
+    last = 0
+    pos = text.find(rule.literal)
+    while pos != -1:
+        match = rule.pattern.match(text, pos)
+        if match is not None and match.end() > pos:
+            pieces.append(text[last:pos])
+            removed.append(match.group(0))
+            last = match.end()
+            pos = text.find(rule.literal, last)
+        else:
+            pos = text.find(rule.literal, pos + 1)
+    if not pieces:
+        return text
+    pieces.append(text[last:])
+    return "".join(pieces)
+
+
+def _strip_content(content: Any, rules: Sequence[VolatileRule], removed: list[str]) -> Any:
     if isinstance(content, str):
         text, gone = strip_volatile(content, rules)
         removed.extend(gone)
@@ -137,7 +175,7 @@ def _strip_content(content: Any, rules: Sequence[re.Pattern[str]], removed: list
 
 
 def stabilize(
-    body: Mapping[str, Any], rules: Sequence[re.Pattern[str]]
+    body: Mapping[str, Any], rules: Sequence[VolatileRule]
 ) -> tuple[dict[str, Any], list[str]]:
     """The body with volatile segments removed from system messages (the prefix)."""
     messages = body.get("messages")

@@ -21,7 +21,8 @@ from cachelayer.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from cachelayer.protocol.chat import ClientApi, Kind
+from cachelayer.memo import MAX_MEMO_BODY, Memo, fingerprint
+from cachelayer.protocol.chat import ChatRequest, ClientApi, Kind
 from cachelayer.protocol.codec import Codec
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ API_ROUTES: dict[str, tuple[ClientApi, Kind]] = {
     "/v1/messages": ("anthropic", "chat"),
 }
 CODECS = web.AppKey("codecs", dict[str, Codec])
+PARSE_MEMO = web.AppKey("parse_memo", Memo[ChatRequest])
 
 
 def _is_json_type(content_type: str) -> bool:
@@ -66,7 +68,18 @@ async def read_exchange(request: web.Request, codec: Codec, kind: Kind) -> Excha
         ) from None
     if not raw:
         raise InvalidRequest("request body is empty")
-    return Exchange(chat=codec.parse_request(kind, raw), codec=codec)
+    if len(raw) > MAX_MEMO_BODY:
+        return Exchange(chat=codec.parse_request(kind, raw), codec=codec)
+    fp = fingerprint(request.path.encode(), raw)
+    memo = request.app[PARSE_MEMO]
+    chat = memo.get(fp) or memo.put(fp, codec.parse_request(kind, raw))
+    return Exchange(chat=chat, codec=codec, fingerprint=fp)
+
+
+def setup_edge(app: web.Application, codecs: dict[str, Codec]) -> None:
+    """Install the edge's state: the codecs and the parse memo."""
+    app[CODECS] = codecs
+    app[PARSE_MEMO] = Memo()
 
 
 @web.middleware

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _PATHS: dict[Kind, str] = {"chat": "/v1/chat/completions", "text": "/v1/completions"}
 _ERROR_BODY_LIMIT = 64 * 1024
+_BATCH = 32  # SSE events rendered per write when the upstream is ahead of us
 
 
 def _error_message(status: int, raw: bytes, url: str) -> str:
@@ -70,19 +71,34 @@ async def _open(request: web.Request, exchange: Exchange) -> tuple[aiohttp.Clien
     return response, url
 
 
-async def sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The `data:` payloads of an SSE stream, one per event, as they arrive."""
-    parts: list[bytes] = []
-    async for line in response.content:
-        line = line.rstrip(b"\r\n")
-        if not line:
-            if parts:
-                yield b"\n".join(parts)
-                parts = []
-        elif line.startswith(b"data:"):
-            parts.append(line[5:].lstrip(b" "))
-    if parts:
-        yield b"\n".join(parts)
+def _event_data(event: bytes) -> bytes | None:
+    parts = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(parts) if parts else None
+
+
+async def sse_batches(response: aiohttp.ClientResponse) -> AsyncIterator[list[bytes]]:
+    """The `data:` payloads of an SSE stream, in batches of whatever has arrived.
+
+    Batching lets a fast upstream's chunks go out in one write instead of one each,
+    while the first chunk still goes out the moment it arrives.
+    """
+    pending = b""
+    first = True
+    async for data in response.content.iter_any():
+        pending += data.replace(b"\r\n", b"\n") if b"\r" in data else data
+        *events, pending = pending.split(b"\n\n")
+        batch = [d for d in map(_event_data, events) if d is not None]
+        if first and len(batch) > 1:
+            # The first chunk goes out alone: time to first token is what users feel.
+            first = False
+            yield batch[:1]
+            batch = batch[1:]
+        for start in range(0, len(batch), _BATCH):
+            first = False
+            yield batch[start : start + _BATCH]
+    tail = _event_data(pending.strip())
+    if tail is not None:
+        yield [tail]
 
 
 async def handle_completion(request: web.Request) -> web.StreamResponse:
@@ -141,20 +157,22 @@ async def _relay_stream(
     builder = ResultBuilder(exchange.chat.kind)
     done = False
     try:
-        async for data in sse_data(upstream):
+        async for batch in sse_batches(upstream):
             if exchange.upstream_ms is None:
                 exchange.upstream_ms = (time.perf_counter() - started) * 1000
-            if data == b"[DONE]":
-                done = True
-                break
-            chunk = _load_chunk(data, url)
             out = []
-            for event in parse_chunk(exchange.chat.kind, chunk):
-                builder.add(event)
-                out.append(renderer.render(event))
+            for data in batch:
+                if data == b"[DONE]":
+                    done = True
+                    break
+                for event in parse_chunk(exchange.chat.kind, _load_chunk(data, url)):
+                    builder.add(event)
+                    out.append(renderer.render(event))
             piece = b"".join(out)
             if piece:
                 await response.write(piece)
+            if done:
+                break
         if not done:
             raise UpstreamProtocolError(f"upstream {url} ended the stream before [DONE]")
         await response.write(renderer.close())

@@ -10,16 +10,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from cachelayer.context import EXCHANGE, LEDGER, Exchange
-from cachelayer.keys import prefix_ids, stabilize, tenant_id
+from cachelayer.keys import PrefixIds, VolatileRule, prefix_ids, stabilize, tenant_id
+from cachelayer.memo import Memo
 from cachelayer.metrics import count_usage
+from cachelayer.protocol.chat import ChatRequest
 
 log = logging.getLogger(__name__)
-VOLATILE_RULES = web.AppKey("volatile_rules", tuple[re.Pattern[str], ...])
+VOLATILE_RULES = web.AppKey("volatile_rules", tuple[VolatileRule, ...])
 SESSION_HEADER = "X-Claude-Code-Session-Id"
 _LOGGED_LIMIT = 256
 
@@ -41,18 +44,39 @@ def _log_stripped_once(app: web.Application, removed: list[str]) -> None:
             log.debug("stripped volatile prompt segment: %s", pattern)
 
 
+@dataclass(frozen=True)
+class Stable:
+    """The stabilised request, its prefix ids, and what was stripped from it."""
+
+    chat: ChatRequest
+    prefix: PrefixIds
+    removed: tuple[str, ...]
+
+
 _STRIPPED_SEEN = web.AppKey("stripped_seen", set[str])
+PREFIX_MEMO = web.AppKey("prefix_memo", Memo[Stable])
+
+
+def stabilize_chat(chat: ChatRequest, rules: tuple[VolatileRule, ...]) -> Stable:
+    """Remove volatile segments from the request body and compute its prefix ids."""
+    body, removed = stabilize(chat.body, rules)
+    if removed:
+        chat = dataclasses.replace(chat, body=body)
+    return Stable(chat, prefix_ids(chat.body), tuple(removed))
 
 
 def stabilize_exchange(app: web.Application, exchange: Exchange) -> None:
-    """Remove volatile segments from the request body and compute its prefix ids."""
-    rules: tuple[re.Pattern[str], ...] = app[VOLATILE_RULES]
-    body, removed = stabilize(exchange.chat.body, rules)
-    if removed:
-        app[LEDGER].count("prefix.stripped_segments", len(removed))
-        _log_stripped_once(app, removed)
-        exchange.chat = dataclasses.replace(exchange.chat, body=body)
-    exchange.prefix = prefix_ids(exchange.chat.body)
+    """Stabilise the exchange's request (remembered for byte-identical repeats)."""
+    memo, fp = app[PREFIX_MEMO], exchange.fingerprint
+    stable = memo.get(fp) if fp else None
+    if stable is None:
+        stable = stabilize_chat(exchange.chat, app[VOLATILE_RULES])
+        if fp:
+            memo.put(fp, stable)
+    if stable.removed:
+        app[LEDGER].count("prefix.stripped_segments", len(stable.removed))
+        _log_stripped_once(app, list(stable.removed))
+    exchange.chat, exchange.prefix = stable.chat, stable.prefix
 
 
 @web.middleware
@@ -81,7 +105,8 @@ async def prefix_middleware(request: web.Request, handler: Handler) -> web.Strea
     return response
 
 
-def setup_prefix_layer(app: web.Application, compiled: tuple[re.Pattern[str], ...]) -> None:
+def setup_prefix_layer(app: web.Application, compiled: tuple[VolatileRule, ...]) -> None:
     """Install the layer's state on the app."""
     app[VOLATILE_RULES] = compiled
     app[_STRIPPED_SEEN] = set()
+    app[PREFIX_MEMO] = Memo()

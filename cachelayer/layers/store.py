@@ -18,6 +18,7 @@ from cachelayer.context import BACKGROUND, EXCHANGE, LEDGER, SETTINGS, STORE, Ex
 from cachelayer.keys import response_key, tenant_id
 from cachelayer.layers.forward import replay_stream
 from cachelayer.ledger import Ledger
+from cachelayer.memo import Memo
 from cachelayer.policy import decide, parse_cache_control, unstorable_reason
 from cachelayer.protocol.chat import ChatResult
 from cachelayer.storage import ResponseStore
@@ -25,11 +26,26 @@ from cachelayer.storage import ResponseStore
 log = logging.getLogger(__name__)
 
 
+KEY_MEMO = web.AppKey("key_memo", Memo[str])
+
+
 def request_key(request: web.Request, exchange: Exchange) -> str:
     """The response key for this request: its meaning, its tenant, its upstream."""
     tenant = tenant_id(request.headers.get("Authorization"), request.headers.get("x-api-key"))
-    return response_key(exchange.chat.kind, exchange.chat.body, tenant=tenant,
-                        upstream=request.app[SETTINGS].upstream_url)
+    memo = request.app[KEY_MEMO]
+    memo_key = (exchange.fingerprint, tenant)
+    key = memo.get(memo_key) if exchange.fingerprint else None
+    if key is None:
+        key = response_key(exchange.chat.kind, exchange.chat.body, tenant=tenant,
+                           upstream=request.app[SETTINGS].upstream_url)
+        if exchange.fingerprint:
+            memo.put(memo_key, key)
+    return key
+
+
+def setup_store_layer(app: web.Application) -> None:
+    """Install the layer's state on the app (the store itself opens in a cleanup context)."""
+    app[KEY_MEMO] = Memo(entries=256)
 
 
 async def replay(
