@@ -62,6 +62,8 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="seconds to connect to the upstream (default: 10)")
     p.add_argument("--read-timeout", type=float, default=600.0,
                    help="seconds to wait for the upstream's next byte (default: 600)")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="seconds SIGTERM waits for in-flight answers before stopping (default: 30)")
     p.add_argument("--metrics-interval", type=float, default=5.0,
                    help="seconds between metrics exports (default: 5)")
     p.add_argument("--admin-token", default=None,
@@ -110,6 +112,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Sett
         connect_timeout_s=args.connect_timeout,
         read_timeout_s=args.read_timeout,
         metrics_interval_s=args.metrics_interval,
+        shutdown_timeout_s=args.shutdown_timeout,
         admin_token=args.admin_token or env.get("CACHELAYER_ADMIN_TOKEN") or None,
         volatile_patterns=tuple(args.volatile_pattern),
         model_map=parse_model_map(args.model_map),

@@ -54,6 +54,7 @@ class Settings:
     default_model: str | None = None
     max_tokens_cap: int = 8192
     log_level: str = "info"
+    shutdown_timeout_s: float = 30.0
     backend_model: Path | None = None
     backend_port: int = DEFAULT_BACKEND_PORT
 

@@ -21,8 +21,8 @@ from cachelayer.protocol.chat import Usage
 
 SCHEMA_VERSION = 1
 RESPONSE_COUNTERS = (
-    "requests", "hits", "misses", "bypasses", "expired", "stored", "not_stored", "evictions",
-    "errors", "tokens_saved",
+    "requests", "hits", "coalesced", "misses", "bypasses", "expired", "stored", "not_stored",
+    "evictions", "errors", "tokens_saved",
 )
 
 

@@ -54,7 +54,8 @@ def serve(settings: Settings) -> int:
     app.on_startup.append(_announce)
     try:
         web.run_app(app, host=settings.host, port=settings.port, print=None,
-                    access_log=None, shutdown_timeout=30.0, handle_signals=True)
+                    access_log=None, shutdown_timeout=settings.shutdown_timeout_s,
+                    handle_signals=True, handler_cancellation=True)
     except (RuntimeError, OSError) as exc:
         print(f"cachelayer: {exc}", file=sys.stderr)
         return 1

@@ -125,7 +125,12 @@ async def handle_completion(request: web.Request) -> web.StreamResponse:
     except aiohttp.ClientError as exc:
         raise UpstreamUnreachable(f"upstream {url} dropped the connection: {exc}") from None
     finally:
-        upstream.release()
+        if exchange.result is None:
+            # Closing (not releasing) drops the connection, so the upstream sees the client
+            # leave and stops generating instead of finishing an answer nobody reads.
+            upstream.close()
+        else:
+            upstream.release()
 
 
 async def replay_stream(

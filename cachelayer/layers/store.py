@@ -14,6 +14,7 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from cachelayer.coalesce import Coalescer
 from cachelayer.context import BACKGROUND, EXCHANGE, LEDGER, SETTINGS, STORE, Exchange
 from cachelayer.keys import response_key, tenant_id
 from cachelayer.layers.forward import replay_stream
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 
 KEY_MEMO = web.AppKey("key_memo", Memo[str])
+COALESCER = web.AppKey("coalescer", Coalescer)
 
 
 def request_key(request: web.Request, exchange: Exchange) -> str:
@@ -46,6 +48,7 @@ def request_key(request: web.Request, exchange: Exchange) -> str:
 def setup_store_layer(app: web.Application) -> None:
     """Install the layer's state on the app (the store itself opens in a cleanup context)."""
     app[KEY_MEMO] = Memo(entries=256)
+    app[COALESCER] = Coalescer()
 
 
 async def replay(
@@ -82,6 +85,20 @@ async def store_middleware(request: web.Request, handler: Handler) -> web.Stream
                 ledger.count("response.hits")
                 return await replay(request, exchange, found.result, age)
             exchange.cache_status = "EXPIRED"
+    coalescer = app[COALESCER]
+    leads = False
+    if decision.store and exchange.cache_status != "BYPASS":
+        leader = coalescer.leading(key)
+        if leader is None:
+            coalescer.lead(key)
+            leads = True
+        else:
+            shared = await coalescer.follow(leader)
+            if shared is not None:
+                exchange.cache_status = "HIT"
+                exchange.result = shared
+                ledger.count("response.coalesced")
+                return await replay(request, exchange, shared, 0.0)
     ledger.count({"MISS": "response.misses", "EXPIRED": "response.expired"}.get(
         exchange.cache_status, "response.bypasses"))
     try:
@@ -89,6 +106,9 @@ async def store_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         ledger.count("response.errors")
         raise
+    finally:
+        if leads:
+            coalescer.settle(key, exchange.result)
     result = exchange.result
     if result is None:
         ledger.count("response.errors")

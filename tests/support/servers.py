@@ -47,7 +47,8 @@ def serve_app(
 
     async def _start() -> None:
         app = make()
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5,
+                               handler_cancellation=True)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         holder["runner"], holder["app"] = runner, app
