@@ -32,6 +32,13 @@ from cachelayer.layers.forward import handle_completion
 from cachelayer.layers.prefix import prefix_middleware, setup_prefix_layer
 from cachelayer.layers.store import setup_store_layer, store_middleware
 from cachelayer.ledger import Ledger
+from cachelayer.observability import (
+    REQUEST_ID_KEY,
+    UPSTREAM_LATENCY,
+    Histogram,
+    metrics,
+    request_id_middleware,
+)
 from cachelayer.protocol.anthropic import AnthropicCodec
 from cachelayer.protocol.codec import Codec
 from cachelayer.protocol.openai import OpenAICodec
@@ -91,6 +98,8 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _set_cache_headers(request: web.Request, response: web.StreamResponse) -> None:
+    # A signal, not the middlewares: a streamed answer's headers leave before they return.
+    response.headers["X-Request-Id"] = request.get(REQUEST_ID_KEY, "-")
     exchange = request.get(EXCHANGE)
     if exchange is not None:
         response.headers["X-Cache-Status"] = exchange.cache_status
@@ -100,12 +109,14 @@ def make_app(settings: Settings) -> web.Application:
     """Build the proxy application for these settings."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        # Outermost first: the edge (parse, errors in the client's shape), layer 1 (prefix),
-        # layer 2 (store); the handler is layer 3 (forward).
-        middlewares=[edge_middleware, prefix_middleware, store_middleware],
+        # Outermost first: request ids and access log, the edge (parse, errors in the
+        # client's shape), layer 1 (prefix), layer 2 (store); the handler is layer 3.
+        middlewares=[request_id_middleware, edge_middleware, prefix_middleware,
+                     store_middleware],
         handler_args={"max_field_size": 65536},
     )
     app[SETTINGS] = settings
+    app[UPSTREAM_LATENCY] = Histogram()
     setup_edge(app, make_codecs(settings))
     setup_prefix_layer(app, compile_volatile(settings.volatile_patterns))
     setup_store_layer(app)
@@ -119,6 +130,7 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/v1/models", admin.models)
     app.router.add_get("/health", admin.health)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/cache/stats", admin.stats)
     app.router.add_post("/cache/clear", admin.clear)
     return app

@@ -27,6 +27,7 @@ from cachelayer.config import (
 )
 from cachelayer.embedded import demo_model_dir
 from cachelayer.maintenance import add_clear_parser, add_data_dir, add_stats_parser
+from cachelayer.observability import configure_logging
 
 log = logging.getLogger("cachelayer")
 
@@ -157,7 +158,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    level = getattr(args, "log_level", "info")
-    logging.basicConfig(level=level.upper() if isinstance(level, str) else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(str(getattr(args, "log_level", "info")))
     return int(args.func(args) or 0)
