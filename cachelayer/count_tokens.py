@@ -17,8 +17,7 @@ import orjson
 from aiohttp import web
 
 from cachelayer.context import SETTINGS, UPSTREAM
-from cachelayer.errors import InvalidRequest
-from cachelayer.layers.edge import CODECS
+from cachelayer.layers.edge import CODECS, read_body
 from cachelayer.protocol.anthropic import AnthropicCodec, estimate_tokens
 
 log = logging.getLogger(__name__)
@@ -54,12 +53,9 @@ async def upstream_count(request: web.Request, body: dict[str, Any]) -> int | No
 
 async def count_tokens(request: web.Request) -> web.Response:
     """Answer `{"input_tokens": N}` for a Messages body (errors in Anthropic's shape)."""
-    raw = await request.read()
-    if not raw:
-        raise InvalidRequest("request body is empty")
-    codec = request.app[CODECS].get("anthropic")
-    if not isinstance(codec, AnthropicCodec):
-        codec = AnthropicCodec(request.app[SETTINGS])
+    raw = await read_body(request)
+    codec = request.app[CODECS]["anthropic"]
+    assert isinstance(codec, AnthropicCodec)
     body = codec.parse_count_request(raw)
     count = await upstream_count(request, body)
     if count is None:

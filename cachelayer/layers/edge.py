@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.typedefs import Handler
 
 from cachelayer.context import EXCHANGE, SETTINGS, Exchange
@@ -53,8 +55,8 @@ def error_response(codec: Codec, error: CachelayerError) -> web.Response:
                         content_type="application/json")
 
 
-async def read_exchange(request: web.Request, codec: Codec, kind: Kind) -> Exchange:
-    """Read, validate and neutralise the request body."""
+async def read_body(request: web.Request) -> bytes:
+    """The raw JSON body: checked for its content type, its size, and being there at all."""
     if not _is_json_type(request.content_type):
         raise UnsupportedMediaType(
             f"expected Content-Type application/json, got {request.content_type}"
@@ -66,8 +68,17 @@ async def read_exchange(request: web.Request, codec: Codec, kind: Kind) -> Excha
         raise PayloadTooLarge(
             f"request body is over the {limit}-byte limit (--max-body-size)"
         ) from None
+    except (RequestPayloadError, HttpProcessingError, ValueError) as exc:
+        # e.g. Content-Encoding: gzip over bytes that are not gzip
+        raise InvalidRequest(f"cannot read the request body: {exc}") from None
     if not raw:
         raise InvalidRequest("request body is empty")
+    return raw
+
+
+async def read_exchange(request: web.Request, codec: Codec, kind: Kind) -> Exchange:
+    """Read, validate and neutralise the request body."""
+    raw = await read_body(request)
     if len(raw) > MAX_MEMO_BODY:
         return Exchange(chat=codec.parse_request(kind, raw), codec=codec)
     fp = fingerprint(request.path.encode(), raw)

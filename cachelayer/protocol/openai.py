@@ -40,6 +40,11 @@ def load_json_object(raw: bytes) -> dict[str, Any]:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
+    try:
+        # orjson reads 1024 levels but writes only 254: refuse what cannot be keyed or sent.
+        orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        raise InvalidRequest("request body nests JSON too deeply (254 levels at most)") from None
     return body
 
 
@@ -83,8 +88,13 @@ def _check_messages(messages: Any) -> None:
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
             raise InvalidRequest(f"messages[{i}].content must be a string or a list of parts")
-        if isinstance(content, list) and not all(isinstance(p, dict) for p in content):
-            raise InvalidRequest(f"messages[{i}].content parts must be objects")
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type", ""), str):
+                    raise InvalidRequest(f"messages[{i}].content[{j}] must be an object "
+                                         "with a string 'type'")
+                if part.get("type") == "text" and not isinstance(part.get("text"), str):
+                    raise InvalidRequest(f"messages[{i}].content[{j}].text must be a string")
 
 
 def parse_request(kind: Kind, raw: bytes) -> ChatRequest:
