@@ -84,8 +84,10 @@ async def health(request: web.Request) -> web.Response:
         upstream["ok"] = False
         upstream["error"] = str(exc) or type(exc).__name__
     degraded = request.app[STORE].degraded
-    return _json({"status": "degraded" if degraded else "ok", "upstream": upstream,
-                  "store": {"ok": degraded is None, "error": degraded}})
+    ledger = request.app[LEDGER].degraded
+    return _json({"status": "degraded" if degraded or ledger else "ok", "upstream": upstream,
+                  "store": {"ok": degraded is None, "error": degraded},
+                  "ledger": {"ok": ledger is None, "error": ledger}})
 
 
 def require_admin(request: web.Request) -> None:

@@ -69,7 +69,10 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await exporter
     await app[BACKGROUND].drain()
-    await asyncio.get_running_loop().run_in_executor(None, admin.export_metrics, app)
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, admin.export_metrics, app)
+    except OSError as exc:
+        log.error("could not write the metrics file at shutdown: %s", exc)
     app[LEDGER].close()
     app[STORE].close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -24,12 +25,23 @@ _COUNTER_PREFIX = "c:"
 _CREATED_KEY = "meta:created"
 
 
+def _open(directory: Path) -> diskcache.Cache:
+    return diskcache.Cache(str(directory), size_limit=2**40, cull_limit=0)
+
+
 class Ledger:
     """Counters by dotted name (`response.hits`, `tokens.reused`, ...)."""
 
     def __init__(self, directory: Path) -> None:
-        self.directory = ensure_private_dir(directory)
-        self._cache = diskcache.Cache(str(directory), size_limit=2**40, cull_limit=0)
+        self.directory = directory
+        self.degraded: str | None = None
+        try:
+            self._cache = _open(ensure_private_dir(directory))
+        except (OSError, sqlite3.Error) as exc:
+            # Keep counting for this process (a temporary dir) rather than refuse to start.
+            self.degraded = f"cannot open the ledger in {directory}: {exc}"
+            log.error("%s; counting in a temporary directory until restart", self.degraded)
+            self._cache = _open(Path(tempfile.mkdtemp(prefix="cachelayer-ledger-")))
         self._pending: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._cache.add(_CREATED_KEY, time.time())

@@ -57,7 +57,7 @@ class ResponseStore:
         ttl_s: float,
         entry_max_bytes: int,
     ) -> None:
-        self.directory = ensure_private_dir(directory)
+        self.directory = directory
         self.size_limit = size_limit
         self.ttl_s = ttl_s
         self.entry_max_bytes = entry_max_bytes
@@ -65,19 +65,27 @@ class ResponseStore:
         # Answers on their way to disk: a repeat that arrives before the write lands
         # must still be a hit (agents re-send at once).
         self._staged: dict[str, StoredAnswer] = {}
-        self._cache = diskcache.Cache(
-            str(directory),
-            size_limit=size_limit,
-            cull_limit=0,
-            eviction_policy="least-recently-stored",
-            statistics=False,
-        )
+        self._cache: diskcache.Cache | None = None
+        try:
+            self._cache = diskcache.Cache(
+                str(ensure_private_dir(directory)),
+                size_limit=size_limit,
+                cull_limit=0,
+                eviction_policy="least-recently-stored",
+                statistics=False,
+            )
+        except (OSError, sqlite3.Error) as exc:
+            # A read-only or full data dir: serve as a pass-through rather than not at all.
+            self.degraded = f"cannot open the response store in {directory}: {exc}"
+            log.error("%s; serving without a response store", self.degraded)
 
     def get(self, key: str) -> StoredAnswer | None:
         """The stored answer for key, or None; an unreadable entry is dropped as a miss."""
         staged = self._staged.get(key)
         if staged is not None:
             return staged
+        if self._cache is None:
+            return None
         try:
             raw = self._cache.get(key)
         except (sqlite3.Error, OSError) as exc:
@@ -108,7 +116,7 @@ class ResponseStore:
             self._staged.pop(key, None)
 
     def _write(self, key: str, payload: bytes) -> PutOutcome:
-        if len(payload) > self.entry_max_bytes:
+        if len(payload) > self.entry_max_bytes or self._cache is None:
             return PutOutcome(stored=False)
         try:
             self._cache.set(key, payload, expire=self.ttl_s)
@@ -125,6 +133,7 @@ class ResponseStore:
         return PutOutcome(stored=True, nbytes=len(payload), evicted=evicted, expired=expired)
 
     def _evict_to_limit(self, keep: str) -> int:
+        assert self._cache is not None
         # diskcache's own cull() deletes in batches of ten, which empties a small store;
         # evict the oldest entries one by one instead (iteration order is insertion order).
         evicted = 0
@@ -137,6 +146,8 @@ class ResponseStore:
 
     def delete(self, key: str) -> None:
         """Remove one entry if present."""
+        if self._cache is None:
+            return
         try:
             self._cache.delete(key)
         except (sqlite3.Error, OSError) as exc:
@@ -145,15 +156,16 @@ class ResponseStore:
     def clear(self) -> int:
         """Remove every entry; returns how many were removed."""
         self._staged.clear()
-        return int(self._cache.clear())
+        return int(self._cache.clear()) if self._cache is not None else 0
 
     def __len__(self) -> int:
-        return len(self._cache)
+        return len(self._cache) if self._cache is not None else 0
 
     def volume(self) -> int:
         """Bytes on disk, as diskcache estimates them."""
-        return int(self._cache.volume())
+        return int(self._cache.volume()) if self._cache is not None else 0
 
     def close(self) -> None:
         """Close the underlying database connections."""
-        self._cache.close()
+        if self._cache is not None:
+            self._cache.close()

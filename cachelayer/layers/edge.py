@@ -11,8 +11,8 @@ import logging
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestPayloadError
 
 from cachelayer.context import EXCHANGE, SETTINGS, Exchange
 from cachelayer.errors import (
