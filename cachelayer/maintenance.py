@@ -97,6 +97,10 @@ def format_stats(doc: dict[str, Any]) -> str:
     ]
     if "files" in kv:
         lines.append(_row("files / bytes on disk", f"{kv.get('files')} / {kv.get('bytes')}"))
+    if "tokens_restored_disk" in kv:
+        lines.append(_row("restored disk / memory", f"{kv.get('tokens_restored_disk', 0)} / "
+                                                    f"{kv.get('tokens_restored_memory', 0)}"))
+        lines.append(_row("prefilled by the backend", kv.get("tokens_prefilled", 0)))
     if prefix:
         lines.append("prefix (layer 1)")
         lines += [_row(k, v) for k, v in prefix.items() if not isinstance(v, (list, dict))]
