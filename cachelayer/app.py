@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 def make_codecs(settings: Settings) -> dict[str, Codec]:
     """The client APIs this proxy speaks, keyed by name."""
-    return {"openai": OpenAICodec(), "anthropic": AnthropicCodec(settings)}
+    return {"openai": OpenAICodec(settings.model_map), "anthropic": AnthropicCodec(settings)}
 
 
 async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -272,8 +272,7 @@ def upstream_model(settings: Settings, client_model: str) -> str:
     mapped = settings.model_map.get(client_model)
     if mapped:
         return mapped
-    default = getattr(settings, "default_model", None)
-    return default if isinstance(default, str) and default else client_model
+    return settings.default_model or client_model
 
 
 def translate(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -346,9 +347,16 @@ class OpenAICodec:
 
     api: ClientApi = "openai"
 
+    def __init__(self, model_map: Mapping[str, str] | None = None) -> None:
+        self.model_map = dict(model_map or {})
+
     def parse_request(self, kind: Kind, raw: bytes) -> ChatRequest:
-        """Validate and neutralise an OpenAI body."""
-        return parse_request(kind, raw)
+        """Validate and neutralise an OpenAI body; --model-map renames the model sent on."""
+        request = parse_request(kind, raw)
+        mapped = self.model_map.get(request.client_model)
+        if mapped:
+            request = dataclasses.replace(request, body={**request.body, "model": mapped})
+        return request
 
     def render_response(self, result: ChatResult, request: ChatRequest) -> bytes:
         """The non-streamed OpenAI answer."""

@@ -6,6 +6,7 @@ import openai
 import pytest
 
 from cachelayer.context import STORE
+from tests.integration.conftest import ProxyFactory
 from tests.support import http as httpx
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.servers import RunningServer
@@ -130,3 +131,13 @@ def _wait_for_writes(proxy: RunningServer) -> None:
     while proxy.app[BACKGROUND].tasks and time.time() < deadline:
         time.sleep(0.01)
     assert len(proxy.app[STORE]) >= 0
+
+
+def test_model_map_renames_the_model_sent_upstream(
+    upstream: tuple[FakeUpstream, RunningServer], start_proxy: ProxyFactory
+) -> None:
+    fake, server = upstream
+    with start_proxy(upstream=server.url, model_map={"gpt-4o": "local/qwen"}) as proxy:
+        _client(proxy).chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        _client(proxy).chat.completions.create(model="other", messages=MESSAGES)
+    assert [call["model"] for call in fake.calls] == ["local/qwen", "other"]
