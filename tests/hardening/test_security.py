@@ -4,6 +4,7 @@ or token holders, and listening beyond loopback is warned about."""
 
 from __future__ import annotations
 
+import json
 import stat
 import time
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ from tests.hardening.helpers import (
     ProxyFactory,
     Upstream,
     error_message,
+    raw_tcp_server,
+    read_request_head,
     running_proxy,
     spawn_proxy,
     wait_for,
@@ -285,3 +288,28 @@ def test_binding_a_non_loopback_address_prints_a_warning(tmp_path: Path) -> None
             assert WARNING not in quiet.output()
         finally:
             quiet.stop()
+
+
+def _echo_the_credential(conn: Any) -> None:
+    """An upstream that refuses the key and quotes it back, as some servers do."""
+    head = read_request_head(conn).decode("latin-1")
+    key = next((line.split(":", 1)[1].strip() for line in head.split("\r\n")
+                if line.lower().startswith("authorization:")), "none")
+    body = json.dumps({"error": {"message": f"Incorrect API key provided: {key}",
+                                 "type": "invalid_request_error"}}).encode()
+    conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n"
+                 + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+
+
+def test_an_upstream_quoting_the_credential_back_does_not_put_it_in_the_logs(
+    tmp_path: Path,
+) -> None:
+    with raw_tcp_server(_echo_the_credential) as url, running_proxy(
+            tmp_path, url, "--log-level", "debug", name="echo") as child:
+        answer = http.post(child.url + CHAT, json=body_for(CHAT, "hi"),
+                           headers={"Authorization": f"Bearer {BEARER_SECRET}"})
+        assert answer.status == 401
+        child.stop()
+        logs = child.output()
+    assert "401" in logs
+    assert BEARER_SECRET not in logs, "the upstream's error text put the key in the log"
