@@ -28,6 +28,7 @@ class Exchange:
     cache_status: str = "BYPASS"
     prefix: PrefixIds | None = None
     result: ChatResult | None = None
+    oversized: bool = False  # relayed whole, but too large to keep: never stored
     upstream_ms: float | None = None
 
 

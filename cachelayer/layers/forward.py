@@ -159,7 +159,8 @@ async def _relay_stream(
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
     renderer = exchange.codec.stream_renderer(exchange.chat)
-    builder = ResultBuilder(exchange.chat.kind)
+    builder = ResultBuilder(exchange.chat.kind,
+                            max_chars=request.app[SETTINGS].entry_max_bytes)
     done = False
     try:
         async for batch in sse_batches(upstream):
@@ -190,6 +191,7 @@ async def _relay_stream(
         await _write_quietly(response, renderer.fail(error))
         return response
     exchange.result = builder.result()
+    exchange.oversized = builder.oversized
     await response.write_eof()
     return response
 

@@ -108,13 +108,14 @@ async def store_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
     finally:
         if leads:
-            coalescer.settle(key, exchange.result)
+            coalescer.settle(key, None if exchange.oversized else exchange.result)
     result = exchange.result
     if result is None:
         ledger.count("response.errors")
         return response
     if decision.store:
-        reason = unstorable_reason(result, store_truncated=settings.store_truncated)
+        reason = "over --entry-max-size" if exchange.oversized else unstorable_reason(
+            result, store_truncated=settings.store_truncated)
         if reason is None:
             store.stage(key, result)
             app[BACKGROUND].spawn(_put(store, ledger, key, result))

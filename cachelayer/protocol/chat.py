@@ -169,11 +169,22 @@ class _ChoiceParts:
 class ResultBuilder:
     """Folds stream events into the ChatResult they add up to."""
 
-    def __init__(self, kind: Kind) -> None:
+    def __init__(self, kind: Kind, max_chars: int | None = None) -> None:
         self.kind: Kind = kind
+        self.max_chars = max_chars
+        self.oversized = False
+        self._chars = 0
         self._start = Start(id="", model="", created=0)
         self._choices: dict[int, _ChoiceParts] = {}
         self._usage: Usage | None = None
+
+    def _over_limit(self, piece: str) -> bool:
+        # Past the cap the answer is relayed but no longer kept: it will not be stored,
+        # and memory stays bounded however long the stream runs.
+        self._chars += len(piece)
+        if self.max_chars is not None and self._chars > self.max_chars:
+            self.oversized = True
+        return self.oversized
 
     def add(self, event: StreamEvent) -> None:
         """Take one event into account."""
@@ -181,9 +192,13 @@ class ResultBuilder:
             if not self._start.id:
                 self._start = event
         elif isinstance(event, TextDelta):
+            if self._over_limit(event.text):
+                return
             parts = self._choice(event.index)
             (parts.reasoning if event.reasoning else parts.text).append(event.text)
         elif isinstance(event, ToolCallDelta):
+            if self._over_limit(event.arguments):
+                return
             parts = self._choice(event.index)
             ident = parts.calls.setdefault(event.call_index, [None, None])
             if event.id:

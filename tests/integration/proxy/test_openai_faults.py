@@ -166,3 +166,18 @@ def test_models_are_forwarded(proxy: RunningServer) -> None:
 
 def test_unknown_route_gets_404_in_openai_shape(proxy: RunningServer) -> None:
     _assert_openai_error(http.get(proxy.url + "/v1/nothing"), 404)
+
+
+def test_stream_over_the_entry_cap_is_relayed_whole_but_not_stored(
+    upstream: tuple[FakeUpstream, RunningServer], start_proxy: ProxyFactory
+) -> None:
+    fake, server = upstream
+    text = " ".join(["long"] * 400)
+    fake.script = lambda body: Reply(text=text)
+    with start_proxy(upstream=server.url, entry_max_bytes=256) as proxy:
+        for _ in range(2):
+            answer = http.post(proxy.url + CHAT, json={**GOOD, "stream": True})
+            assert http.sse_text(answer.content) == text
+            assert answer.headers["X-Cache-Status"] == "MISS"
+        assert len(proxy.app[STORE]) == 0
+    assert len(fake.calls) == 2
