@@ -13,6 +13,7 @@ import re
 import time
 import uuid
 from bisect import bisect_left
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -29,12 +30,39 @@ _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+# The credentials of the request being served: no log line may carry them, even when an
+# upstream quotes them back in an error message.
+SECRETS: ContextVar[tuple[str, ...]] = ContextVar("secrets", default=())
+REDACTED = "[redacted]"
+
+
+def request_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The credential values a request carries (with and without `Bearer `)."""
+    found: list[str] = []
+    for name in ("Authorization", "x-api-key"):
+        value = headers.get(name, "").strip()
+        if value:
+            found.append(value)
+            if value.lower().startswith("bearer "):
+                found.append(value[7:].strip())
+    # Longest first, so "Bearer K" is replaced whole before K alone.
+    return tuple(sorted({s for s in found if len(s) >= 4}, key=len, reverse=True))
+
+
 class RequestIdFilter(logging.Filter):
-    """Adds the current request id to every record (`-` outside a request)."""
+    """Adds the current request id to every record (`-` outside a request) and redacts
+    the request's credentials from the message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Attach the id; never drops a record."""
+        """Attach the id, redact secrets; never drops a record."""
         record.request_id = REQUEST_ID.get()
+        secrets = SECRETS.get()
+        if secrets:
+            message = record.getMessage()
+            if any(s in message for s in secrets):
+                for secret in secrets:
+                    message = message.replace(secret, REDACTED)
+                record.msg, record.args = message, None
         return True
 
 
@@ -84,6 +112,7 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     rid = offered if _SANE_ID.match(offered) else uuid.uuid4().hex[:16]
     request[REQUEST_ID_KEY] = rid
     token = REQUEST_ID.set(rid)
+    secrets_token = SECRETS.set(request_secrets(request.headers))
     started = time.perf_counter()
     status = 500
     try:
@@ -104,6 +133,7 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
                  status, exchange.cache_status if exchange else "-",
                  (time.perf_counter() - started) * 1000)
         REQUEST_ID.reset(token)
+        SECRETS.reset(secrets_token)
 
 
 _COUNTERS = (

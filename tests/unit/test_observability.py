@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from cachelayer.observability import REQUEST_ID, Histogram, RequestIdFilter
+from cachelayer.observability import (
+    REQUEST_ID,
+    SECRETS,
+    Histogram,
+    RequestIdFilter,
+    request_secrets,
+)
 
 
 def test_histogram_buckets_are_cumulative_and_inclusive() -> None:
@@ -30,3 +36,16 @@ def test_log_records_carry_the_current_request_id() -> None:
     outside = logging.LogRecord("t", logging.INFO, __file__, 1, "m", None, None)
     RequestIdFilter().filter(outside)
     assert outside.request_id == "-"  # type: ignore[attr-defined]
+
+
+def test_the_requests_credentials_are_redacted_from_log_messages() -> None:
+    secrets = request_secrets({"Authorization": "Bearer sk-live-123456", "x-api-key": "ak-99"})
+    record = logging.LogRecord("t", logging.WARNING, __file__, 1,
+                               "upstream said: bad key %s (%s)", ("sk-live-123456", "ak-99"),
+                               None)
+    token = SECRETS.set(secrets)
+    try:
+        RequestIdFilter().filter(record)
+    finally:
+        SECRETS.reset(token)
+    assert record.getMessage() == "upstream said: bad key [redacted] ([redacted])"
