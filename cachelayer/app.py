@@ -7,7 +7,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -138,8 +137,3 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_post("/cache/clear", admin.clear)
     return app
 
-
-def settings_summary(settings: Settings) -> dict[str, Any]:
-    """What the proxy runs with, for the start-up banner and /health."""
-    return {"upstream": settings.upstream, "data_dir": str(settings.data_dir),
-            "response_cache": settings.response_cache.value}

@@ -15,9 +15,8 @@ from cachelayer.backend.launch import (
     ServerProcess,
     backend_command,
     free_port,
-    start_server,
+    running_server,
     stock_command,
-    stop_server,
 )
 from cachelayer.config import Settings
 from tests.support.servers import RunningServer, serve_app
@@ -36,11 +35,8 @@ def backend(stack_model: Path, tmp_path: Path) -> Iterator[ServerProcess]:
     """A real `cachelayer backend` with its KV files under the test's tmp dir."""
     port = free_port()
     argv = backend_command(stack_model, port, tmp_path / "kv", "--kv-min-tokens", "128")
-    server = start_server(argv, port, tmp_path / "backend.log", cwd=ROOT)
-    try:
+    with running_server(argv, port, tmp_path / "backend.log", cwd=ROOT) as server:
         yield server
-    finally:
-        stop_server(server)
 
 
 @pytest.fixture
@@ -48,13 +44,10 @@ def stock(stack_model: Path, tmp_path: Path) -> Iterator[ServerProcess]:
     """A real, unmodified `mlx_lm.server`."""
     port = free_port()
     (tmp_path / "hf").mkdir()
-    server = start_server(stock_command(stack_model, port), port, tmp_path / "stock.log",
-                          cwd=ROOT, env={**os.environ, "HF_HOME": str(tmp_path / "hf"),
-                                         "HF_HUB_OFFLINE": "1"})
-    try:
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    with running_server(stock_command(stack_model, port), port, tmp_path / "stock.log",
+                        cwd=ROOT, env=env) as server:
         yield server
-    finally:
-        stop_server(server)
 
 
 def stack_settings(tmp_path: Path, upstream: str, **overrides: object) -> Settings:
