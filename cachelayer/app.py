@@ -33,8 +33,10 @@ from cachelayer.layers.store import setup_store_layer, store_middleware
 from cachelayer.ledger import Ledger
 from cachelayer.observability import (
     REQUEST_ID_KEY,
+    REQUEST_IDS,
     UPSTREAM_LATENCY,
     Histogram,
+    RequestIds,
     metrics,
     request_id_middleware,
 )
@@ -119,6 +121,7 @@ def make_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[UPSTREAM_LATENCY] = Histogram()
+    app[REQUEST_IDS] = RequestIds()
     setup_edge(app, make_codecs(settings))
     setup_prefix_layer(app, compile_volatile(settings.volatile_patterns))
     setup_store_layer(app)

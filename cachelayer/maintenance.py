@@ -158,10 +158,14 @@ def clear_one(name: str, data_dir: Path) -> str:
     if name == "responses":
         if not (data_dir / "responses").exists():
             return "nothing stored"
-        import diskcache
+        from cachelayer.storage import ResponseStore
 
-        with diskcache.Cache(str(data_dir / "responses")) as cache:
-            return f"removed {cache.clear()} stored answers"
+        store = ResponseStore(data_dir / "responses", size_limit=1 << 62, ttl_s=0,
+                              entry_max_bytes=0)
+        try:
+            return f"removed {store.clear()} stored answers"
+        finally:
+            store.close()
     if name == "ledger":
         from cachelayer.ledger import Ledger
 

@@ -8,10 +8,11 @@ log record emitted while serving the request names it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
+import secrets
 import time
-import uuid
 from bisect import bisect_left
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -56,11 +57,11 @@ class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         """Attach the id, redact secrets; never drops a record."""
         record.request_id = REQUEST_ID.get()
-        secrets = SECRETS.get()
-        if secrets:
+        hidden = SECRETS.get()
+        if hidden:
             message = record.getMessage()
-            if any(s in message for s in secrets):
-                for secret in secrets:
+            if any(s in message for s in hidden):
+                for secret in hidden:
                     message = message.replace(secret, REDACTED)
                 record.msg, record.args = message, None
         return True
@@ -105,11 +106,27 @@ class Histogram:
 UPSTREAM_LATENCY = web.AppKey("upstream_latency", Histogram)
 
 
+class RequestIds:
+    """Request ids unique across restarts: a random prefix per process, then a counter
+    (cheaper than a uuid4 per request)."""
+
+    def __init__(self) -> None:
+        self.prefix = secrets.token_hex(5)
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        """A new 16-character id."""
+        return f"{self.prefix}{next(self._counter):06x}"[:16]
+
+
+REQUEST_IDS = web.AppKey("request_ids", RequestIds)
+
+
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Name the request, log one access line for it, time its upstream call."""
     offered = request.headers.get("X-Request-Id", "")
-    rid = offered if _SANE_ID.match(offered) else uuid.uuid4().hex[:16]
+    rid = offered if _SANE_ID.match(offered) else request.app[REQUEST_IDS].next()
     request[REQUEST_ID_KEY] = rid
     token = REQUEST_ID.set(rid)
     secrets_token = SECRETS.set(request_secrets(request.headers))
@@ -129,9 +146,11 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
         exchange = request.get(EXCHANGE)
         if exchange is not None and exchange.upstream_ms is not None:
             request.app[UPSTREAM_LATENCY].observe(exchange.upstream_ms / 1000)
-        log.info("method=%s path=%s status=%d cache=%s ms=%.1f", request.method, request.path,
-                 status, exchange.cache_status if exchange else "-",
-                 (time.perf_counter() - started) * 1000)
+        # Debug, not info: formatting and writing a line costs a hit a sixth of its time.
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("method=%s path=%s status=%d cache=%s ms=%.1f", request.method,
+                      request.path, status, exchange.cache_status if exchange else "-",
+                      (time.perf_counter() - started) * 1000)
         REQUEST_ID.reset(token)
         SECRETS.reset(secrets_token)
 

@@ -111,3 +111,24 @@ def test_full_disk_degrades_instead_of_raising(tmp_path: Path, monkeypatch: obje
     assert store.put("k", RESULT).stored
     assert store.degraded is None
     store.close()
+
+
+def test_a_clear_from_another_process_empties_this_ones_memory(tmp_path: Path) -> None:
+    import time
+
+    running = make(tmp_path)
+    running.put("k", RESULT)
+    assert running.get("k") is not None  # now served from memory
+    other = make(tmp_path)  # e.g. `cachelayer clear` in another process
+    assert other.clear() == 1
+    time.sleep(0.3)
+    assert running.get("k") is None
+    running.close()
+    other.close()
+
+
+def test_memory_never_outlives_the_ttl(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    store.put("k", RESULT, now=1.0)  # stored long ago
+    assert store.get("k") is None
+    store.close()

@@ -48,7 +48,7 @@ def test_each_request_logs_one_access_line_with_its_id(
     proxy: RunningServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.handler.addFilter(RequestIdFilter())
-    with caplog.at_level(logging.INFO, logger="cachelayer.access"):
+    with caplog.at_level(logging.DEBUG, logger="cachelayer.access"):
         http.post(proxy.url + "/v1/chat/completions", json=BODY,
                   headers={"X-Request-Id": "trace-7"})
     lines = [r for r in caplog.records if r.name == "cachelayer.access"]
