@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 from cachelayer.protocol.chat import ChatResult, Choice, ToolCall, Usage
@@ -21,9 +22,11 @@ def make(tmp_path: Path, **kw: int) -> ResponseStore:
 
 def test_put_then_get_round_trips_the_result(tmp_path: Path) -> None:
     store = make(tmp_path)
-    assert store.put("k", RESULT, now=100.0).stored
+    stored_at = time.time() - 5
+    assert store.put("k", RESULT, now=stored_at).stored
+    store._hot.discard("k")  # read it back from disk, not from memory
     found = store.get("k")
-    assert found is not None and found.result == RESULT and found.stored_at == 100.0
+    assert found is not None and found.result == RESULT and found.stored_at == stored_at
     store.close()
 
 
@@ -114,8 +117,6 @@ def test_full_disk_degrades_instead_of_raising(tmp_path: Path, monkeypatch: obje
 
 
 def test_a_clear_from_another_process_empties_this_ones_memory(tmp_path: Path) -> None:
-    import time
-
     running = make(tmp_path)
     running.put("k", RESULT)
     assert running.get("k") is not None  # now served from memory
