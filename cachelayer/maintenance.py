@@ -102,8 +102,17 @@ def format_stats(doc: dict[str, Any]) -> str:
                                                     f"{kv.get('tokens_restored_memory', 0)}"))
         lines.append(_row("prefilled by the backend", kv.get("tokens_prefilled", 0)))
     if prefix:
-        lines.append("prefix (layer 1)")
-        lines += [_row(k, v) for k, v in prefix.items() if not isinstance(v, (list, dict))]
+        reasons = ", ".join(f"{k}: {v}" for k, v in prefix.get("missReasons", {}).items())
+        lines += [
+            "prefix (layer 1)",
+            _row("requests / unique prefixes", f"{prefix.get('requests', 0)} / "
+                                               f"{prefix.get('uniquePrefixes', 0)}"),
+            _row("prefix hits / misses", f"{prefix.get('hits', 0)} / {prefix.get('misses', 0)}"),
+            _row("volatile segments stripped", prefix.get("strippedSegments", 0)),
+            _row("tokens reused (estimated)", f"{prefix.get('reusedTokens', 0)} "
+                                              f"({prefix.get('estimatedReusedTokens', 0)})"),
+            _row("why prefixes missed", reasons or "-"),
+        ]
     top = doc.get("topEntries") or []
     if top:
         lines.append("top prefixes")
