@@ -79,23 +79,29 @@ def _event_data(event: bytes) -> bytes | None:
 async def sse_batches(response: aiohttp.ClientResponse) -> AsyncIterator[list[bytes]]:
     """The `data:` payloads of an SSE stream, in batches of whatever has arrived.
 
-    Batching lets a fast upstream's chunks go out in one write instead of one each,
-    while the first chunk still goes out the moment it arrives.
+    The first event goes out alone, as soon as it is framed (time to first token is what
+    users feel); after it, up to _BATCH events share a write when the upstream is ahead.
     """
     pending = b""
-    first = True
+    limit = 1
     async for data in response.content.iter_any():
-        pending += data.replace(b"\r\n", b"\n") if b"\r" in data else data
-        *events, pending = pending.split(b"\n\n")
-        batch = [d for d in map(_event_data, events) if d is not None]
-        if first and len(batch) > 1:
-            # The first chunk goes out alone: time to first token is what users feel.
-            first = False
-            yield batch[:1]
-            batch = batch[1:]
-        for start in range(0, len(batch), _BATCH):
-            first = False
-            yield batch[start : start + _BATCH]
+        pending += data
+        if b"\r" in pending:
+            pending = pending.replace(b"\r\n", b"\n")
+        pos = 0
+        batch: list[bytes] = []
+        while (end := pending.find(b"\n\n", pos)) >= 0:
+            payload = _event_data(pending[pos:end])
+            pos = end + 2
+            if payload is not None:
+                batch.append(payload)
+                if len(batch) >= limit:
+                    yield batch
+                    batch, limit = [], _BATCH
+        if batch:
+            yield batch
+            limit = _BATCH
+        pending = pending[pos:]
     tail = _event_data(pending.strip())
     if tail is not None:
         yield [tail]

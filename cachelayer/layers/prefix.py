@@ -101,7 +101,7 @@ async def prefix_middleware(request: web.Request, handler: Handler) -> web.Strea
                                         from_store=from_store, client=client_of(request))
         if reason is not None:
             ledger.count(f"prefix.miss.{reason}")
-            log.info("prefix %s… missed: %s", exchange.prefix.prefix_id[:12], reason)
+            log.debug("prefix %s… missed: %s", exchange.prefix.prefix_id[:12], reason)
     return response
 
 
