@@ -121,16 +121,21 @@ def start_server(
     return server
 
 
-def stop_server(server: ServerProcess, timeout: float = 30.0) -> int:
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
     """SIGTERM, then SIGKILL after `timeout`; returns the exit status."""
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
         try:
-            server.proc.wait(timeout)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait()
-    return int(server.proc.returncode)
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
+def stop_server(server: ServerProcess, timeout: float = 30.0) -> int:
+    """Stop a server started by start_server; returns the exit status."""
+    return terminate(server.proc, timeout)
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from cachelayer.backend.launch import terminate
 from cachelayer.config import MiB, Settings
 from cachelayer.context import BACKGROUND
 from tests.support import http
@@ -187,14 +188,7 @@ class ProxyProcess:
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return int(self.proc.returncode)
+        return terminate(self.proc, timeout)
 
     def kill9(self) -> None:
         """SIGKILL: no clean-up of any kind runs."""

@@ -11,8 +11,6 @@ import contextlib
 import json
 import os
 import platform
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,15 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cachelayer.backend.launch import free_port as free_port
+from cachelayer.backend.launch import terminate
+
 TOOLS = Path(__file__).resolve().parents[1]
 REPO = TOOLS.parent
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -78,13 +72,7 @@ def wait_ready(server: Server, path: str, timeout_s: float) -> None:
 
 def stop(server: Server, grace_s: float = 15.0) -> None:
     """SIGTERM, then SIGKILL after the grace period."""
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
-        try:
-            server.proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait(10)
+    terminate(server.proc, grace_s)
 
 
 @contextlib.contextmanager
