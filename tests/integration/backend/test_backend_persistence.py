@@ -27,6 +27,16 @@ def _wait_for_files(kv_dir: Path, n: int = 1, timeout: float = 30.0) -> list[Pat
     return _files(kv_dir)
 
 
+def _restart_after(start_backend: StartBackend, api: Any, model: Path, kv: Path,
+                   question: str = "hello", restart_model: Path | None = None) -> Any:
+    """Ask one question, stop cleanly (queued writes land), start again on the same kv dir."""
+    first = start_backend(model, kv)
+    api.chat(first, question)
+    assert stop_server(first) == 0
+    assert _files(kv)
+    return start_backend(restart_model or model, kv)
+
+
 def test_first_request_after_restart_reuses_the_prefix_from_disk(
     demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any
 ) -> None:
@@ -65,11 +75,7 @@ def test_streamed_answer_reports_disk_tokens_in_usage(
     demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any
 ) -> None:
     kv = tmp_path / "kv"
-    first = start_backend(demo_model, kv)
-    api.chat(first, "hello")
-    stop_server(first)
-    assert _files(kv)
-    second = start_backend(demo_model, kv)
+    second = _restart_after(start_backend, api, demo_model, kv)
     chunks = list(
         api.chat(second, "hello again", stream=True, stream_options={"include_usage": True})
     )
@@ -81,12 +87,8 @@ def test_a_changed_model_reuses_nothing(
     demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any
 ) -> None:
     kv = tmp_path / "kv"
-    first = start_backend(demo_model, kv)
-    api.chat(first, "hello")
-    stop_server(first)
-    assert _files(kv)
     other_model = build_demo_model(tmp_path / "other", seed=1)
-    second = start_backend(other_model, kv)
+    second = _restart_after(start_backend, api, demo_model, kv, restart_model=other_model)
     answer = api.chat(second, "hello again")
     assert api.cached_tokens(answer) == 0
     assert api.get_json(second, "/v1/cachelayer/kv")["tokens_restored_disk"] == 0
@@ -97,11 +99,8 @@ def test_a_file_corrupted_while_running_is_survived_and_removed(
     demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any
 ) -> None:
     kv = tmp_path / "kv"
-    first = start_backend(demo_model, kv)
-    api.chat(first, "hello")
-    stop_server(first)
+    second = _restart_after(start_backend, api, demo_model, kv)
     (path,) = _files(kv)
-    second = start_backend(demo_model, kv)
     # Damaged after the index was built: only loading it can notice.
     path.write_bytes(b"\xff" * 8 + path.read_bytes()[8:])
     answer = api.chat(second, "hello again")
@@ -115,11 +114,7 @@ def test_clear_while_running_turns_hits_into_misses(
     demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any
 ) -> None:
     kv = tmp_path / "kv"
-    first = start_backend(demo_model, kv)
-    api.chat(first, "hello")
-    stop_server(first)
-    assert _files(kv)
-    second = start_backend(demo_model, kv)
+    second = _restart_after(start_backend, api, demo_model, kv)
     removed, freed = clear_kv(kv)
     assert removed >= 1 and freed > 0
     answer = api.chat(second, "hello again")
@@ -149,11 +144,7 @@ def test_concurrent_requests_sharing_a_prefix_are_all_answered(
     demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any
 ) -> None:
     kv = tmp_path / "kv"
-    first = start_backend(demo_model, kv)
-    api.chat(first, "warm up")
-    stop_server(first)
-    assert _files(kv)
-    second = start_backend(demo_model, kv)
+    second = _restart_after(start_backend, api, demo_model, kv, "warm up")
     questions = [f"question number {i}" for i in range(4)]
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda q: api.chat(second, q), questions))
