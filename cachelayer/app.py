@@ -95,8 +95,10 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
     )
     connector = aiohttp.TCPConnector(limit=256, ttl_dns_cache=300)
+    # No cookie jar: cookies one upstream answer sets must never ride on another
+    # client's request.
     async with aiohttp.ClientSession(timeout=timeout, connector=connector,
-                                     auto_decompress=True) as session:
+                                     cookie_jar=aiohttp.DummyCookieJar()) as session:
         app[UPSTREAM] = session
         yield
 
