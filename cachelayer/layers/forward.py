@@ -150,8 +150,11 @@ async def replay_stream(
     await response.prepare(request)
     renderer = exchange.codec.stream_renderer(exchange.chat)
     body = b"".join(renderer.render(event) for event in result_events(result))
-    await response.write(body + renderer.close())
-    await response.write_eof()
+    try:
+        await response.write(body + renderer.close())
+        await response.write_eof()
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        log.info("client went away during a replay")
     return response
 
 
