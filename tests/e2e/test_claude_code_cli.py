@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from cachelayer.backend.launch import free_port
+from tests.support.proxy_process import running_proxy
 
 ROOT = Path(__file__).resolve().parents[2]
 CLAUDE = Path(os.environ.get("CLAUDE_BIN", ROOT / ".e2e" / "node_modules" / ".bin" / "claude"))
@@ -31,29 +29,11 @@ def _stats(url: str) -> dict[str, Any]:
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[str]:
     """`cachelayer serve` with its embedded backend on the demo model, as users run it."""
-    port = free_port()
-    log = (tmp_path / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cachelayer", "serve", "--port", str(port),
-         "--data-dir", str(tmp_path / "data"), "--metrics-file", str(tmp_path / "m.json"),
-         "--max-tokens-cap", "64"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2).close()
-                break
-            except OSError:
-                time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(60)
-        log.close()
+    # Building the demo model and loading the backend take longer than a proxy alone;
+    # a first turn prefills Claude Code's whole prompt before its first byte.
+    with running_proxy(tmp_path, None, "--max-tokens-cap", "64", "--read-timeout", "600",
+                       up_timeout=240) as child:
+        yield child.url
 
 
 def _claude(url: str, home: Path, prompt: str) -> subprocess.CompletedProcess[str]:

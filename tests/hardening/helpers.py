@@ -6,30 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from cachelayer.backend.launch import terminate
 from cachelayer.config import MiB, Settings
 from cachelayer.context import BACKGROUND
 from tests.support import http
 from tests.support.fake_upstream import FakeUpstream, default_reply
-from tests.support.servers import RunningServer, free_port
+from tests.support.servers import RunningServer
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 BODY_LIMIT = 4 * MiB
 # Summary lines the suite prints at the end of the run (see pytest_terminal_summary).
 SUMMARY: list[str] = []
@@ -152,102 +146,6 @@ def read_request_head(conn: socket.socket) -> bytes:
             break
         data += chunk
     return data
-
-
-# -- the proxy as a real subprocess ---------------------------------------------------------
-
-
-@dataclass
-class ProxyProcess:
-    """`python -m cachelayer serve` running as a child process, its output in files."""
-
-    proc: subprocess.Popen[bytes]
-    url: str
-    data_dir: Path
-    metrics_file: Path
-    stdout_path: Path
-    stderr_path: Path
-    args: list[str] = field(default_factory=list)
-
-    @property
-    def pid(self) -> int:
-        """The child's process id."""
-        return self.proc.pid
-
-    def rss_kib(self) -> int:
-        """Resident memory of the child (VmRSS from /proc), in KiB."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS line")
-
-    def output(self) -> str:
-        """Everything the child wrote to stdout and stderr so far."""
-        return (self.stdout_path.read_text(errors="replace")
-                + self.stderr_path.read_text(errors="replace"))
-
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
-        return terminate(self.proc, timeout)
-
-    def kill9(self) -> None:
-        """SIGKILL: no clean-up of any kind runs."""
-        os.kill(self.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-
-def spawn_proxy(tmp: Path, upstream_url: str, *extra: str, name: str = "proxy",
-                data_dir: Path | None = None, port: int | None = None,
-                wait: bool = True) -> ProxyProcess:
-    """Start `python -m cachelayer serve --upstream URL` on a free loopback port and (by
-    default) wait until /health answers."""
-    port = port or free_port()
-    data_dir = data_dir or tmp / "data"
-    metrics_file = tmp / f"{name}-metrics.json"
-    stdout_path, stderr_path = tmp / f"{name}.stdout", tmp / f"{name}.stderr"
-    args = [sys.executable, "-m", "cachelayer", "serve", "--upstream", upstream_url,
-            "--port", str(port), "--data-dir", str(data_dir),
-            "--metrics-file", str(metrics_file), "--metrics-interval", "0.5",
-            "--connect-timeout", "2", "--read-timeout", "10", *extra]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
-    env.pop("CACHELAYER_ADMIN_TOKEN", None)
-    with stdout_path.open("ab") as out, stderr_path.open("ab") as err:
-        proc = subprocess.Popen(args, stdout=out, stderr=err, env=env, cwd=str(tmp),
-                                stdin=subprocess.DEVNULL)
-    host = "127.0.0.1"
-    if "--host" in extra:
-        host = extra[extra.index("--host") + 1]
-        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    child = ProxyProcess(proc, f"http://{host}:{port}", data_dir, metrics_file,
-                         stdout_path, stderr_path, args)
-    if wait:
-        wait_until_up(child)
-    return child
-
-
-def wait_until_up(child: ProxyProcess, timeout: float = 30.0) -> None:
-    """Wait for the child's /health to answer 200; fail with its output if it dies."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if child.proc.poll() is not None:
-            raise RuntimeError(f"proxy exited with {child.proc.returncode}:\n{child.output()}")
-        with contextlib.suppress(OSError):
-            if http.get(child.url + "/health", timeout=2).status == 200:
-                return
-        time.sleep(0.1)
-    child.stop()
-    raise RuntimeError(f"proxy did not come up in {timeout}s:\n{child.output()}")
-
-
-@contextlib.contextmanager
-def running_proxy(tmp: Path, upstream_url: str, *extra: str,
-                  **kwargs: Any) -> Iterator[ProxyProcess]:
-    """spawn_proxy, always stopped on exit."""
-    child = spawn_proxy(tmp, upstream_url, *extra, **kwargs)
-    try:
-        yield child
-    finally:
-        child.stop()
 
 
 Upstream = tuple[CountingUpstream, RunningServer]

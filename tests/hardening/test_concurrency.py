@@ -19,9 +19,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.hardening.helpers import SUMMARY, Upstream, running_proxy
+from tests.hardening.helpers import (
+    SUMMARY,
+    Upstream,
+)
 from tests.support import http
 from tests.support.fake_upstream import Reply
+from tests.support.proxy_process import (
+    running_proxy,
+)
 from tests.support.servers import RunningServer
 
 CHAT = "/v1/chat/completions"

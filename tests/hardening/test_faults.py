@@ -35,14 +35,16 @@ from tests.hardening.helpers import (
     error_message,
     raw_tcp_server,
     read_request_head,
-    running_proxy,
-    spawn_proxy,
     wait_for,
     wait_for_writes,
-    wait_until_up,
 )
 from tests.support import http
 from tests.support.fake_upstream import Reply
+from tests.support.proxy_process import (
+    running_proxy,
+    spawn_proxy,
+    wait_until_up,
+)
 from tests.support.servers import RunningServer, free_port, serve_app
 
 CHAT = "/v1/chat/completions"
