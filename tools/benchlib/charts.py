@@ -26,6 +26,13 @@ def _plt() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> bool:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def store_chart(store: dict[str, Any], path: Path) -> bool:
     """Grouped bars: req/s per target at each concurrency (log scale: LiteLLM is far off)."""
     targets = {n: t["points"] for n, t in store.get("targets", {}).items() if "points" in t}
@@ -45,10 +52,7 @@ def store_chart(store: dict[str, Any], path: Path) -> bool:
         a.set_yscale("log")
         a.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def miss_chart(miss: dict[str, Any], path: Path) -> bool:
@@ -67,10 +71,7 @@ def miss_chart(miss: dict[str, Any], path: Path) -> bool:
     ax.set_ylabel("ms")
     ax.set_title("misses: straight to the upstream vs through cachelayer")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def kv_chart(kvr: dict[str, Any], path: Path) -> bool:
@@ -94,10 +95,7 @@ def kv_chart(kvr: dict[str, Any], path: Path) -> bool:
     ax.set_ylabel("time to first token (s)")
     ax.set_title("kv layer: stock mlx_lm server vs cachelayer backend")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def session_chart(session: dict[str, Any], path: Path) -> bool:
@@ -113,10 +111,7 @@ def session_chart(session: dict[str, Any], path: Path) -> bool:
     ax.set_ylabel("seconds")
     ax.set_title("10-turn Claude-Code-shaped session")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def draw_all(results: dict[str, Any], out_dir: Path) -> list[str]:
