@@ -100,7 +100,6 @@ class PrefixLedger:
         """Account one answered request; returns why it missed, or None for a hit."""
         now = time.time() if now is None else now
         with self._lock:
-            known = self._known_min_prompt(ids.prefix_id)
             previous = self._clients.pop(client, None)
             self._clients[client] = (ids.tools_hash, ids.system_hash)
             while len(self._clients) > MAX_CLIENTS:
@@ -118,6 +117,8 @@ class PrefixLedger:
                 hit = usage.cached_tokens > 0
             else:
                 # No measurement: a prefix seen before shares at least its shortest prompt.
+                # (Looked up only here: it may read the disk, and measured answers need not.)
+                known = self._known_min_prompt(ids.prefix_id)
                 delta.estimated_reused_tokens = min(known, prompt) if known else 0
                 hit = bool(known)
             reason = None if hit else miss_reason(previous, ids)
