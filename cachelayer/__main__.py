@@ -2,6 +2,6 @@
 
 import sys
 
-from cachelayer.cli import main
+from cachelayer.cli.main import main
 
 sys.exit(main())

@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cachelayer.backend.demo_model import build_demo_model
-from cachelayer.backend.launch import (
+from tests.support.processes import (
     backend_command,
     free_port,
     start_server,

@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import orjson
 from benchlib import payload
 
-from cachelayer.keys import compile_volatile
-from cachelayer.layers.prefix import stabilize_chat
-from cachelayer.memo import Memo, fingerprint
 from cachelayer.protocol.openai import parse_request
+from cachelayer.proxy.memo import Memo, fingerprint
+from cachelayer.proxy.prefix.middleware import stabilize_chat
+from cachelayer.proxy.prefix.stabilize import compile_volatile
 
 TARGET_US = 50.0
 

@@ -322,3 +322,20 @@ def build_demo_model(
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("built demo model at %s (%s)", path, params)
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m cachelayer.backend.demo_model DIR`: build the demo model (the embedded
+    backend runs this in a child process, so the proxy itself never imports mlx)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m cachelayer.backend.demo_model DIR", file=sys.stderr)
+        return 2
+    build_demo_model(Path(args[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

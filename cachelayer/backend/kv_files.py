@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cachelayer.files import TMP_PREFIX, write_atomic
+from cachelayer.fs import TMP_PREFIX, write_atomic
 
 # Stored in every file; a file without it (or with another value) is foreign.
 FORMAT = "cachelayer-kv/1"

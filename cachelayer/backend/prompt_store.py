@@ -38,7 +38,7 @@ from cachelayer.backend.kv_files import (
     read_entry_info,
     tokens_hash,
 )
-from cachelayer.files import ensure_private_dir
+from cachelayer.fs import ensure_private_dir
 
 logger = logging.getLogger(__name__)
 

@@ -19,18 +19,16 @@ import argparse
 import copy
 import json
 import logging
-import os
 import signal
-import sys
 import threading
 import time
 from http.server import ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 from cachelayer.backend.kv_files import model_fingerprint
+from cachelayer.backend.models import resolve_model_dir
 from cachelayer.backend.settings import BackendSettings
-from cachelayer.files import ensure_private_dir
+from cachelayer.fs import ensure_private_dir
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +37,6 @@ COUNT_TOKENS_ROUTE = "/v1/cachelayer/count_tokens"
 # The largest body count_tokens accepts; the chat routes keep mlx-lm's rules.
 _MAX_COUNT_BODY = 64 << 20
 
-
-def resolve_model_dir(model: str) -> Path:
-    """The local directory of `model`: a path, or a repo already in the HF cache."""
-    path = Path(model)
-    if path.is_dir():
-        return path
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(model, local_files_only=True))
 
 
 def mlx_cli_args(settings: BackendSettings) -> argparse.Namespace:
@@ -219,13 +208,6 @@ def serve(settings: BackendSettings) -> int:
         level=getattr(logging, settings.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # mlx-lm's /v1/models scans the hub cache and fails if it does not exist;
-    # nothing may be downloaded at run time either. Set before huggingface_hub
-    # is imported (it reads these once).
-    hf_home = settings.hf_home or settings.kv_dir.parent / "hf"
-    ensure_private_dir(hf_home / "hub")
-    os.environ.setdefault("HF_HOME", str(hf_home))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     backend = Backend(settings)
     stop = threading.Event()
 
@@ -247,17 +229,3 @@ def serve(settings: BackendSettings) -> int:
             return 1
     backend.shutdown()
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m cachelayer.backend.server ...`: same flags as `cachelayer backend`."""
-    from cachelayer.backend.cli import add_backend_arguments, settings_from_args
-
-    parser = argparse.ArgumentParser(prog="cachelayer backend", description=__doc__)
-    add_backend_arguments(parser)
-    args = parser.parse_args(argv)
-    return serve(settings_from_args(args, os.environ))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

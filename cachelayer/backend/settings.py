@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cachelayer.config import default_data_dir, parse_size
+from cachelayer.config import DEFAULT_BACKEND_PORT, Settings, default_data_dir, parse_size
 
 DEFAULT_KV_MAX_BYTES = 8 << 30
 DEFAULT_KV_MIN_TOKENS = 256
@@ -20,7 +20,7 @@ __all__ = ["DEFAULT_KV_MAX_BYTES", "DEFAULT_KV_MIN_TOKENS", "BackendSettings", "
 
 def default_kv_dir(env: Mapping[str, str]) -> Path:
     """`$XDG_CACHE_HOME/cachelayer/kv`, else `~/.cache/cachelayer/kv` (from `env`)."""
-    return default_data_dir(env) / "kv"
+    return Settings(data_dir=default_data_dir(env)).kv_dir
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class BackendSettings:
     model: str
     kv_dir: Path
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = DEFAULT_BACKEND_PORT
     kv_max_bytes: int = DEFAULT_KV_MAX_BYTES
     kv_min_tokens: int = DEFAULT_KV_MIN_TOKENS
     max_tokens: int = 512

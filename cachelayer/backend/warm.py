@@ -86,8 +86,8 @@ def warm_local(
     from mlx_lm.models.cache import make_prompt_cache
 
     from cachelayer.backend.kv_files import model_fingerprint
+    from cachelayer.backend.models import resolve_model_dir
     from cachelayer.backend.prompt_store import PromptStore
-    from cachelayer.backend.server import resolve_model_dir
 
     model_dir = resolve_model_dir(model)
     loaded = load(str(model_dir))

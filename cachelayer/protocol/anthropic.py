@@ -24,6 +24,11 @@ from cachelayer.protocol.openai import load_json_object
 
 log = logging.getLogger(__name__)
 
+# Anthropic request fields with no local meaning, counted by name when dropped.
+_KNOWN_DROPPED_FIELDS = frozenset({
+    "metadata", "thinking", "context_management", "output_config", "service_tier",
+    "container", "mcp_servers", "betas", "anthropic_version", "inference_geo",
+})
 # Top-level fields that change what the model is asked; everything else is dropped.
 _KEPT_FIELDS = frozenset({"model", "messages", "max_tokens", "system", "tools", "tool_choice",
                           "stop_sequences", "temperature", "top_p", "top_k", "stream"})
@@ -281,7 +286,10 @@ def translate(
     """A Messages body as an OpenAI chat body, and what was dropped on the way."""
     translator = _Translator()
     dropped = translator.dropped
-    dropped.update(f"field:{k}" for k in body if k not in _KEPT_FIELDS)
+    # Named only when Anthropic's API has the field: a client's invented names would
+    # otherwise grow the codec's counter without bound.
+    dropped.update(f"field:{k}" if k in _KNOWN_DROPPED_FIELDS else "field:other"
+                   for k in body if k not in _KEPT_FIELDS)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' must be a non-empty string")

@@ -38,14 +38,14 @@ def load_json_object(raw: bytes) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     try:
         # orjson reads 1024 levels but writes only 254: refuse what cannot be keyed or sent.
         orjson.dumps(body)
-    except orjson.JSONEncodeError:
-        raise InvalidRequest("request body nests JSON too deeply (254 levels at most)") from None
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequest("request body nests JSON too deeply (254 levels at most)") from exc
     return body
 
 
@@ -220,7 +220,7 @@ def parse_response(kind: Kind, raw: bytes) -> ChatResult:
             builder.add(UsageReport(usage))
         return builder.result()
     except (ValueError, TypeError, AttributeError, orjson.JSONDecodeError) as exc:
-        raise UpstreamProtocolError(f"upstream answered an invalid completion: {exc}") from None
+        raise UpstreamProtocolError(f"upstream answered an invalid completion: {exc}") from exc
 
 
 # -- neutral -> OpenAI wire ----------------------------------------------------------------

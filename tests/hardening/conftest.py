@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cachelayer.app import make_app
+from cachelayer.proxy.app import make_app
 from tests.hardening.helpers import (
     SUMMARY,
     CountingUpstream,

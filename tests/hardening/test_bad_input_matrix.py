@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from cachelayer.app import make_app
-from cachelayer.context import STORE
+from cachelayer.proxy.app import make_app
+from cachelayer.proxy.state import STORE
 from tests.hardening.helpers import (
     BODY_LIMIT,
     SUMMARY,

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from cachelayer.context import STORE
-from cachelayer.ledger import Ledger
-from cachelayer.storage import ResponseStore
+from cachelayer.proxy.state import STORE
+from cachelayer.proxy.store.backends.disk import ResponseStore
+from cachelayer.telemetry.ledger import Ledger
 from tests.hardening.helpers import (
     SUMMARY,
     CountingUpstream,

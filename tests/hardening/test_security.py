@@ -16,11 +16,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from cachelayer.admin import require_admin
+from cachelayer.cli.serve import is_loopback
 from cachelayer.config import Settings
-from cachelayer.context import SETTINGS, STORE
 from cachelayer.errors import AuthenticationRequired, Forbidden
-from cachelayer.serve import is_loopback
+from cachelayer.proxy.routes.admin import require_admin
+from cachelayer.proxy.state import SETTINGS, STORE
 from tests.hardening.helpers import (
     SUMMARY,
     CountingUpstream,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from cachelayer.app import make_app
 from cachelayer.config import Settings
+from cachelayer.proxy.app import make_app
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.servers import RunningServer, serve_app
 

@@ -8,14 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cachelayer.backend.launch import free_port, terminate
-from tests.support import http
+from tests.support.processes import free_port, terminate, wait_healthy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,16 +89,11 @@ def spawn_proxy(tmp: Path, upstream_url: str | None, *extra: str, name: str = "p
 
 def wait_until_up(child: ProxyProcess, timeout: float = 30.0) -> None:
     """Wait for the child's /health to answer 200; fail with its output if it dies."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if child.proc.poll() is not None:
-            raise RuntimeError(f"proxy exited with {child.proc.returncode}:\n{child.output()}")
-        with contextlib.suppress(OSError):
-            if http.get(child.url + "/health", timeout=2).status == 200:
-                return
-        time.sleep(0.1)
-    child.stop()
-    raise RuntimeError(f"proxy did not come up in {timeout}s:\n{child.output()}")
+    try:
+        wait_healthy(child.proc, child.url, timeout, output=child.output)
+    except (RuntimeError, TimeoutError) as exc:
+        child.stop()
+        raise RuntimeError(f"proxy did not come up: {exc}") from exc
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from cachelayer.backend.launch import free_port
+from tests.support.processes import free_port
 
 __all__ = ["RunningServer", "free_port", "serve_app"]
 

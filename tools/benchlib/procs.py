@@ -13,7 +13,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cachelayer.backend.launch import free_port as free_port
-from cachelayer.backend.launch import terminate
+from tests.support.processes import free_port as free_port
+from tests.support.processes import terminate, wait_healthy
 
 TOOLS = Path(__file__).resolve().parents[1]
 REPO = TOOLS.parent
@@ -57,17 +56,7 @@ class Server:
 
 def wait_ready(server: Server, path: str, timeout_s: float) -> None:
     """Poll `path` until it answers 200; raise with the server's log if it never does."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"{server.name} exited with {server.proc.returncode}:\n"
-                               f"{server.log_tail()}")
-        with (contextlib.suppress(OSError, urllib.error.URLError, ValueError),
-              urllib.request.urlopen(server.url + path, timeout=2) as response):
-            if response.status == 200:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"{server.name} not ready after {timeout_s:.0f}s:\n{server.log_tail()}")
+    wait_healthy(server.proc, server.url, timeout_s, output=server.log_tail, path=path)
 
 
 def stop(server: Server, grace_s: float = 15.0) -> None:

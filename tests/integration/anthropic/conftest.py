@@ -12,10 +12,10 @@ import anthropic
 import pytest
 from aiohttp import web
 
-from cachelayer.app import make_app
 from cachelayer.config import Settings
-from cachelayer.context import BACKGROUND
-from cachelayer.count_tokens import COUNT_ROUTE
+from cachelayer.proxy.app import make_app
+from cachelayer.proxy.routes.count_tokens import COUNT_ROUTE
+from cachelayer.proxy.state import BACKGROUND
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.servers import RunningServer, serve_app
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from cachelayer.backend.demo_model import build_demo_model
-from cachelayer.backend.launch import (
+from tests.support.processes import (
     ServerProcess,
     backend_command,
     free_port,

@@ -11,7 +11,7 @@ from typing import Any
 
 from cachelayer.backend.demo_model import build_demo_model
 from cachelayer.backend.kv_files import STATS_NAME, SUFFIX, clear_kv, kv_stats
-from cachelayer.backend.launch import stop_server
+from tests.support.processes import stop_server
 
 StartBackend = Callable[..., Any]
 

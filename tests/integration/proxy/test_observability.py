@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from cachelayer.observability import RequestIdFilter
+from cachelayer.telemetry.logs import RequestIdFilter
 from tests.support import http
 from tests.support.servers import RunningServer
 

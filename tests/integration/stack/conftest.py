@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from cachelayer.app import make_app
 from cachelayer.backend.demo_model import build_demo_model
-from cachelayer.backend.launch import (
+from cachelayer.config import Settings
+from cachelayer.proxy.app import make_app
+from tests.support.processes import (
     ServerProcess,
     backend_command,
     free_port,
     running_server,
     stock_command,
 )
-from cachelayer.config import Settings
 from tests.support.servers import RunningServer, serve_app
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -9,11 +9,11 @@ from typing import Any
 import anthropic
 import openai
 
-from cachelayer.app import make_app
-from cachelayer.backend.launch import ServerProcess
-from cachelayer.context import LEDGER
+from cachelayer.proxy.app import make_app
+from cachelayer.proxy.state import LEDGER
 from tests.integration.stack.conftest import stack_settings
 from tests.support import http
+from tests.support.processes import ServerProcess
 from tests.support.servers import RunningServer, serve_app
 
 SYSTEM = " ".join(f"Rule {i}: read file number {i} before you edit it." for i in range(60))

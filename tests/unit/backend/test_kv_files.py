@@ -121,8 +121,8 @@ def test_json_written_atomically_with_private_dir(tmp_path: Path) -> None:
 
 def test_kv_files_and_cli_do_not_import_mlx() -> None:
     code = (
-        "import sys, cachelayer.backend.kv_files, cachelayer.backend.cli, "
-        "cachelayer.backend.launch; print('mlx' in sys.modules)"
+        "import sys, cachelayer.backend.kv_files, cachelayer.cli.main, "
+        "cachelayer.proxy.app; print('mlx' in sys.modules)"
     )
     root = Path(__file__).resolve().parents[3]
     out = subprocess.run(

@@ -11,9 +11,9 @@ import pytest
 
 from cachelayer.config import Settings
 from cachelayer.errors import InvalidRequest, NotFound, UpstreamStatusError
-from cachelayer.keys import response_key
 from cachelayer.protocol.anthropic import AnthropicCodec, estimate_tokens, upstream_model
 from cachelayer.protocol.chat import ChatRequest
+from cachelayer.proxy.store.keys import response_key
 
 SETTINGS = Settings(max_tokens_cap=4096)
 

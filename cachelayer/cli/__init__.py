@@ -1,0 +1,1 @@
+"""The command line: one parser per command, defaults read from Settings."""

@@ -1,0 +1,42 @@
+"""`cachelayer serve | backend | warm | stats | clear`: one parser per command, mounted here.
+
+Only the cli package reads the environment; everything below it gets a frozen Settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from cachelayer import __version__
+from cachelayer.cli.backend import add_backend_parser, add_warm_parser
+from cachelayer.cli.maintenance import add_clear_parser, add_stats_parser
+from cachelayer.cli.serve import add_serve_parser
+from cachelayer.telemetry.logs import configure_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    parser = argparse.ArgumentParser(
+        prog="cachelayer",
+        description="A caching proxy for coding agents on local MLX servers.",
+    )
+    parser.add_argument("--version", action="version", version=f"cachelayer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_serve_parser(sub)
+    add_stats_parser(sub)
+    add_clear_parser(sub)
+    add_backend_parser(sub)
+    add_warm_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `cachelayer` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    configure_logging(str(getattr(args, "log_level", "info")))
+    return int(args.func(args) or 0)

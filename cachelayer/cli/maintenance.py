@@ -1,0 +1,195 @@
+"""`cachelayer stats` and `cachelayer clear`: read and reset the caches from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cachelayer.config import Settings, default_data_dir
+from cachelayer.telemetry.counters import reason_label
+
+
+def add_data_dir(parser: argparse.ArgumentParser) -> None:
+    """The --data-dir option every command that touches the caches takes."""
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="cache root (default: $XDG_CACHE_HOME/cachelayer)")
+
+
+def data_settings(args: argparse.Namespace) -> Settings:
+    """Settings naming the data dir a maintenance command works on (--data-dir, else the
+    per-user default from the environment)."""
+    return Settings(data_dir=args.data_dir or default_data_dir(os.environ))
+
+
+def add_stats_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `cachelayer stats`."""
+    p = sub.add_parser("stats", help="show what each cache layer did")
+    p.add_argument("--json", action="store_true", help="print the metrics document as JSON")
+    p.add_argument("--metrics-file", type=Path, default=Settings().metrics_file)
+    p.add_argument("--url", default=None,
+                   help="ask a running proxy (e.g. http://127.0.0.1:8082) instead of the file")
+    add_data_dir(p)
+    p.set_defaults(func=cmd_stats)
+
+
+def add_clear_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `cachelayer clear`."""
+    p = sub.add_parser("clear", help="remove cached answers, KV files or the ledger")
+    p.add_argument("--responses", action="store_true", help="stored answers (the default)")
+    p.add_argument("--kv", action="store_true", help="prompt KV cache files")
+    p.add_argument("--ledger", action="store_true", help="counters and the prefix ledger")
+    p.add_argument("--all", action="store_true", help="all of the above")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    add_data_dir(p)
+    p.set_defaults(func=cmd_clear)
+
+
+def load_metrics(args: argparse.Namespace) -> dict[str, Any]:
+    """The metrics document from a running proxy, the metrics file, or the ledger on disk."""
+    if args.url:
+        url = args.url.rstrip("/") + "/cache/stats"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return dict(orjson.loads(response.read()))
+    if args.metrics_file.exists():
+        return dict(orjson.loads(args.metrics_file.read_bytes()))
+    from cachelayer.telemetry.export import build_metrics
+    from cachelayer.telemetry.ledger import Ledger
+
+    ledger = Ledger(data_settings(args).ledger_dir)
+    try:
+        return build_metrics(ledger.totals(), runtime_ms=0, store={},
+                             prefixes=ledger.prefixes.records())
+    finally:
+        ledger.close()
+
+
+def _row(label: str, value: Any) -> str:
+    return f"  {label:<28} {value}"
+
+
+def format_stats(doc: dict[str, Any]) -> str:
+    """A readable table per layer."""
+    m = doc.get("metrics", {})
+    layers = doc.get("layers", {})
+    response = layers.get("response", {})
+    kv = layers.get("kv", {})
+    prefix = layers.get("prefix", {})
+    lines = [f"cachelayer stats (exported {doc.get('exportedAt', '?')})", "overall"]
+    lines += [
+        _row("requests", m.get("totalRequests", 0)),
+        _row("cache hits (store + kv)", f"{m.get('cacheHits', 0)}  ({m.get('hitRate')}%)"),
+        _row("input tokens", m.get("totalInputTokens", 0)),
+        _row("tokens not recomputed", f"{m.get('cacheReadTokens', 0)}  "
+                                      f"({m.get('tokenSavings')}%)"),
+        "response store (layer 2)",
+        _row("hits / misses / bypasses", f"{response.get('hits', 0)} / "
+             f"{response.get('misses', 0)} / {response.get('bypasses', 0)}"),
+        _row("hit rate", f"{response.get('hitRate', 0.0):.2f}%"),
+        _row("stored / evictions", f"{response.get('stored', 0)} / {response.get('evictions', 0)}"),
+        _row("tokens saved by hits", response.get("tokens_saved", 0)),
+        _row("entries / bytes", f"{response.get('entries', '?')} / {response.get('bytes', '?')}"),
+        "kv cache (layer 3)",
+        _row("requests reusing a prefix", kv.get("hits", 0)),
+        _row("tokens reused / prefilled", f"{kv.get('tokensReused', 0)} / "
+                                          f"{kv.get('tokensPrefilled', 0)}"),
+    ]
+    if "files" in kv:
+        lines.append(_row("files / bytes on disk", f"{kv.get('files')} / {kv.get('bytes')}"))
+    if "tokens_restored_disk" in kv:
+        lines.append(_row("restored disk / memory", f"{kv.get('tokens_restored_disk', 0)} / "
+                                                    f"{kv.get('tokens_restored_memory', 0)}"))
+        lines.append(_row("prefilled by the backend", kv.get("tokens_prefilled", 0)))
+    if prefix:
+        reasons = ", ".join(f"{reason_label(k)}: {v}"
+                            for k, v in prefix.get("missReasons", {}).items())
+        lines += [
+            "prefix (layer 1)",
+            _row("requests / unique prefixes", f"{prefix.get('requests', 0)} / "
+                                               f"{prefix.get('uniquePrefixes', 0)}"),
+            _row("prefix hits / misses", f"{prefix.get('hits', 0)} / {prefix.get('misses', 0)}"),
+            _row("volatile segments stripped", prefix.get("strippedSegments", 0)),
+            _row("tokens reused (estimated)", f"{prefix.get('reusedTokens', 0)} "
+                                              f"({prefix.get('estimatedReusedTokens', 0)})"),
+            _row("why prefixes missed", reasons or "-"),
+        ]
+    top = doc.get("topEntries") or []
+    if top:
+        lines.append("top prefixes")
+        lines.append(f"  {'id':<18} {'tools':>5} {'reqs':>6} {'hit%':>6} {'reused':>9}  last miss")
+        for e in top[:10]:
+            lines.append(
+                f"  {str(e.get('hash', ''))[:16]:<18} {e.get('tools', 0):>5} "
+                f"{e.get('hits', 0) + e.get('misses', 0):>6} {e.get('hitRate', ''):>6} "
+                f"{e.get('cacheTokens', 0):>9}  {reason_label(e.get('lastMissReason') or '-')}"
+            )
+    return "\n".join(lines)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Print the stats table (or the JSON document)."""
+    try:
+        doc = load_metrics(args)
+    except (OSError, urllib.error.URLError, orjson.JSONDecodeError) as exc:
+        print(f"cachelayer stats: cannot read metrics: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(format_stats(doc))
+    return 0
+
+
+def _confirm(what: list[str], yes: bool) -> bool:
+    if yes or not sys.stdin.isatty():
+        return True
+    answer = input(f"remove {', '.join(what)}? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def cmd_clear(args: argparse.Namespace) -> int:
+    """Remove what is named; safe while a proxy or backend runs."""
+    settings = data_settings(args)
+    what = [name for name in ("responses", "kv", "ledger") if getattr(args, name) or args.all]
+    what = what or ["responses"]
+    if not _confirm(what, args.yes):
+        print("nothing removed")
+        return 1
+    started = time.perf_counter()
+    for name in what:
+        print(f"{name}: {clear_one(name, settings)}")
+    print(f"done in {time.perf_counter() - started:.2f}s")
+    return 0
+
+
+def clear_one(name: str, settings: Settings) -> str:
+    """Clear one cache under the data dir; returns what was removed, in words."""
+    if name == "responses":
+        if not settings.responses_dir.exists():
+            return "nothing stored"
+        from cachelayer.proxy.store.backends.disk import ResponseStore
+
+        store = ResponseStore(settings.responses_dir, size_limit=1 << 62, ttl_s=0,
+                              entry_max_bytes=0)
+        try:
+            return f"removed {store.clear()} stored answers"
+        finally:
+            store.close()
+    if name == "ledger":
+        from cachelayer.telemetry.ledger import Ledger
+
+        ledger = Ledger(settings.ledger_dir)
+        ledger.clear()
+        ledger.close()
+        return "counters and prefix ledger reset"
+    from cachelayer.backend.kv_files import clear_kv
+
+    files, nbytes = clear_kv(settings.kv_dir)
+    return f"removed {files} KV cache files ({nbytes / 1e6:.1f} MB)"

@@ -1,0 +1,105 @@
+"""make_app(settings): the middleware order, the routes, start-up and clean-up, in one place."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from cachelayer.config import Settings
+from cachelayer.protocol.anthropic import AnthropicCodec
+from cachelayer.protocol.codec import Codec
+from cachelayer.protocol.openai import OpenAICodec
+from cachelayer.proxy.edge import edge_middleware, setup_edge
+from cachelayer.proxy.embedded import backend_ctx
+from cachelayer.proxy.forward.handler import handle_completion
+from cachelayer.proxy.forward.upstream import upstream_ctx
+from cachelayer.proxy.prefix.middleware import prefix_middleware, setup_prefix_layer
+from cachelayer.proxy.prefix.stabilize import compile_volatile
+from cachelayer.proxy.routes import admin
+from cachelayer.proxy.routes.count_tokens import count_tokens
+from cachelayer.proxy.state import (
+    BACKGROUND,
+    EXCHANGE,
+    LEDGER,
+    SETTINGS,
+    STARTED_AT,
+    STORE,
+    Background,
+)
+from cachelayer.proxy.store.backends.disk import ResponseStore
+from cachelayer.proxy.store.middleware import setup_store_layer, store_middleware
+from cachelayer.telemetry.export import export_ctx, final_export
+from cachelayer.telemetry.ledger import Ledger
+from cachelayer.telemetry.logs import REQUEST_ID_KEY, REQUEST_IDS, RequestIds, request_id_middleware
+from cachelayer.telemetry.prometheus import UPSTREAM_LATENCY, Histogram, metrics
+
+log = logging.getLogger(__name__)
+
+
+def make_codecs(settings: Settings) -> dict[str, Codec]:
+    """The client APIs this proxy speaks, keyed by name."""
+    return {"openai": OpenAICodec(settings.model_map), "anthropic": AnthropicCodec(settings)}
+
+
+async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the response store and the ledger; on the way out drain, export, close."""
+    settings = app[SETTINGS]
+    app[STORE] = ResponseStore(
+        settings.responses_dir,
+        size_limit=settings.response_max_bytes,
+        ttl_s=settings.response_ttl_s,
+        entry_max_bytes=settings.entry_max_bytes,
+    )
+    app[LEDGER] = Ledger(settings.ledger_dir)
+    app[BACKGROUND] = Background()
+    app[STARTED_AT] = time.time()
+    yield
+    await app[BACKGROUND].drain()
+    await final_export(app)
+    app[LEDGER].close()
+    app[STORE].close()
+
+
+async def _set_cache_headers(request: web.Request, response: web.StreamResponse) -> None:
+    # A signal, not the middlewares: a streamed answer's headers leave before they return.
+    response.headers["X-Request-Id"] = request.get(REQUEST_ID_KEY, "-")
+    exchange = request.get(EXCHANGE)
+    if exchange is not None:
+        response.headers["X-Cache-Status"] = exchange.cache_status.value
+
+
+def make_app(settings: Settings) -> web.Application:
+    """Build the proxy application for these settings."""
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        # Outermost first: request ids and access log, the edge (parse, errors in the
+        # client's shape), layer 1 (prefix), layer 2 (store); the handler is layer 3.
+        middlewares=[request_id_middleware, edge_middleware, prefix_middleware,
+                     store_middleware],
+        handler_args={"max_field_size": 65536},
+    )
+    app[SETTINGS] = settings
+    app[UPSTREAM_LATENCY] = Histogram()
+    app[REQUEST_IDS] = RequestIds()
+    setup_edge(app, make_codecs(settings))
+    setup_prefix_layer(app, compile_volatile(settings.volatile_patterns))
+    setup_store_layer(app)
+    app.cleanup_ctx.append(backend_ctx)
+    app.cleanup_ctx.append(_storage_ctx)
+    app.cleanup_ctx.append(export_ctx)
+    app.cleanup_ctx.append(upstream_ctx)
+    app.on_response_prepare.append(_set_cache_headers)
+    app.router.add_post("/v1/chat/completions", handle_completion)
+    app.router.add_post("/v1/completions", handle_completion)
+    app.router.add_post("/v1/messages", handle_completion)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)
+    app.router.add_get("/v1/models", admin.models)
+    app.router.add_get("/health", admin.health)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/cache/stats", admin.stats)
+    app.router.add_post("/cache/clear", admin.clear)
+    return app
+

@@ -1,0 +1,115 @@
+"""The edge: read and validate a request in its API's shape, and answer errors in it.
+
+Every proxied route is listed in API_ROUTES with the client API it speaks and the kind
+of completion it asks for. Errors raised anywhere below are rendered here, in the shape
+of the client's API, with the status the error carries.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestPayloadError
+
+from cachelayer.errors import (
+    CachelayerError,
+    ClientError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from cachelayer.protocol.chat import ChatRequest, ClientApi, Kind
+from cachelayer.protocol.codec import Codec
+from cachelayer.proxy.memo import MAX_MEMO_BODY, Memo, fingerprint
+from cachelayer.proxy.state import EXCHANGE, SETTINGS, Exchange
+
+log = logging.getLogger(__name__)
+
+API_ROUTES: dict[str, tuple[ClientApi, Kind]] = {
+    "/v1/chat/completions": ("openai", "chat"),
+    "/v1/completions": ("openai", "text"),
+    "/v1/messages": ("anthropic", "chat"),
+}
+CODECS = web.AppKey("codecs", dict[str, Codec])
+PARSE_MEMO = web.AppKey("parse_memo", Memo[ChatRequest])
+
+
+def _is_json_type(content_type: str) -> bool:
+    return content_type in ("", "application/octet-stream", "application/json") or (
+        content_type.endswith("+json")
+    )
+
+
+def client_api_for(path: str) -> ClientApi:
+    """Which API shape to answer a path's errors in."""
+    return "anthropic" if path.startswith("/v1/messages") else "openai"
+
+
+def error_response(codec: Codec, error: CachelayerError) -> web.Response:
+    """An error answer in the client's API shape with the error's own status."""
+    return web.Response(status=error.status, body=codec.render_error(error),
+                        content_type="application/json")
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The raw JSON body: checked for its content type, its size, and being there at all."""
+    if not _is_json_type(request.content_type):
+        raise UnsupportedMediaType(
+            f"expected Content-Type application/json, got {request.content_type}"
+        )
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        limit = request.app[SETTINGS].max_body_bytes
+        raise PayloadTooLarge(
+            f"request body is over the {limit}-byte limit (--max-body-size)"
+        ) from exc
+    except (RequestPayloadError, HttpProcessingError, ValueError) as exc:
+        # e.g. Content-Encoding: gzip over bytes that are not gzip
+        raise InvalidRequest(f"cannot read the request body: {exc}") from exc
+    if not raw:
+        raise InvalidRequest("request body is empty")
+    return raw
+
+
+async def read_exchange(request: web.Request, codec: Codec, kind: Kind) -> Exchange:
+    """Read, validate and neutralise the request body."""
+    raw = await read_body(request)
+    if len(raw) > MAX_MEMO_BODY:
+        return Exchange(chat=codec.parse_request(kind, raw), codec=codec)
+    fp = fingerprint(request.path.encode(), raw)
+    memo = request.app[PARSE_MEMO]
+    chat = memo.get(fp) or memo.put(fp, codec.parse_request(kind, raw))
+    return Exchange(chat=chat, codec=codec, fingerprint=fp)
+
+
+def setup_edge(app: web.Application, codecs: dict[str, Codec]) -> None:
+    """Install the edge's state: the codecs and the parse memo."""
+    app[CODECS] = codecs
+    app[PARSE_MEMO] = Memo()
+
+
+@web.middleware
+async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Parse proxied requests into an Exchange; render every error in the client's shape."""
+    codecs = request.app[CODECS]
+    route = API_ROUTES.get(request.path)
+    codec = codecs[route[0] if route else client_api_for(request.path)]
+    try:
+        if route is not None and request.method == "POST":
+            request[EXCHANGE] = await read_exchange(request, codec, route[1])
+        return await handler(request)
+    except CachelayerError as error:
+        level = logging.INFO if isinstance(error, ClientError) else logging.WARNING
+        log.log(level, "%s %s -> %d %s", request.method, request.path, error.status, error.message)
+        return error_response(codec, error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        http_error = (NotFound(exc.reason) if exc.status == 404
+                      else ClientError(exc.reason, status=exc.status))
+        return error_response(codec, http_error)

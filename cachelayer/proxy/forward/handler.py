@@ -1,0 +1,50 @@
+"""Layer 3 on the proxy side: the innermost handler sends a miss upstream.
+
+A streamed request is relayed chunk by chunk (relay.py); anything else is read whole,
+parsed into a ChatResult, and rendered in the client's API (as one SSE replay when the
+client asked to stream and the upstream did not).
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from cachelayer.errors import UpstreamProtocolError
+from cachelayer.protocol.openai import parse_response
+from cachelayer.protocol.sse import replay_stream
+from cachelayer.proxy.forward.errors import UPSTREAM_FAILURES, upstream_error
+from cachelayer.proxy.forward.relay import relay_stream
+from cachelayer.proxy.forward.upstream import open_completion
+from cachelayer.proxy.state import EXCHANGE
+
+
+async def handle_completion(request: web.Request) -> web.StreamResponse:
+    """The innermost handler: a miss (or bypass) goes to the upstream."""
+    exchange = request[EXCHANGE]
+    started = time.perf_counter()
+    upstream, url = await open_completion(request, exchange)
+    try:
+        is_sse = upstream.content_type == "text/event-stream"
+        if exchange.chat.stream and is_sse:
+            return await relay_stream(request, exchange, upstream, url, started)
+        raw = await upstream.read()
+        exchange.upstream_ms = (time.perf_counter() - started) * 1000
+        if is_sse:
+            raise UpstreamProtocolError(f"upstream {url} streamed an answer that was not asked for")
+        result = parse_response(exchange.chat.kind, raw)
+        exchange.result = result
+        if exchange.chat.stream:
+            return await replay_stream(request, exchange.codec, exchange.chat, result)
+        return web.Response(body=exchange.codec.render_response(result, exchange.chat),
+                            content_type="application/json")
+    except UPSTREAM_FAILURES as exc:
+        raise upstream_error(exc, url, "read") from exc
+    finally:
+        if exchange.result is None:
+            # Closing (not releasing) drops the connection, so the upstream sees the client
+            # leave and stops generating instead of finishing an answer nobody reads.
+            upstream.close()
+        else:
+            upstream.release()

@@ -1,0 +1,64 @@
+"""The upstream client: one pooled aiohttp session, and opening a completion call on it.
+
+The forwarder always speaks OpenAI's API upstream. A request's own credential rides
+along (the upstream may need it); nothing else from the client's headers does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from cachelayer.errors import UpstreamStatusError
+from cachelayer.protocol.chat import Kind
+from cachelayer.protocol.openai import upstream_body
+from cachelayer.proxy.forward.errors import UPSTREAM_FAILURES, error_message, upstream_error
+from cachelayer.proxy.state import SETTINGS, UPSTREAM, Exchange
+
+PATHS: dict[Kind, str] = {"chat": "/v1/chat/completions", "text": "/v1/completions"}
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+def forwarded_headers(request: web.Request) -> dict[str, str]:
+    """The headers an upstream call carries: JSON, and the client's Authorization if any."""
+    headers = {"Content-Type": "application/json"}
+    if "Authorization" in request.headers:
+        headers["Authorization"] = request.headers["Authorization"]
+    return headers
+
+
+async def open_completion(
+    request: web.Request, exchange: Exchange
+) -> tuple[aiohttp.ClientResponse, str]:
+    """POST the exchange's request upstream; an error status raises with its message."""
+    url = request.app[SETTINGS].upstream_url + PATHS[exchange.chat.kind]
+    body = orjson.dumps(upstream_body(exchange.chat))
+    try:
+        response = await request.app[UPSTREAM].post(url, data=body,
+                                                     headers=forwarded_headers(request))
+    except UPSTREAM_FAILURES as exc:
+        raise upstream_error(exc, url, "connect") from exc
+    if response.status >= 400:
+        raw = await response.content.read(_ERROR_BODY_LIMIT)
+        response.release()
+        raise UpstreamStatusError(error_message(response.status, raw, url),
+                                  status=response.status)
+    return response, url
+
+
+async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context: the pooled client session every upstream call uses."""
+    settings = app[SETTINGS]
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
+    )
+    connector = aiohttp.TCPConnector(limit=256, ttl_dns_cache=300)
+    # No cookie jar: cookies one upstream answer sets must never ride on another
+    # client's request.
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector,
+                                     cookie_jar=aiohttp.DummyCookieJar()) as session:
+        app[UPSTREAM] = session
+        yield

@@ -1,0 +1,1 @@
+"""Layer 1: stabilise the prompt prefix, identify it, keep the token-savings ledger."""

@@ -1,0 +1,1 @@
+"""Layer 2: answer exact repeats from the response store; store complete misses."""

@@ -1,0 +1,1 @@
+"""Where layer 2 keeps answers: diskcache on local disk (disk.py)."""

@@ -1,0 +1,144 @@
+"""Layer 2: answer exact repeats from the response store; store complete misses.
+
+A hit never reaches the forwarder. A miss passes through, and once the forwarder has
+recorded a complete result on the exchange, this layer stores it off the request path
+(if the policy allows and the answer is not a failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from cachelayer.protocol.chat import ChatResult
+from cachelayer.protocol.sse import replay_stream
+from cachelayer.proxy.identity import tenant_id
+from cachelayer.proxy.memo import Memo
+from cachelayer.proxy.state import (
+    BACKGROUND,
+    EXCHANGE,
+    LEDGER,
+    SETTINGS,
+    STORE,
+    CacheStatus,
+    Exchange,
+)
+from cachelayer.proxy.store.backends.disk import ResponseStore
+from cachelayer.proxy.store.coalesce import Coalescer
+from cachelayer.proxy.store.keys import response_key
+from cachelayer.proxy.store.policy import decide, parse_cache_control, unstorable_reason
+from cachelayer.telemetry import counters as c
+from cachelayer.telemetry.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+
+KEY_MEMO = web.AppKey("key_memo", Memo[str])
+COALESCER = web.AppKey("coalescer", Coalescer)
+
+
+def request_key(request: web.Request, exchange: Exchange) -> str:
+    """The response key for this request: its meaning, its tenant, its upstream."""
+    tenant = tenant_id(request.headers.get("Authorization"), request.headers.get("x-api-key"))
+    memo = request.app[KEY_MEMO]
+    memo_key = (exchange.fingerprint, tenant)
+    key = memo.get(memo_key) if exchange.fingerprint else None
+    if key is None:
+        key = response_key(exchange.chat.kind, exchange.chat.body, tenant=tenant,
+                           upstream=request.app[SETTINGS].upstream_url)
+        if exchange.fingerprint:
+            memo.put(memo_key, key)
+    return key
+
+
+def setup_store_layer(app: web.Application) -> None:
+    """Install the layer's state on the app (the store itself opens in a cleanup context)."""
+    app[KEY_MEMO] = Memo(entries=256)
+    app[COALESCER] = Coalescer()
+
+
+async def replay(
+    request: web.Request, exchange: Exchange, result: ChatResult, age: float
+) -> web.StreamResponse:
+    """Answer from a stored result, as JSON or SSE per the current request's stream flag."""
+    headers = {"Age": str(int(age))}
+    if exchange.chat.stream:
+        return await replay_stream(request, exchange.codec, exchange.chat, result, headers)
+    return web.Response(body=exchange.codec.render_response(result, exchange.chat),
+                        content_type="application/json", headers=headers)
+
+
+@web.middleware
+async def store_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Look up, replay on a hit, and store a complete answer on a miss."""
+    exchange = request.get(EXCHANGE)
+    if exchange is None:
+        return await handler(request)
+    app = request.app
+    settings, store, ledger = app[SETTINGS], app[STORE], app[LEDGER]
+    control = parse_cache_control(request.headers.get("Cache-Control"))
+    decision = decide(settings.response_cache, control, exchange.chat.body)
+    key = request_key(request, exchange) if decision.lookup or decision.store else ""
+    exchange.cache_status = CacheStatus.BYPASS
+    if decision.lookup:
+        found = store.get(key)
+        exchange.cache_status = CacheStatus.MISS
+        if found is not None:
+            age = found.age(time.time())
+            if decision.max_age is None or age <= decision.max_age:
+                exchange.cache_status = CacheStatus.HIT
+                exchange.result = found.result
+                ledger.count(c.RESPONSE_HITS)
+                return await replay(request, exchange, found.result, age)
+            exchange.cache_status = CacheStatus.EXPIRED
+    coalescer = app[COALESCER]
+    leads = False
+    if decision.store and exchange.cache_status != CacheStatus.BYPASS:
+        leader = coalescer.leading(key)
+        if leader is None:
+            coalescer.lead(key)
+            leads = True
+        else:
+            shared = await coalescer.follow(leader)
+            if shared is not None:
+                exchange.cache_status = CacheStatus.HIT
+                exchange.result = shared
+                ledger.count(c.RESPONSE_COALESCED)
+                return await replay(request, exchange, shared, 0.0)
+    ledger.count(c.LOOKUP_COUNTERS[exchange.cache_status.value])
+    try:
+        response = await handler(request)
+    except Exception:
+        ledger.count(c.RESPONSE_ERRORS)
+        raise
+    finally:
+        if leads:
+            coalescer.settle(key, None if exchange.oversized else exchange.result)
+    result = exchange.result
+    if result is None:
+        ledger.count(c.RESPONSE_ERRORS)
+        return response
+    if decision.store:
+        reason = "over --entry-max-size" if exchange.oversized else unstorable_reason(
+            result, store_truncated=settings.store_truncated)
+        if reason is None:
+            store.stage(key, result)
+            app[BACKGROUND].spawn(_put(store, ledger, key, result))
+        else:
+            ledger.count(c.RESPONSE_NOT_STORED)
+            log.debug("not storing answer: %s", reason)
+    return response
+
+
+async def _put(store: ResponseStore, ledger: Ledger, key: str, result: ChatResult) -> None:
+    loop = asyncio.get_running_loop()
+    outcome = await loop.run_in_executor(None, store.put, key, result)
+    if outcome.stored:
+        ledger.count(c.RESPONSE_STORED)
+        ledger.count(c.RESPONSE_EVICTIONS, outcome.evicted + outcome.expired)
+    else:
+        ledger.count(c.RESPONSE_NOT_STORED)

@@ -1,0 +1,1 @@
+"""Counters, usage accounting, the metrics file, Prometheus, logging and request ids."""

@@ -1,0 +1,106 @@
+"""Every counter the ledger keeps, named once, with its Prometheus name and meaning.
+
+Layers count with these constants, never with string literals, so a renamed counter is
+a one-line change and a typo is an import error. Miss reasons are slugs (no spaces) so
+a reason can sit inside a counter name and be read back without parsing prose.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+REQUESTS = "requests"
+RESPONSE_HITS = "response.hits"
+RESPONSE_COALESCED = "response.coalesced"
+RESPONSE_MISSES = "response.misses"
+RESPONSE_EXPIRED = "response.expired"
+RESPONSE_BYPASSES = "response.bypasses"
+RESPONSE_STORED = "response.stored"
+RESPONSE_NOT_STORED = "response.not_stored"
+RESPONSE_EVICTIONS = "response.evictions"
+RESPONSE_ERRORS = "response.errors"
+RESPONSE_TOKENS_SAVED = "response.tokens_saved"
+TOKENS_INPUT = "tokens.input"
+TOKENS_READ = "tokens.read"
+TOKENS_REUSED = "tokens.reused"
+TOKENS_CREATED = "tokens.created"
+KV_HITS = "kv.hits"
+KV_UNREPORTED = "kv.unreported"
+PREFIX_REQUESTS = "prefix.requests"
+PREFIX_STRIPPED = "prefix.stripped_segments"
+PREFIX_MISS = "prefix.miss."  # followed by a MissReason value
+
+# The response layer's counters by their short name, as the metrics file lists them.
+RESPONSE_COUNTERS = {
+    name.split(".", 1)[1]: name
+    for name in (RESPONSE_HITS, RESPONSE_COALESCED, RESPONSE_MISSES, RESPONSE_BYPASSES,
+                 RESPONSE_EXPIRED, RESPONSE_STORED, RESPONSE_NOT_STORED, RESPONSE_EVICTIONS,
+                 RESPONSE_ERRORS, RESPONSE_TOKENS_SAVED)
+}
+# What the store layer counts for each lookup outcome that goes on to the upstream.
+LOOKUP_COUNTERS = {"MISS": RESPONSE_MISSES, "EXPIRED": RESPONSE_EXPIRED,
+                   "BYPASS": RESPONSE_BYPASSES}
+
+
+class MissReason(str, enum.Enum):
+    """Why a known client's prefix missed, from what changed since its previous prefix."""
+
+    NEW_CLIENT = "new_client"
+    TOOLS_CHANGED = "tools_changed"
+    SYSTEM_CHANGED = "system_changed"
+    BOTH_CHANGED = "tools_and_system_changed"
+    NOT_CACHED = "not_in_backend_cache"
+
+    @property
+    def label(self) -> str:
+        """The reason as people read it in `cachelayer stats`."""
+        return reason_label(self.value)
+
+
+def reason_label(slug: str) -> str:
+    """A reason slug (as stored in the ledger and metrics file) in words."""
+    return slug.replace("_", " ")
+
+
+def prefix_miss(reason: MissReason) -> str:
+    """The counter of prefix misses for one reason."""
+    return PREFIX_MISS + reason.value
+
+
+@dataclass(frozen=True)
+class CounterSpec:
+    """A ledger counter as Prometheus exposes it."""
+
+    counter: str
+    metric: str
+    help: str
+
+
+PROMETHEUS_COUNTERS = (
+    CounterSpec(REQUESTS, "cachelayer_requests_total", "Completions answered."),
+    CounterSpec(RESPONSE_HITS, "cachelayer_response_hits_total",
+                "Answers replayed from the store."),
+    CounterSpec(RESPONSE_COALESCED, "cachelayer_response_coalesced_total",
+                "Misses answered by an identical request already in flight."),
+    CounterSpec(RESPONSE_MISSES, "cachelayer_response_misses_total",
+                "Store lookups that missed."),
+    CounterSpec(RESPONSE_EXPIRED, "cachelayer_response_expired_total",
+                "Entries older than max-age."),
+    CounterSpec(RESPONSE_BYPASSES, "cachelayer_response_bypasses_total",
+                "Requests not looked up."),
+    CounterSpec(RESPONSE_STORED, "cachelayer_response_stored_total",
+                "Answers written to the store."),
+    CounterSpec(RESPONSE_EVICTIONS, "cachelayer_response_evictions_total",
+                "Entries evicted or expired."),
+    CounterSpec(RESPONSE_ERRORS, "cachelayer_response_errors_total",
+                "Requests that got no answer."),
+    CounterSpec(TOKENS_INPUT, "cachelayer_tokens_input_total",
+                "Prompt tokens of answered requests."),
+    CounterSpec(TOKENS_REUSED, "cachelayer_tokens_reused_total",
+                "Prompt tokens the backend reused from its KV cache."),
+    CounterSpec(TOKENS_CREATED, "cachelayer_tokens_prefilled_total",
+                "Prompt tokens the backend computed."),
+    CounterSpec(KV_HITS, "cachelayer_kv_hits_total",
+                "Requests whose backend reused a cached prefix."),
+)

@@ -1,0 +1,161 @@
+"""The metrics export: `.anyclaude-cache-metrics.json`, a superset of anyclaude's file.
+
+anyclaude's top-level names and types stay as they were (hitRate and tokenSavings are
+strings with two decimals) so scripts that read it keep working; cachelayer's own
+per-layer numbers sit beside them under `layers`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from cachelayer.backend.kv_files import kv_stats
+from cachelayer.fs import write_atomic
+from cachelayer.proxy.prefix.ledger import PrefixRecord, top_entries
+from cachelayer.proxy.state import LEDGER, SETTINGS, STARTED_AT, STORE
+from cachelayer.telemetry import counters as c
+
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = 1
+
+
+
+def prefix_section(
+    totals: Mapping[str, int], prefixes: Mapping[str, PrefixRecord]
+) -> dict[str, Any]:
+    """Layer 1's numbers: requests, distinct prefixes, what was stripped, why prefixes missed."""
+    reasons = {name[len(c.PREFIX_MISS):]: n for name, n in totals.items()
+               if name.startswith(c.PREFIX_MISS)}
+    return {
+        "requests": totals.get(c.PREFIX_REQUESTS, 0),
+        "uniquePrefixes": len(prefixes),
+        "hits": sum(r.hits for r in prefixes.values()),
+        "misses": sum(r.misses for r in prefixes.values()),
+        "strippedSegments": totals.get(c.PREFIX_STRIPPED, 0),
+        "reusedTokens": sum(r.reused_tokens for r in prefixes.values()),
+        "estimatedReusedTokens": sum(r.estimated_reused_tokens for r in prefixes.values()),
+        "missReasons": dict(sorted(reasons.items())),
+    }
+
+
+def percent(part: float, whole: float) -> float:
+    """part/whole in percent; 0 when nothing was counted (never a ratio of nothing)."""
+    return 100.0 * part / whole if whole > 0 else 0.0
+
+
+def build_metrics(
+    totals: Mapping[str, int],
+    *,
+    runtime_ms: int,
+    store: Mapping[str, Any],
+    kv: Mapping[str, Any] | None = None,
+    prefixes: Mapping[str, PrefixRecord] | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The metrics document from ledger totals and live layer stats."""
+    prefixes = prefixes or {}
+    requests = totals.get(c.REQUESTS, 0)
+    hits = totals.get(c.RESPONSE_HITS, 0) + totals.get(c.KV_HITS, 0)
+    total_input = totals.get(c.TOKENS_INPUT, 0)
+    read = totals.get(c.TOKENS_READ, 0)
+    stamp = (now or datetime.now(timezone.utc)).isoformat(timespec="milliseconds")
+    response: dict[str, Any] = {
+        short: totals.get(name, 0) for short, name in c.RESPONSE_COUNTERS.items()
+    }
+    # Every request that reached layer 2, whatever the lookup's outcome.
+    response["requests"] = sum(totals.get(name, 0) for name in (
+        c.RESPONSE_HITS, c.RESPONSE_COALESCED, *c.LOOKUP_COUNTERS.values()))
+    response["hitRate"] = round(percent(response["hits"], response["hits"] + response["misses"]
+                                        + response["expired"]), 2)
+    response.update(store)
+    return {
+        "exportedAt": stamp.replace("+00:00", "Z"),
+        "runtime": runtime_ms,
+        "metrics": {
+            "totalRequests": requests,
+            "cacheHits": hits,
+            "cacheMisses": max(0, requests - hits),
+            "hitRate": f"{percent(hits, requests):.2f}",
+            "tokenSavings": f"{percent(read, total_input):.2f}",
+            "totalInputTokens": total_input,
+            "cacheCreationTokens": totals.get(c.TOKENS_CREATED, 0),
+            "cacheReadTokens": read,
+        },
+        "topEntries": top_entries(dict(prefixes)),
+        "schemaVersion": SCHEMA_VERSION,
+        "layers": {
+            "prefix": prefix_section(totals, prefixes),
+            "response": response,
+            "kv": {
+                "hits": totals.get(c.KV_HITS, 0),
+                "tokensReused": totals.get(c.TOKENS_REUSED, 0),
+                "tokensPrefilled": totals.get(c.TOKENS_CREATED, 0),
+                "unreported": totals.get(c.KV_UNREPORTED, 0),
+                **dict(kv or {}),
+            },
+        },
+    }
+
+
+def write_metrics_file(path: Path, document: Mapping[str, Any]) -> None:
+    """Export the metrics document atomically, pretty-printed for people and scripts."""
+    write_atomic(path, orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+
+def store_stats(app: web.Application) -> dict[str, Any]:
+    """Live numbers of the response store."""
+    store = app[STORE]
+    return {"entries": len(store), "bytes": store.volume(), "limitBytes": store.size_limit,
+            "degraded": store.degraded}
+
+
+def metrics_document(app: web.Application) -> dict[str, Any]:
+    """The metrics document as of now (blocking: reads the ledger and kv dir from disk)."""
+    settings, ledger = app[SETTINGS], app[LEDGER]
+    runtime_ms = int((time.time() - app[STARTED_AT]) * 1000)
+    kv = kv_stats(settings.kv_dir) if settings.kv_dir.is_dir() else None
+    return build_metrics(ledger.totals(), runtime_ms=runtime_ms, store=store_stats(app),
+                         kv=kv, prefixes=ledger.prefixes.records())
+
+
+def export_metrics(app: web.Application) -> None:
+    """Flush the ledger and rewrite the metrics file atomically (blocking)."""
+    app[LEDGER].flush()
+    write_metrics_file(app[SETTINGS].metrics_file, metrics_document(app))
+
+
+async def export_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context: export every few seconds, and once more on the way out."""
+    exporter = asyncio.create_task(_export_loop(app))
+    yield
+    exporter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await exporter
+
+
+async def final_export(app: web.Application) -> None:
+    """The last export at shutdown, after background writes have drained."""
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, export_metrics, app)
+    except OSError as exc:
+        log.error("could not write the metrics file at shutdown: %s", exc)
+
+
+async def _export_loop(app: web.Application) -> None:
+    """Flush the ledger and rewrite the metrics file every few seconds, off the loop."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(app[SETTINGS].metrics_interval_s)
+        try:
+            await loop.run_in_executor(None, export_metrics, app)
+        except OSError as exc:
+            log.warning("could not write the metrics file: %s", exc)

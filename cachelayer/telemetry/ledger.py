@@ -1,0 +1,105 @@
+"""Persistent counters: what every layer did, surviving restarts and shared by processes.
+
+Counting on the hot path only touches a dict; `flush()` (run off the event loop every
+few seconds and at shutdown) adds the pending deltas to a diskcache in one transaction
+with `incr`, so two proxies sharing a data dir add up instead of overwriting each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import diskcache
+
+from cachelayer.fs import ensure_private_dir
+from cachelayer.proxy.prefix.ledger import PrefixLedger
+
+log = logging.getLogger(__name__)
+_COUNTER_PREFIX = "c:"
+_CREATED_KEY = "meta:created"
+
+
+def _open(directory: Path) -> diskcache.Cache:
+    return diskcache.Cache(str(directory), size_limit=2**40, cull_limit=0)
+
+
+class Ledger:
+    """Counters by dotted name (`response.hits`, `tokens.reused`, ...)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.degraded: str | None = None
+        try:
+            self._cache = _open(ensure_private_dir(directory))
+        except (OSError, sqlite3.Error) as exc:
+            # Keep counting for this process (a temporary dir) rather than refuse to start.
+            self.degraded = f"cannot open the ledger in {directory}: {exc}"
+            log.error("%s; counting in a temporary directory until restart", self.degraded)
+            self._cache = _open(Path(tempfile.mkdtemp(prefix="cachelayer-ledger-")))
+        self._pending: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._cache.add(_CREATED_KEY, time.time())
+        self.prefixes = PrefixLedger(self._cache)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add n to a counter (in memory until the next flush)."""
+        if n:
+            with self._lock:
+                self._pending[name] += n
+
+    def flush(self) -> bool:
+        """Write pending deltas to disk atomically; blocking. False if the disk refused."""
+        self.prefixes.flush()
+        with self._lock:
+            pending, self._pending = self._pending, Counter()
+        if not pending:
+            return True
+        try:
+            with self._cache.transact():
+                for name, delta in pending.items():
+                    self._cache.incr(_COUNTER_PREFIX + name, delta, default=0)
+        except (sqlite3.Error, OSError) as exc:
+            log.error("ledger flush failed, keeping counts in memory: %s", exc)
+            with self._lock:
+                self._pending.update(pending)
+            return False
+        return True
+
+    def persisted(self) -> dict[str, int]:
+        """The counters as stored on disk."""
+        out: dict[str, int] = {}
+        try:
+            for key in self._cache.iterkeys():
+                if isinstance(key, str) and key.startswith(_COUNTER_PREFIX):
+                    value = self._cache.get(key)
+                    if isinstance(value, int):
+                        out[key[len(_COUNTER_PREFIX) :]] = value
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("ledger read failed: %s", exc)
+        return out
+
+    def totals(self) -> dict[str, int]:
+        """Stored counters plus what this process has not flushed yet."""
+        totals = Counter(self.persisted())
+        with self._lock:
+            totals.update(self._pending)
+        return dict(totals)
+
+    def clear(self) -> None:
+        """Forget every counter and record."""
+        with self._lock:
+            self._pending.clear()
+        self.prefixes.clear()
+        self._cache.clear()
+        self._cache.add(_CREATED_KEY, time.time())
+
+    def close(self) -> None:
+        """Flush and close."""
+        self.flush()
+        self._cache.close()

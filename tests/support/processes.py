@@ -1,0 +1,135 @@
+"""Every child process the tests and benchmarks start: spawned, health-polled, stopped.
+
+No mlx import: this only spawns commands, polls `/health` and cleans up. The benchmarks
+in tools/ use it too (they put the repository on sys.path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cachelayer.cli.serve import free_port as free_port
+from cachelayer.proxy.embedded import backend_command as backend_command
+
+
+@dataclass
+class ServerProcess:
+    """A server child process listening on 127.0.0.1:`port`."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. http://127.0.0.1:8080."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        """The server's combined output so far (for failure messages)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def stock_command(model: Path | str, port: int, *extra: str) -> list[str]:
+    """argv for the unmodified `mlx_lm.server` on `port`."""
+    return [
+        sys.executable,
+        "-m",
+        "mlx_lm",
+        "server",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        *extra,
+    ]
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], url: str, timeout: float, *,
+                 output: Callable[[], str] = lambda: "", path: str = "/health") -> None:
+    """Poll GET url+path until it answers 200; raise with the output if it never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {proc.returncode}:\n{output()}")
+        with (
+            contextlib.suppress(OSError, urllib.error.URLError, ValueError),
+            urllib.request.urlopen(url + path, timeout=2) as r,
+        ):
+            if r.status == 200:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not healthy after {timeout}s:\n{output()}")
+
+
+def start_server(
+    argv: Sequence[str],
+    port: int,
+    log_path: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    ready_timeout: float = 180.0,
+) -> ServerProcess:
+    """Spawn `argv`, wait for /health; the caller must stop_server() it."""
+    child_env = dict(os.environ if env is None else env)
+    child_env.setdefault("HF_HUB_OFFLINE", "1")
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        list(argv), stdout=log, stderr=subprocess.STDOUT, env=child_env, cwd=cwd
+    )
+    log.close()
+    server = ServerProcess(proc, port, log_path)
+    try:
+        wait_healthy(proc, server.url, ready_timeout, output=server.log)
+    except BaseException:
+        stop_server(server)
+        raise
+    return server
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    """SIGTERM, then SIGKILL after `timeout`; returns the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
+def stop_server(server: ServerProcess, timeout: float = 30.0) -> int:
+    """Stop a server started by start_server; returns the exit status."""
+    return terminate(server.proc, timeout)
+
+
+@contextlib.contextmanager
+def running_server(
+    argv: Sequence[str],
+    port: int,
+    log_path: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Iterator[ServerProcess]:
+    """Context manager around start_server/stop_server."""
+    server = start_server(argv, port, log_path, env=env, cwd=cwd)
+    try:
+        yield server
+    finally:
+        stop_server(server)

@@ -1,0 +1,76 @@
+"""`cachelayer stats` and `cachelayer clear` from the shell, on real files."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from cachelayer.cli.main import main
+from cachelayer.cli.maintenance import format_stats
+from cachelayer.protocol.chat import ChatResult, Choice, Usage
+from cachelayer.proxy.prefix.stabilize import PrefixIds
+from cachelayer.proxy.store.backends.disk import ResponseStore
+from cachelayer.telemetry.export import build_metrics
+from cachelayer.telemetry.ledger import Ledger
+
+
+def _document() -> dict[str, object]:
+    ledger_totals = {"requests": 3, "response.hits": 1, "response.misses": 2, "kv.hits": 1,
+                     "tokens.input": 300, "tokens.read": 180, "tokens.reused": 80}
+    kv = {"files": 2, "bytes": 4096, "tokens_restored_disk": 70, "tokens_restored_memory": 10,
+          "tokens_prefilled": 120}
+    return build_metrics(ledger_totals, runtime_ms=1, store={"entries": 1, "bytes": 9}, kv=kv)
+
+
+def test_stats_table_shows_each_layer() -> None:
+    text = format_stats(_document())
+    for fragment in ("requests", "2  (66.67%)", "hits / misses / bypasses", "1 / 2 / 0",
+                     "files / bytes on disk", "2 / 4096", "restored disk / memory", "70 / 10"):
+        assert fragment in text
+
+
+def test_stats_json_reads_the_metrics_file(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(_document()))
+    assert main(["stats", "--json", "--metrics-file", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"]["totalRequests"] == 3
+
+
+def test_stats_without_a_metrics_file_reads_the_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ledger = Ledger(tmp_path / "data" / "ledger")
+    ledger.count("requests", 5)
+    ledger.prefixes.record(PrefixIds("t", "s", "p1", 4), Usage(50, 1, 0), from_store=False,
+                           client="c")
+    ledger.close()
+    assert main(["stats", "--metrics-file", str(tmp_path / "none.json"),
+                 "--data-dir", str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    assert "requests" in out and " 5" in out and "new client" in out
+
+
+def test_clear_responses_removes_stored_answers_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = ResponseStore(tmp_path / "responses", size_limit=1 << 30, ttl_s=60,
+                          entry_max_bytes=1 << 20)
+    store.put("k", ChatResult("chat", "i", 0, "m", (Choice(0, "hi", "stop"),)))
+    assert main(["clear", "--responses", "--yes", "--data-dir", str(tmp_path)]) == 0
+    assert "removed 1 stored answers" in capsys.readouterr().out
+    time.sleep(0.3)  # a running store looks at the clear marker every 0.25 s
+    assert store.get("k") is None  # the running store sees the clear
+    store.close()
+
+
+def test_clear_all_reports_every_cache(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["clear", "--all", "--yes", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "responses: nothing stored" in out
+    assert "kv: removed 0 KV cache files" in out
+    assert "ledger: counters and prefix ledger reset" in out
