@@ -7,7 +7,7 @@ ARGS ?=
 CLAUDE_CODE_VERSION ?= 2.1.197
 CLAUDE := .e2e/node_modules/.bin/claude
 
-.PHONY: serve test lint unit bench clean
+.PHONY: serve test lint unit check bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,11 @@ $(CLAUDE):
 test: $(BIN)/.installed $(CLAUDE) lint  ## create the virtualenv, install, lint, run every test
 	$(BIN)/pytest
 
-unit: $(BIN)/.installed
-	$(BIN)/pytest tests/unit
+unit: $(BIN)/.installed  ## the quick loop (under a minute): lint, then every test not marked slow
+	$(BIN)/ruff check cachelayer tests tools
+	$(BIN)/pytest -m "not slow" -q
+
+check: unit
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e ".[bench]"

@@ -17,6 +17,8 @@ import pytest
 
 from tests.support.proxy_process import running_proxy
 
+pytestmark = pytest.mark.slow  # real mlx inference, child servers or CLIs
+
 ROOT = Path(__file__).resolve().parents[2]
 CLAUDE = Path(os.environ.get("CLAUDE_BIN", ROOT / ".e2e" / "node_modules" / ".bin" / "claude"))
 

@@ -9,9 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cachelayer.backend.demo_model import build_demo_model
 from cachelayer.backend.kv_files import STATS_NAME, SUFFIX, clear_kv, kv_stats
 from tests.support.processes import stop_server
+
+pytestmark = pytest.mark.slow  # real mlx inference, child servers or CLIs
 
 StartBackend = Callable[..., Any]
 

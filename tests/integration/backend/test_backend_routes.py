@@ -11,6 +11,8 @@ import pytest
 
 from cachelayer.backend.warm import warm_local, warm_upstream
 
+pytestmark = pytest.mark.slow  # real mlx inference, child servers or CLIs
+
 StartBackend = Callable[..., Any]
 
 

@@ -8,10 +8,14 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support import http
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.proxy_process import running_proxy
 from tests.support.servers import serve_app
+
+pytestmark = pytest.mark.slow  # real mlx inference, child servers or CLIs
 
 
 def test_sigterm_drains_a_stream_then_flushes_metrics(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import anthropic
 import openai
+import pytest
 
 from cachelayer.proxy.app import make_app
 from cachelayer.proxy.state import LEDGER
@@ -15,6 +16,8 @@ from tests.integration.stack.conftest import stack_settings
 from tests.support import http
 from tests.support.processes import ServerProcess
 from tests.support.servers import RunningServer, serve_app
+
+pytestmark = pytest.mark.slow  # real mlx inference, child servers or CLIs
 
 SYSTEM = " ".join(f"Rule {i}: read file number {i} before you edit it." for i in range(60))
 TOOLS = [

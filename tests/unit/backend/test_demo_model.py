@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from cachelayer.backend.demo_model import MARKER_NAME, build_demo_model, is_complete
+
+pytestmark = pytest.mark.slow  # real mlx inference, child servers or CLIs
 
 
 def test_demo_model_loads_with_mlx_lm_and_generates_tokens(demo_model: Path) -> None:

@@ -14,6 +14,8 @@ from cachelayer.backend.kv_files import STATS_NAME, SUFFIX
 from cachelayer.backend.persistent_cache import PersistentPromptCache
 from cachelayer.backend.prompt_store import PromptStore, cache_length
 
+pytestmark = pytest.mark.slow  # real mlx inference, child servers or CLIs
+
 KEY = ("model", None, None)
 Prefill = Callable[..., list[Any]]
 

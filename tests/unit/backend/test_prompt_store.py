@@ -14,6 +14,8 @@ import pytest
 from cachelayer.backend.kv_files import SUFFIX
 from cachelayer.backend.prompt_store import PromptStore, cache_length
 
+pytestmark = pytest.mark.slow  # real mlx inference, child servers or CLIs
+
 FP = "f" * 24
 Prefill = Callable[..., list[Any]]
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cachelayer.backend.kv_files import model_fingerprint
 from cachelayer.backend.prompt_store import PromptStore
 from cachelayer.backend.warm import system_prefix_tokens, warm_local
+
+pytestmark = pytest.mark.slow  # real mlx inference, child servers or CLIs
 
 SYSTEM = "You are a careful assistant. " * 20
 TOOLS = [{"type": "function", "function": {"name": "grep", "parameters": {"type": "object"}}}]
