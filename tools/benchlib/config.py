@@ -35,9 +35,10 @@ class RunConfig:
 
     @classmethod
     def make(cls, *, quick: bool, out_dir: Path, work_dir: Path,
-             only: tuple[str, ...]) -> RunConfig:
+             only: tuple[str, ...], extra: dict[str, str] | None = None) -> RunConfig:
         """The full settings, or the quick smoke-test settings (whole run well under 60 s)."""
+        extra = {k: v for k, v in (extra or {}).items() if v}
         if not quick:
-            return cls(quick=False, out_dir=out_dir, work_dir=work_dir, only=only)
-        return cls(quick=True, out_dir=out_dir, work_dir=work_dir, only=only,
+            return cls(quick=False, out_dir=out_dir, work_dir=work_dir, only=only, extra=extra)
+        return cls(quick=True, out_dir=out_dir, work_dir=work_dir, only=only, extra=extra,
                    repetitions=1, warmup_s=0.3, duration_s=0.7, miss_rounds=3, miss_per_round=5)

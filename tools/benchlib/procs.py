@@ -67,13 +67,13 @@ def stop(server: Server, grace_s: float = 15.0) -> None:
 @contextlib.contextmanager
 def server(name: str, argv: Sequence[str], port: int, log_dir: Path, *,
            ready_path: str = "/health", timeout_s: float = 120.0,
-           env: Mapping[str, str] | None = None) -> Iterator[Server]:
+           env: Mapping[str, str] | None = None, cwd: Path = REPO) -> Iterator[Server]:
     """Run `argv` (which listens on `port`) until the block ends."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT,
-                                env=child_env(env), cwd=str(REPO))
+                                env=child_env(env), cwd=str(cwd))
     srv = Server(name, proc, f"http://127.0.0.1:{port}", log_path)
     try:
         wait_ready(srv, ready_path, timeout_s)

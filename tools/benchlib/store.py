@@ -121,8 +121,12 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             "ceiling", procs.target_argv("ceiling", port, "--body-file", str(ceiling_body)),
             port, cfg.log_dir))
         targets["ceiling"] = Target(ceiling.url + ROUTE, body_file, AUTH)
-        if cfg.quick:
-            notes["litellm"] = {"skipped": "not run in --quick mode"}
+        reference = cfg.extra.get("reference")
+        if reference:
+            targets["cachelayer (reference)"] = _start_reference(
+                Path(reference), stack, fake, body, body_file, work, cfg)
+        if cfg.quick or cfg.extra.get("no_litellm"):
+            notes["litellm"] = {"skipped": "not run in --quick mode or with --no-litellm"}
         else:
             started = _start_litellm(cfg, stack, fake, body, work)
             if isinstance(started, Target):
@@ -143,6 +147,19 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     out["targets"] = results
     out["ratios"] = ratios(results)
     return out
+
+
+def _start_reference(checkout: Path, stack: contextlib.ExitStack, fake: procs.Server,
+                     body: bytes, body_file: Path, work: Path, cfg: RunConfig) -> Target:
+    """The same proxy built from another checkout (e.g. before a change), warmed: its
+    package comes first on the path and it runs from its own directory."""
+    port = procs.free_port()
+    env = {"PYTHONPATH": os.pathsep.join([str(checkout), str(procs.TOOLS)])}
+    server = stack.enter_context(procs.server(
+        "cachelayer-reference", procs.cachelayer_argv(port, fake.url, work / "reference-data"),
+        port, cfg.log_dir, env=env, cwd=checkout))
+    _warm(server.url + ROUTE, body, AUTH)
+    return Target(server.url + ROUTE, body_file, AUTH, {"checkout": str(checkout)})
 
 
 def _start_litellm(cfg: RunConfig, stack: contextlib.ExitStack, fake: procs.Server,
@@ -178,13 +195,14 @@ def ratios(targets: dict[str, Any]) -> dict[str, Any]:
     def by_conc(name: str) -> dict[int, dict[str, Any]]:
         return {p["concurrency"]: p for p in targets.get(name, {}).get("points", [])}
 
-    mine, ceiling, peer = by_conc("cachelayer"), by_conc("ceiling"), by_conc("litellm")
+    mine = by_conc("cachelayer")
+    others = {"vs_ceiling": by_conc("ceiling"), "vs_litellm": by_conc("litellm"),
+              "vs_reference": by_conc("cachelayer (reference)")}
     out: dict[str, Any] = {}
     for conc, point in mine.items():
         row: dict[str, Any] = {}
-        if conc in ceiling and ceiling[conc]["rps"] > 0:
-            row["vs_ceiling"] = point["rps"] / ceiling[conc]["rps"]
-        if conc in peer and peer[conc]["rps"] > 0:
-            row["vs_litellm"] = point["rps"] / peer[conc]["rps"]
+        for label, other in others.items():
+            if conc in other and other[conc]["rps"] > 0:
+                row[label] = point["rps"] / other[conc]["rps"]
         out[str(conc)] = row
     return out
