@@ -48,6 +48,9 @@ class Settings:
     metrics_interval_s: float = 5.0
     admin_token: str | None = None
     volatile_patterns: tuple[str, ...] = ()
+    # Anthropic route: system turns before the first answer join the leading system
+    # prompt (proxy/prefix/placement.py); True leaves them where the client put them.
+    keep_system_order: bool = False
     model_map: Mapping[str, str] = field(default_factory=dict)
     # Sent upstream for Anthropic requests whose model is not in model_map: a client's
     # `claude-*` name must never reach mlx_lm.server, which would try to load it.

@@ -108,29 +108,49 @@ def format_stats(doc: dict[str, Any]) -> str:
                                                     f"{kv.get('tokens_restored_memory', 0)}"))
         lines.append(_row("prefilled by the backend", kv.get("tokens_prefilled", 0)))
     if prefix:
-        reasons = ", ".join(f"{reason_label(k)}: {v}"
-                            for k, v in prefix.get("missReasons", {}).items())
-        lines += [
-            "prefix (layer 1)",
-            _row("requests / unique prefixes", f"{prefix.get('requests', 0)} / "
-                                               f"{prefix.get('uniquePrefixes', 0)}"),
-            _row("prefix hits / misses", f"{prefix.get('hits', 0)} / {prefix.get('misses', 0)}"),
-            _row("volatile segments stripped", prefix.get("strippedSegments", 0)),
-            _row("tokens reused (estimated)", f"{prefix.get('reusedTokens', 0)} "
-                                              f"({prefix.get('estimatedReusedTokens', 0)})"),
-            _row("why prefixes missed", reasons or "-"),
-        ]
+        lines += _prefix_lines(prefix)
     top = doc.get("topEntries") or []
     if top:
         lines.append("top prefixes")
-        lines.append(f"  {'id':<18} {'tools':>5} {'reqs':>6} {'hit%':>6} {'reused':>9}  last miss")
+        lines.append(f"  {'id':<18} {'tools':>5} {'prefix':>7} {'reqs':>5} {'hit':>4} "
+                     f"{'part':>4} {'miss':>4} {'hit%':>6} {'reused':>9}  last reason")
         for e in top[:10]:
+            size = f"{'~' if e.get('prefixTokensEstimated') else ''}{e.get('prefixTokens', 0)}"
             lines.append(
-                f"  {str(e.get('hash', ''))[:16]:<18} {e.get('tools', 0):>5} "
-                f"{e.get('hits', 0) + e.get('misses', 0):>6} {e.get('hitRate', ''):>6} "
+                f"  {str(e.get('hash', ''))[:16]:<18} {e.get('tools', 0):>5} {size:>7} "
+                f"{e.get('requests', 0):>5} {e.get('hits', 0):>4} {e.get('partial', 0):>4} "
+                f"{e.get('misses', 0):>4} {e.get('hitRate', ''):>6} "
                 f"{e.get('cacheTokens', 0):>9}  {reason_label(e.get('lastMissReason') or '-')}"
             )
     return "\n".join(lines)
+
+
+def _reasons(named: dict[str, int], *, slugs: bool = True) -> str:
+    return ", ".join(f"{reason_label(k) if slugs else k}: {v}"
+                     for k, v in named.items()) or "-"
+
+
+def _prefix_lines(prefix: dict[str, Any]) -> list[str]:
+    """Layer 1's rows: the honest hit / partial / miss split, rewrites, moves, warm count."""
+    rewrites = prefix.get("rewrites") or {}
+    return [
+        "prefix (layer 1)",
+        _row("requests / unique prefixes", f"{prefix.get('requests', 0)} / "
+                                           f"{prefix.get('uniquePrefixes', 0)}"),
+        _row("warm prefixes", f"{prefix.get('warmPrefixes', 0)}  (used in the last "
+                              f"{prefix.get('warmWindowSeconds', 600) // 60} min)"),
+        _row("hit / partial / miss", f"{prefix.get('hits', 0)} / {prefix.get('partial', 0)} / "
+                                     f"{prefix.get('misses', 0)}  (+{prefix.get('storeHits', 0)}"
+                                     " answered by the store)"),
+        _row("why partial", _reasons(prefix.get("partialReasons") or {})),
+        _row("why missed", _reasons(prefix.get("missReasons") or {})),
+        _row("volatile text rewritten", f"{prefix.get('strippedSegments', 0)}  "
+                                        f"({_reasons(rewrites, slugs=False)})"),
+        _row("system blocks moved up", f"{prefix.get('systemBlocksMoved', 0)} in "
+                                       f"{prefix.get('reorderedRequests', 0)} requests"),
+        _row("tokens reused (estimated)", f"{prefix.get('reusedTokens', 0)} "
+                                          f"({prefix.get('estimatedReusedTokens', 0)})"),
+    ]
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

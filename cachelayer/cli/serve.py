@@ -130,7 +130,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="token that lets non-loopback clients use admin routes "
                         "(default: $CACHELAYER_ADMIN_TOKEN)")
     p.add_argument("--volatile-pattern", action="append", default=[],
-                   help="regex of prompt text to strip before hashing (repeatable)")
+                   help="regex of system-prompt or tool-description text to remove before "
+                        "hashing and forwarding (repeatable; adds to the default rules)")
+    p.add_argument("--keep-system-order", action="store_true",
+                   help="leave Anthropic system turns that follow the first user message "
+                        "where they are (default: move them into the leading system prompt)")
     p.add_argument("--model-map", action="append", default=[],
                    help="CLIENT_NAME=UPSTREAM_NAME (repeatable)")
     p.add_argument("--upstream-model", default=None,
@@ -175,6 +179,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Sett
         shutdown_timeout_s=args.shutdown_timeout,
         admin_token=args.admin_token or env.get("CACHELAYER_ADMIN_TOKEN") or None,
         volatile_patterns=tuple(args.volatile_pattern),
+        keep_system_order=args.keep_system_order,
         model_map=parse_model_map(args.model_map),
         default_model=args.upstream_model or (str(backend_model) if backend_model else None),
         max_tokens_cap=args.max_tokens_cap,

@@ -17,7 +17,7 @@ from cachelayer.proxy.embedded import backend_ctx
 from cachelayer.proxy.forward.handler import handle_completion
 from cachelayer.proxy.forward.upstream import upstream_ctx
 from cachelayer.proxy.prefix.middleware import prefix_middleware, setup_prefix_layer
-from cachelayer.proxy.prefix.stabilize import compile_volatile
+from cachelayer.proxy.prefix.rules import compile_rules
 from cachelayer.proxy.routes import admin
 from cachelayer.proxy.routes.count_tokens import count_tokens
 from cachelayer.proxy.state import (
@@ -85,7 +85,7 @@ def make_app(settings: Settings) -> web.Application:
     app[UPSTREAM_LATENCY] = Histogram()
     app[REQUEST_IDS] = RequestIds()
     setup_edge(app, make_codecs(settings))
-    setup_prefix_layer(app, compile_volatile(settings.volatile_patterns))
+    setup_prefix_layer(app, compile_rules(settings.volatile_patterns))
     setup_store_layer(app)
     app.cleanup_ctx.append(backend_ctx)
     app.cleanup_ctx.append(_storage_ctx)

@@ -29,7 +29,12 @@ KV_HITS = "kv.hits"
 KV_UNREPORTED = "kv.unreported"
 PREFIX_REQUESTS = "prefix.requests"
 PREFIX_STRIPPED = "prefix.stripped_segments"
+PREFIX_HITS = "prefix.hits"
+PREFIX_PARTIAL = "prefix.partial."  # followed by a MissReason value
 PREFIX_MISS = "prefix.miss."  # followed by a MissReason value
+PREFIX_REWRITES = "prefix.rewrites."  # followed by a volatile rule's name
+PREFIX_SYSTEM_MOVED = "prefix.system_moved"
+PREFIX_REORDERED = "prefix.reordered_requests"
 
 # The response layer's counters by their short name, as the metrics file lists them.
 RESPONSE_COUNTERS = {
@@ -44,13 +49,18 @@ LOOKUP_COUNTERS = {"MISS": RESPONSE_MISSES, "EXPIRED": RESPONSE_EXPIRED,
 
 
 class MissReason(str, enum.Enum):
-    """Why a known client's prefix missed, from what changed since its previous prefix."""
+    """Why a request was not a prefix hit (a partial reuse or a miss).
 
-    NEW_CLIENT = "new_client"
+    A prefix seen for the first time says what changed since the client's previous one
+    (or that the client is new); a prefix seen before that the backend no longer had in
+    full was evicted (from its memory and its disk).
+    """
+
+    NEW_SESSION = "new_session"
     TOOLS_CHANGED = "tools_changed"
     SYSTEM_CHANGED = "system_changed"
     BOTH_CHANGED = "tools_and_system_changed"
-    NOT_CACHED = "not_in_backend_cache"
+    EVICTED = "evicted"
 
     @property
     def label(self) -> str:
@@ -64,8 +74,18 @@ def reason_label(slug: str) -> str:
 
 
 def prefix_miss(reason: MissReason) -> str:
-    """The counter of prefix misses for one reason."""
+    """The counter of prefix misses (nothing reused) for one reason."""
     return PREFIX_MISS + reason.value
+
+
+def prefix_partial(reason: MissReason) -> str:
+    """The counter of partial prefix reuses (less than the prefix) for one reason."""
+    return PREFIX_PARTIAL + reason.value
+
+
+def prefix_rewrites(rule: str) -> str:
+    """The counter of rewrites one volatile rule made."""
+    return PREFIX_REWRITES + rule
 
 
 @dataclass(frozen=True)
@@ -102,5 +122,9 @@ PROMETHEUS_COUNTERS = (
     CounterSpec(TOKENS_CREATED, "cachelayer_tokens_prefilled_total",
                 "Prompt tokens the backend computed."),
     CounterSpec(KV_HITS, "cachelayer_kv_hits_total",
-                "Requests whose backend reused a cached prefix."),
+                "Requests whose backend reused at least their whole stable prefix."),
+    CounterSpec(PREFIX_HITS, "cachelayer_prefix_hits_total",
+                "Requests reusing their whole stable prefix, seen before (tools + system)."),
+    CounterSpec(PREFIX_SYSTEM_MOVED, "cachelayer_prefix_system_moved_total",
+                "System turns moved into the leading system prompt."),
 )

@@ -21,7 +21,12 @@ from aiohttp import web
 
 from cachelayer.backend.kv_files import kv_stats
 from cachelayer.fs import write_atomic
-from cachelayer.proxy.prefix.ledger import PrefixRecord, top_entries
+from cachelayer.proxy.prefix.ledger import (
+    WARM_WINDOW_S,
+    PrefixRecord,
+    top_entries,
+    warm_prefixes,
+)
 from cachelayer.proxy.state import LEDGER, SETTINGS, STARTED_AT, STORE
 from cachelayer.telemetry import counters as c
 
@@ -30,21 +35,33 @@ SCHEMA_VERSION = 1
 
 
 
+def _named(totals: Mapping[str, int], prefix: str) -> dict[str, int]:
+    return dict(sorted((name[len(prefix):], n) for name, n in totals.items()
+                       if name.startswith(prefix)))
+
+
 def prefix_section(
-    totals: Mapping[str, int], prefixes: Mapping[str, PrefixRecord]
+    totals: Mapping[str, int], prefixes: Mapping[str, PrefixRecord], now: float
 ) -> dict[str, Any]:
-    """Layer 1's numbers: requests, distinct prefixes, what was stripped, why prefixes missed."""
-    reasons = {name[len(c.PREFIX_MISS):]: n for name, n in totals.items()
-               if name.startswith(c.PREFIX_MISS)}
+    """Layer 1's numbers: requests, hits / partial / misses with reasons, what was
+    rewritten or moved, and how many distinct prefixes are in use (warm)."""
     return {
         "requests": totals.get(c.PREFIX_REQUESTS, 0),
         "uniquePrefixes": len(prefixes),
+        "warmPrefixes": warm_prefixes(dict(prefixes), now),
+        "warmWindowSeconds": int(WARM_WINDOW_S),
         "hits": sum(r.hits for r in prefixes.values()),
+        "partial": sum(r.partial for r in prefixes.values()),
         "misses": sum(r.misses for r in prefixes.values()),
+        "storeHits": sum(r.store_hits for r in prefixes.values()),
         "strippedSegments": totals.get(c.PREFIX_STRIPPED, 0),
+        "rewrites": _named(totals, c.PREFIX_REWRITES),
+        "systemBlocksMoved": totals.get(c.PREFIX_SYSTEM_MOVED, 0),
+        "reorderedRequests": totals.get(c.PREFIX_REORDERED, 0),
         "reusedTokens": sum(r.reused_tokens for r in prefixes.values()),
         "estimatedReusedTokens": sum(r.estimated_reused_tokens for r in prefixes.values()),
-        "missReasons": dict(sorted(reasons.items())),
+        "partialReasons": _named(totals, c.PREFIX_PARTIAL),
+        "missReasons": _named(totals, c.PREFIX_MISS),
     }
 
 
@@ -68,7 +85,8 @@ def build_metrics(
     hits = totals.get(c.RESPONSE_HITS, 0) + totals.get(c.KV_HITS, 0)
     total_input = totals.get(c.TOKENS_INPUT, 0)
     read = totals.get(c.TOKENS_READ, 0)
-    stamp = (now or datetime.now(timezone.utc)).isoformat(timespec="milliseconds")
+    now = now or datetime.now(timezone.utc)
+    stamp = now.isoformat(timespec="milliseconds")
     response: dict[str, Any] = {
         short: totals.get(name, 0) for short, name in c.RESPONSE_COUNTERS.items()
     }
@@ -94,7 +112,7 @@ def build_metrics(
         "topEntries": top_entries(dict(prefixes)),
         "schemaVersion": SCHEMA_VERSION,
         "layers": {
-            "prefix": prefix_section(totals, prefixes),
+            "prefix": prefix_section(totals, prefixes, now.timestamp()),
             "response": response,
             "kv": {
                 "hits": totals.get(c.KV_HITS, 0),

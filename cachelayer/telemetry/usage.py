@@ -28,5 +28,5 @@ def count_usage(ledger: Ledger, usage: Usage | None, *, from_store: bool) -> Non
     ledger.count(c.TOKENS_CREATED, max(0, usage.prompt_tokens - cached))
     if usage.cached_tokens is None:
         ledger.count(c.KV_UNREPORTED)
-    elif cached > 0:
-        ledger.count(c.KV_HITS)
+    # kv.hits is layer 1's call: a hit is a reuse of the whole stable prefix, not of any
+    # token at all (proxy/prefix/middleware.py).

@@ -59,6 +59,12 @@ class CountingUpstream(FakeUpstream):
         """How many POSTs (completions, count_tokens) reached the upstream."""
         return sum(1 for method, _ in self.requests if method == "POST")
 
+    def completions(self) -> int:
+        """How many completion requests reached the upstream (layer 1's one count of a new
+        prefix at /v1/cachelayer/count_tokens is not one)."""
+        return sum(1 for method, path in self.requests
+                   if method == "POST" and path in ("/v1/chat/completions", "/v1/completions"))
+
 
 def wait_for_writes(proxy: RunningServer, timeout: float = 10.0) -> None:
     """Let layer 2's background store writes land."""

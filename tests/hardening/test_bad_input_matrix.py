@@ -349,7 +349,7 @@ def test_large_system_prompt_under_the_limit_is_accepted_and_stored(
     else:
         body = {**AN_OK, "system": system}
     assert len(json.dumps(body)) < BODY_LIMIT
-    posts = env.fake.posts()
+    posts = env.fake.completions()
     first = http.post(env.proxy.url + path, json=body, timeout=30)
     assert first.status == 200, first.content[:300]
     assert first.headers["X-Cache-Status"] == "MISS"
@@ -357,4 +357,4 @@ def test_large_system_prompt_under_the_limit_is_accepted_and_stored(
     again = http.post(env.proxy.url + path, json=body, timeout=30)
     assert again.status == 200 and again.headers["X-Cache-Status"] == "HIT"
     assert again.content == first.content
-    assert env.fake.posts() == posts + 1
+    assert env.fake.completions() == posts + 1

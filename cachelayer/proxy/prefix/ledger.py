@@ -13,7 +13,8 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import diskcache
@@ -25,6 +26,27 @@ from cachelayer.telemetry.counters import MissReason
 log = logging.getLogger(__name__)
 PREFIX_KEY = "p:"
 MAX_CLIENTS = 4096
+MAX_KNOWN = 4096
+# The backend counts a prefix as tools + system rendered with the chat template's closing
+# and generation header; its own checkpoint at the system's end stops before those few
+# tokens, so a reuse that falls short of the count by at most this much covers the prefix.
+PREFIX_SLACK_TOKENS = 8
+# "Warm" prefixes: distinct prefixes used this recently (what the backend's LRU of prompt
+# caches is likely to hold; mlx-lm keeps 10 by default).
+WARM_WINDOW_S = 600.0
+# What one answered request was, for the prefix it carried.
+HIT = "hit"          # the backend reused at least the whole stable prefix, seen before
+PARTIAL = "partial"  # it reused some tokens, fewer than the prefix (or a first request)
+MISS = "miss"        # it reused nothing
+STORE = "store"      # layer 2 answered; the backend was not asked
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one request used its prefix, and why it was not a hit (None for hits)."""
+
+    category: str
+    reason: MissReason | None = None
 
 
 @dataclass
@@ -36,6 +58,7 @@ class PrefixRecord:
     last_seen: float = 0.0
     requests: int = 0
     hits: int = 0
+    partial: int = 0
     misses: int = 0
     prompt_tokens: int = 0
     reused_tokens: int = 0
@@ -43,12 +66,16 @@ class PrefixRecord:
     store_hits: int = 0
     store_tokens_saved: int = 0
     min_prompt_tokens: int = 0
+    prefix_tokens: int = 0
+    prefix_tokens_estimated: bool = True
+    reasons: dict[str, int] = field(default_factory=dict)
     last_miss_reason: str | None = None
 
     def merge(self, other: PrefixRecord) -> None:
         """Add another record's counts into this one (other is the newer)."""
-        for name in ("requests", "hits", "misses", "prompt_tokens", "reused_tokens",
-                     "estimated_reused_tokens", "store_hits", "store_tokens_saved"):
+        for name in ("requests", "hits", "partial", "misses", "prompt_tokens",
+                     "reused_tokens", "estimated_reused_tokens", "store_hits",
+                     "store_tokens_saved"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.tools = other.tools or self.tools
         seen = [x for x in (self.first_seen, other.first_seen) if x]
@@ -56,6 +83,13 @@ class PrefixRecord:
         self.last_seen = max(self.last_seen, other.last_seen)
         mins = [x for x in (self.min_prompt_tokens, other.min_prompt_tokens) if x]
         self.min_prompt_tokens = min(mins) if mins else 0
+        # A measured size beats an estimate; the newer of two of a kind wins.
+        if other.prefix_tokens and (not other.prefix_tokens_estimated
+                                    or self.prefix_tokens_estimated or not self.prefix_tokens):
+            self.prefix_tokens = other.prefix_tokens
+            self.prefix_tokens_estimated = other.prefix_tokens_estimated
+        for reason, n in other.reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + n
         self.last_miss_reason = other.last_miss_reason or self.last_miss_reason
 
     @classmethod
@@ -66,35 +100,76 @@ class PrefixRecord:
             raw, dict) else cls()
 
 
-def miss_reason(previous: tuple[str, str] | None, ids: PrefixIds) -> MissReason:
-    """What changed from the client's previous prefix."""
+def change_reason(previous: tuple[str, str] | None, ids: PrefixIds) -> MissReason:
+    """What changed from the client's previous prefix, for a prefix seen the first time."""
     if previous is None:
-        return MissReason.NEW_CLIENT
+        return MissReason.NEW_SESSION
     tools_changed = previous[0] != ids.tools_hash
     system_changed = previous[1] != ids.system_hash
     if tools_changed and system_changed:
         return MissReason.BOTH_CHANGED
     if tools_changed:
         return MissReason.TOOLS_CHANGED
-    if system_changed:
-        return MissReason.SYSTEM_CHANGED
-    return MissReason.NOT_CACHED
+    return MissReason.SYSTEM_CHANGED
+
+
+def classify(reused: int, prefix_tokens: int, seen_before: bool) -> str:
+    """hit, partial or miss for a measured reuse (pure: the accounting rule itself).
+
+    A hit needs a prefix seen before and a reuse of at least its length: the first
+    request of a prefix is never a hit, whatever the backend shared with another one.
+    """
+    if seen_before and prefix_tokens and reused >= prefix_tokens - PREFIX_SLACK_TOKENS:
+        return HIT
+    return PARTIAL if reused > 0 else MISS
 
 
 class PrefixLedger:
-    """Per-prefix records and each client's last prefix (for the miss reason)."""
+    """Per-prefix records, prefix sizes, and each client's last prefix (for the reason)."""
 
     def __init__(self, cache: diskcache.Cache) -> None:
         self._cache = cache
         self._pending: dict[str, PrefixRecord] = {}
         self._clients: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        # Prefixes known to have been answered before, with their measured size (0: none).
+        self._known: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
 
+    def measured_size(self, prefix_id: str) -> int | None:
+        """The backend-counted size of a prefix in tokens, if one is known in memory."""
+        with self._lock:
+            return self._known.get(prefix_id) or None
+
+    def set_size(self, prefix_id: str, tokens: int) -> None:
+        """Remember a prefix's size as the backend counted it (kept in its record too)."""
+        with self._lock:
+            if prefix_id in self._known:
+                self._known[prefix_id] = tokens
+            record = self._pending.setdefault(prefix_id, PrefixRecord())
+            record.merge(PrefixRecord(prefix_tokens=tokens, prefix_tokens_estimated=False))
+
+    def _seen_before(self, prefix_id: str) -> bool:
+        # Called under the lock. The stored record is read once per prefix per process.
+        if prefix_id in self._known:
+            self._known.move_to_end(prefix_id)
+            return True
+        pending = self._pending.get(prefix_id)
+        stored = PrefixRecord.from_dict(self._cache.get(PREFIX_KEY + prefix_id))
+        if pending is not None:
+            stored.merge(pending)
+        size = 0 if stored.prefix_tokens_estimated else stored.prefix_tokens
+        self._known[prefix_id] = size
+        while len(self._known) > MAX_KNOWN:
+            self._known.popitem(last=False)
+        return stored.requests > 0
+
     def record(self, ids: PrefixIds, usage: Usage | None, *, from_store: bool,
-               client: str, now: float | None = None) -> MissReason | None:
-        """Account one answered request; returns why it missed, or None for a hit."""
+               client: str, estimate: Callable[[], int] | None = None,
+               now: float | None = None) -> Outcome:
+        """Account one answered request; `estimate` sizes the prefix when nothing measured it."""
         now = time.time() if now is None else now
         with self._lock:
+            seen = self._seen_before(ids.prefix_id)
             previous = self._clients.pop(client, None)
             self._clients[client] = (ids.tools_hash, ids.system_hash)
             while len(self._clients) > MAX_CLIENTS:
@@ -103,24 +178,36 @@ class PrefixLedger:
             prompt = usage.prompt_tokens if usage else 0
             delta.prompt_tokens = prompt
             delta.min_prompt_tokens = prompt
+            size = self._known.get(ids.prefix_id) or 0
+            if size:
+                delta.prefix_tokens, delta.prefix_tokens_estimated = size, False
+            elif estimate is not None and usage is not None:
+                delta.prefix_tokens = size = estimate()
             if from_store:
                 delta.store_hits = 1
                 delta.store_tokens_saved = prompt + (usage.completion_tokens if usage else 0)
-                hit = True
-            elif usage is not None and usage.cached_tokens is not None:
-                delta.reused_tokens = usage.cached_tokens
-                hit = usage.cached_tokens > 0
+                outcome = Outcome(STORE)
             else:
-                # No measurement: a prefix seen before shares at least its shortest prompt.
-                # (Looked up only here: it may read the disk, and measured answers need not.)
-                known = self._known_min_prompt(ids.prefix_id)
-                delta.estimated_reused_tokens = min(known, prompt) if known else 0
-                hit = bool(known)
-            reason = None if hit else miss_reason(previous, ids)
-            delta.hits, delta.misses = int(hit), int(not hit)
-            delta.last_miss_reason = reason.value if reason else None
+                if usage is not None and usage.cached_tokens is not None:
+                    delta.reused_tokens = usage.cached_tokens
+                    category = classify(usage.cached_tokens, size, seen)
+                else:
+                    # Nothing measured: a prefix seen before is taken to share at least its
+                    # shortest prompt, counted apart as an estimate.
+                    known = self._known_min_prompt(ids.prefix_id) if seen else 0
+                    delta.estimated_reused_tokens = min(known, prompt) if known else 0
+                    category = HIT if known else MISS
+                reason = None
+                if category != HIT:
+                    reason = MissReason.EVICTED if seen else change_reason(previous, ids)
+                    delta.reasons = {reason.value: 1}
+                    delta.last_miss_reason = reason.value
+                outcome = Outcome(category, reason)
+                delta.hits = int(category == HIT)
+                delta.partial = int(category == PARTIAL)
+                delta.misses = int(category == MISS)
             self._pending.setdefault(ids.prefix_id, PrefixRecord()).merge(delta)
-        return reason
+        return outcome
 
     def _known_min_prompt(self, prefix_id: str) -> int:
         pending = self._pending.get(prefix_id)
@@ -169,6 +256,19 @@ class PrefixLedger:
         with self._lock:
             self._pending.clear()
             self._clients.clear()
+            self._known.clear()
+
+
+def _hit_rate(r: PrefixRecord) -> str:
+    # Of the requests the backend answered: store replays did not ask it anything.
+    asked = r.hits + r.partial + r.misses
+    return f"{100.0 * r.hits / asked:.1f}" if asked else "0.0"
+
+
+def warm_prefixes(records: dict[str, PrefixRecord], now: float,
+                  window_s: float = WARM_WINDOW_S) -> int:
+    """Distinct prefixes used within the window: what the backend is likely keeping warm."""
+    return sum(1 for r in records.values() if r.last_seen and now - r.last_seen <= window_s)
 
 
 def top_entries(records: dict[str, PrefixRecord], limit: int = 20) -> list[dict[str, Any]]:
@@ -180,9 +280,13 @@ def top_entries(records: dict[str, PrefixRecord], limit: int = 20) -> list[dict[
             "tools": r.tools,
             "hits": r.hits,
             "misses": r.misses,
-            "hitRate": f"{100.0 * r.hits / r.requests:.1f}" if r.requests else "0.0",
+            "hitRate": _hit_rate(r),
             "cacheTokens": r.reused_tokens,
             "requests": r.requests,
+            "partial": r.partial,
+            "prefixTokens": r.prefix_tokens,
+            "prefixTokensEstimated": r.prefix_tokens_estimated,
+            "reasons": dict(sorted(r.reasons.items())),
             "promptTokens": r.prompt_tokens,
             "estimatedCacheTokens": r.estimated_reused_tokens,
             "storeHits": r.store_hits,

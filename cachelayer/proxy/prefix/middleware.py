@@ -1,8 +1,9 @@
 """Layer 1: keep the prompt prefix stable, identify it, and account what reuse saved.
 
 Runs before layer 2, so the response key and the forwarded body are both computed on
-the stabilised body: the backend sees a byte-identical prefix turn after turn even when
-Claude Code's billing line changes on every request.
+the stabilised body: the volatile rules (proxy/prefix/rules.py) and, on the Anthropic
+route, the system placement (proxy/prefix/placement.py) make the backend see a
+byte-identical prefix turn after turn, session after session.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -18,13 +20,17 @@ from aiohttp.typedefs import Handler
 from cachelayer.protocol.chat import ChatRequest
 from cachelayer.proxy.identity import tenant_id
 from cachelayer.proxy.memo import Memo
-from cachelayer.proxy.prefix.stabilize import PrefixIds, VolatileRule, prefix_ids, stabilize
-from cachelayer.proxy.state import EXCHANGE, LEDGER, CacheStatus, Exchange
+from cachelayer.proxy.prefix.ledger import HIT, MISS, PARTIAL
+from cachelayer.proxy.prefix.placement import hoist_body
+from cachelayer.proxy.prefix.rules import Rule, stabilize_body
+from cachelayer.proxy.prefix.size import PrefixSizer, byte_share_estimate
+from cachelayer.proxy.prefix.stabilize import PrefixIds, prefix_ids
+from cachelayer.proxy.state import EXCHANGE, LEDGER, SETTINGS, CacheStatus, Exchange
 from cachelayer.telemetry import counters as c
 from cachelayer.telemetry.usage import count_usage
 
 log = logging.getLogger(__name__)
-VOLATILE_RULES = web.AppKey("volatile_rules", tuple[VolatileRule, ...])
+VOLATILE_RULES = web.AppKey("volatile_rules", tuple[Rule, ...])
 SESSION_HEADER = "X-Claude-Code-Session-Id"
 _LOGGED_LIMIT = 256
 
@@ -37,34 +43,40 @@ def client_of(request: web.Request) -> str:
     return tenant_id(request.headers.get("Authorization"), request.headers.get("x-api-key"))
 
 
-def _log_stripped_once(app: web.Application, removed: list[str]) -> None:
-    seen: set[str] = app[_STRIPPED_SEEN]
-    for segment in removed:
-        pattern = re.sub(r"=[^;\s]*", "=…", segment.strip())
-        if pattern not in seen and len(seen) < _LOGGED_LIMIT:
-            seen.add(pattern)
-            log.debug("stripped volatile prompt segment: %s", pattern)
+def _log_rewritten_once(app: web.Application, stable: Stable) -> None:
+    seen: set[str] = app[_REWRITES_SEEN]
+    for rule, before in stable.rewrites:
+        shape = f"{rule}: " + re.sub(r"=[^;\s]*", "=…", before.strip())
+        if shape not in seen and len(seen) < _LOGGED_LIMIT:
+            seen.add(shape)
+            log.debug("rewrote volatile prompt text (%s)", shape)
 
 
 @dataclass(frozen=True)
 class Stable:
-    """The stabilised request, its prefix ids, and what was stripped from it."""
+    """The stabilised request, its prefix ids, what was rewritten and what moved."""
 
     chat: ChatRequest
     prefix: PrefixIds
-    removed: tuple[str, ...]
+    rewrites: tuple[tuple[str, str], ...] = ()
+    moved_system: int = 0
 
 
-_STRIPPED_SEEN = web.AppKey("stripped_seen", set[str])
+_REWRITES_SEEN = web.AppKey("rewrites_seen", set[str])
 PREFIX_MEMO = web.AppKey("prefix_memo", Memo[Stable])
+PREFIX_SIZER = web.AppKey("prefix_sizer", PrefixSizer)
 
 
-def stabilize_chat(chat: ChatRequest, rules: tuple[VolatileRule, ...]) -> Stable:
-    """Remove volatile segments from the request body and compute its prefix ids."""
-    body, removed = stabilize(chat.body, rules)
-    if removed:
+def stabilize_chat(chat: ChatRequest, rules: tuple[Rule, ...], *,
+                   hoist: bool = False) -> Stable:
+    """Apply the volatile rules (and, with hoist, the system placement); prefix ids."""
+    body, done = stabilize_body(chat.body, rules)
+    moved = 0
+    if hoist:
+        body, moved = hoist_body(body)
+    if done or moved:
         chat = dataclasses.replace(chat, body=body)
-    return Stable(chat, prefix_ids(chat.body), tuple(removed))
+    return Stable(chat, prefix_ids(chat.body), tuple((d.rule, d.before) for d in done), moved)
 
 
 def stabilize_exchange(app: web.Application, exchange: Exchange) -> None:
@@ -72,13 +84,51 @@ def stabilize_exchange(app: web.Application, exchange: Exchange) -> None:
     memo, fp = app[PREFIX_MEMO], exchange.fingerprint
     stable = memo.get(fp) if fp else None
     if stable is None:
-        stable = stabilize_chat(exchange.chat, app[VOLATILE_RULES])
+        hoist = (exchange.chat.client_api == "anthropic"
+                 and not app[SETTINGS].keep_system_order)
+        stable = stabilize_chat(exchange.chat, app[VOLATILE_RULES], hoist=hoist)
         if fp:
             memo.put(fp, stable)
-    if stable.removed:
-        app[LEDGER].count(c.PREFIX_STRIPPED, len(stable.removed))
-        _log_stripped_once(app, list(stable.removed))
+    ledger = app[LEDGER]
+    if stable.rewrites:
+        ledger.count(c.PREFIX_STRIPPED, len(stable.rewrites))
+        for rule, n in Counter(rule for rule, _ in stable.rewrites).items():
+            ledger.count(c.prefix_rewrites(rule), n)
+        _log_rewritten_once(app, stable)
+    if stable.moved_system:
+        ledger.count(c.PREFIX_SYSTEM_MOVED, stable.moved_system)
+        ledger.count(c.PREFIX_REORDERED)
     exchange.chat, exchange.prefix = stable.chat, stable.prefix
+
+
+def account(request: web.Request, exchange: Exchange) -> None:
+    """Record the answered request in the ledger: tokens, and how it used its prefix."""
+    app, result = request.app, exchange.result
+    assert result is not None
+    ledger = app[LEDGER]
+    from_store = exchange.cache_status is CacheStatus.HIT
+    usage = result.usage
+    count_usage(ledger, usage, from_store=from_store)
+    if exchange.prefix is None:
+        if usage is not None and not from_store and usage.cached_tokens:
+            ledger.count(c.KV_HITS)  # no stable prefix to measure against: any reuse
+        return
+    prefix, body = exchange.prefix, exchange.chat.body
+    ledger.count(c.PREFIX_REQUESTS)
+    prompt = usage.prompt_tokens if usage else 0
+    outcome = ledger.prefixes.record(
+        prefix, usage, from_store=from_store, client=client_of(request),
+        estimate=lambda: byte_share_estimate(body, prompt))
+    if outcome.category == HIT:
+        ledger.count(c.PREFIX_HITS)
+        ledger.count(c.KV_HITS)
+    elif outcome.reason is not None and outcome.category in (PARTIAL, MISS):
+        counter = c.prefix_partial if outcome.category == PARTIAL else c.prefix_miss
+        ledger.count(counter(outcome.reason))
+        log.debug("prefix %s… %s: %s", prefix.prefix_id[:12], outcome.category,
+                  outcome.reason.label)
+    if not from_store:
+        app[PREFIX_SIZER].measure_later(request, prefix.prefix_id, body)
 
 
 @web.middleware
@@ -87,28 +137,17 @@ async def prefix_middleware(request: web.Request, handler: Handler) -> web.Strea
     exchange = request.get(EXCHANGE)
     if exchange is None:
         return await handler(request)
-    app = request.app
     if exchange.chat.kind == "chat":
-        stabilize_exchange(app, exchange)
+        stabilize_exchange(request.app, exchange)
     response = await handler(request)
-    result = exchange.result
-    if result is None:
-        return response
-    ledger = app[LEDGER]
-    from_store = exchange.cache_status is CacheStatus.HIT
-    count_usage(ledger, result.usage, from_store=from_store)
-    if exchange.prefix is not None:
-        ledger.count(c.PREFIX_REQUESTS)
-        reason = ledger.prefixes.record(exchange.prefix, result.usage,
-                                        from_store=from_store, client=client_of(request))
-        if reason is not None:
-            ledger.count(c.prefix_miss(reason))
-            log.debug("prefix %s… missed: %s", exchange.prefix.prefix_id[:12], reason.label)
+    if exchange.result is not None:
+        account(request, exchange)
     return response
 
 
-def setup_prefix_layer(app: web.Application, compiled: tuple[VolatileRule, ...]) -> None:
+def setup_prefix_layer(app: web.Application, compiled: tuple[Rule, ...]) -> None:
     """Install the layer's state on the app."""
     app[VOLATILE_RULES] = compiled
-    app[_STRIPPED_SEEN] = set()
+    app[_REWRITES_SEEN] = set()
     app[PREFIX_MEMO] = Memo()
+    app[PREFIX_SIZER] = PrefixSizer()

@@ -51,7 +51,7 @@ def test_stats_without_a_metrics_file_reads_the_ledger(
     assert main(["stats", "--metrics-file", str(tmp_path / "none.json"),
                  "--data-dir", str(tmp_path / "data")]) == 0
     out = capsys.readouterr().out
-    assert "requests" in out and " 5" in out and "new client" in out
+    assert "requests" in out and " 5" in out and "new session" in out
 
 
 def test_clear_responses_removes_stored_answers_and_says_so(

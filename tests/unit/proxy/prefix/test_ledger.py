@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from cachelayer.protocol.chat import Usage
-from cachelayer.proxy.prefix.ledger import top_entries
+from cachelayer.proxy.prefix.ledger import HIT, MISS, PARTIAL, STORE, Outcome, classify, top_entries
 from cachelayer.proxy.prefix.stabilize import PrefixIds
 from cachelayer.telemetry.counters import MissReason
 from cachelayer.telemetry.export import build_metrics
 from cachelayer.telemetry.ledger import Ledger
 
-NEW_CLIENT, NOT_CACHED = MissReason.NEW_CLIENT, MissReason.NOT_CACHED
+NEW_SESSION, EVICTED = MissReason.NEW_SESSION, MissReason.EVICTED
 SYSTEM_CHANGED, TOOLS_CHANGED = MissReason.SYSTEM_CHANGED, MissReason.TOOLS_CHANGED
 BOTH_CHANGED = MissReason.BOTH_CHANGED
 
@@ -24,41 +25,88 @@ def ids(tools: str, system: str) -> PrefixIds:
     return PrefixIds(tools, system, f"{tools}+{system}", 2)
 
 
-def test_first_request_of_a_client_misses_as_new_client(tmp_path: Path) -> None:
+def size(n: int) -> Callable[[], int]:
+    return lambda: n
+
+
+def test_first_request_of_a_prefix_is_never_a_hit_even_with_full_reuse(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path)
-    assert ledger.prefixes.record(A, Usage(100, 5, 0), from_store=False, client="c") == NEW_CLIENT
+    outcome = ledger.prefixes.record(A, Usage(100, 5, 99), from_store=False, client="c",
+                                     estimate=size(80))
+    assert outcome == Outcome(PARTIAL, NEW_SESSION)
     ledger.close()
 
 
-def test_measured_reuse_is_a_hit_and_is_counted(tmp_path: Path) -> None:
+def test_reuse_of_the_whole_prefix_is_a_hit_and_is_counted(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path)
-    ledger.prefixes.record(A, Usage(100, 5, 0), from_store=False, client="c")
-    assert ledger.prefixes.record(A, Usage(120, 5, 96), from_store=False, client="c") is None
+    ledger.prefixes.record(A, Usage(100, 5, 0), from_store=False, client="c", estimate=size(80))
+    outcome = ledger.prefixes.record(A, Usage(120, 5, 96), from_store=False, client="c",
+                                     estimate=size(80))
+    assert outcome == Outcome(HIT)
     record = ledger.prefixes.records()["prefix-a"]
-    assert (record.requests, record.hits, record.misses) == (2, 1, 1)
+    assert (record.requests, record.hits, record.partial, record.misses) == (2, 1, 0, 1)
     assert record.reused_tokens == 96 and record.prompt_tokens == 220
     ledger.close()
 
 
-def test_miss_reasons_name_what_changed(tmp_path: Path) -> None:
+def test_reuse_short_of_a_known_prefix_is_partial_because_evicted(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path)
+    p = ledger.prefixes
+    p.record(A, Usage(40_000, 5, 0), from_store=False, client="c", estimate=size(38_000))
+    p.set_size("prefix-a", 38_000)
+    # the case: 1,874 of a 38k prefix reused is not a hit
+    assert p.record(A, Usage(40_100, 5, 1_874), from_store=False, client="c") == Outcome(
+        PARTIAL, EVICTED)
+    assert p.record(A, Usage(40_100, 5, 0), from_store=False, client="d") == Outcome(
+        MISS, EVICTED)
+    assert p.record(A, Usage(40_100, 5, 38_000), from_store=False, client="d") == Outcome(HIT)
+    record = p.records()["prefix-a"]
+    assert record.prefix_tokens == 38_000 and not record.prefix_tokens_estimated
+    assert record.reasons == {NEW_SESSION.value: 1, EVICTED.value: 2}
+    ledger.close()
+
+
+def test_a_measured_size_outranks_the_estimate(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path)
+    p = ledger.prefixes
+    p.record(A, Usage(1000, 5, 0), from_store=False, client="c", estimate=size(500))
+    p.set_size("prefix-a", 900)
+    # 600 reused would be a hit against the estimate, not against the measured 900
+    assert p.record(A, Usage(1000, 5, 600), from_store=False, client="c",
+                    estimate=size(500)).category == PARTIAL
+    ledger.close()
+
+
+def test_reasons_name_what_changed_for_a_new_prefix(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path)
     p = ledger.prefixes
     cold = Usage(100, 1, 0)
     p.record(ids("t1", "s1"), cold, from_store=False, client="c")
-    assert p.record(ids("t2", "s1"), cold, from_store=False, client="c") == TOOLS_CHANGED
-    assert p.record(ids("t2", "s2"), cold, from_store=False, client="c") == SYSTEM_CHANGED
-    assert p.record(ids("t3", "s3"), cold, from_store=False, client="c") == BOTH_CHANGED
-    assert p.record(ids("t3", "s3"), cold, from_store=False, client="c") == NOT_CACHED
-    assert p.record(ids("t3", "s3"), cold, from_store=False, client="d") == NEW_CLIENT
-    assert p.records()["t2+s1"].last_miss_reason == TOOLS_CHANGED
+    assert p.record(ids("t2", "s1"), cold, from_store=False, client="c").reason == TOOLS_CHANGED
+    assert p.record(ids("t2", "s2"), cold, from_store=False, client="c").reason == SYSTEM_CHANGED
+    assert p.record(ids("t3", "s3"), cold, from_store=False, client="c").reason == BOTH_CHANGED
+    assert p.record(ids("t3", "s3"), cold, from_store=False, client="c").reason == EVICTED
+    assert p.record(ids("t4", "s4"), cold, from_store=False, client="d").reason == NEW_SESSION
+    assert p.records()["t2+s1"].last_miss_reason == TOOLS_CHANGED.value
     ledger.close()
 
 
-def test_store_hits_count_whole_prompt_and_completion_as_saved(tmp_path: Path) -> None:
+def test_classify_is_the_whole_rule() -> None:
+    assert classify(1000, 1000, seen_before=True) == HIT
+    assert classify(995, 1000, seen_before=True) == HIT      # chat-template framing slack
+    assert classify(900, 1000, seen_before=True) == PARTIAL
+    assert classify(0, 1000, seen_before=True) == MISS
+    assert classify(5000, 1000, seen_before=False) == PARTIAL
+    assert classify(5000, 0, seen_before=True) == PARTIAL    # no size, no claim
+
+
+def test_store_hits_are_their_own_category(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path)
-    assert ledger.prefixes.record(A, Usage(100, 7, 0), from_store=True, client="c") is None
+    assert ledger.prefixes.record(A, Usage(100, 7, 0), from_store=True,
+                                  client="c") == Outcome(STORE)
     record = ledger.prefixes.records()["prefix-a"]
     assert record.store_hits == 1 and record.store_tokens_saved == 107
+    assert (record.hits, record.partial, record.misses) == (0, 0, 0)
     ledger.close()
 
 
@@ -69,7 +117,19 @@ def test_unreported_reuse_is_an_estimate_kept_apart(tmp_path: Path) -> None:
     record = ledger.prefixes.records()["prefix-a"]
     assert record.reused_tokens == 0
     assert record.estimated_reused_tokens == 100
+    assert (record.hits, record.misses) == (1, 1)
     ledger.close()
+
+
+def test_a_prefix_known_before_a_restart_is_not_new_after_it(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path)
+    ledger.prefixes.record(A, Usage(100, 5, 0), from_store=False, client="c", estimate=size(80))
+    ledger.prefixes.set_size("prefix-a", 90)
+    ledger.close()
+    again = Ledger(tmp_path)
+    assert again.prefixes.record(A, Usage(110, 5, 100), from_store=False,
+                                 client="new") == Outcome(HIT)
+    again.close()
 
 
 def test_records_survive_a_restart(tmp_path: Path) -> None:
@@ -114,12 +174,16 @@ def test_two_processes_sharing_a_data_dir_lose_no_counts(tmp_path: Path) -> None
 
 def test_top_entries_keep_anyclaudes_names_and_types(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path)
-    ledger.prefixes.record(A, Usage(100, 5, 0), from_store=False, client="c")
-    ledger.prefixes.record(A, Usage(100, 5, 80), from_store=False, client="c")
+    ledger.prefixes.record(A, Usage(100, 5, 0), from_store=False, client="c", estimate=size(70))
+    ledger.prefixes.record(A, Usage(100, 5, 80), from_store=False, client="c", estimate=size(70))
+    ledger.prefixes.record(A, Usage(100, 5, 20), from_store=False, client="c", estimate=size(70))
     [entry] = top_entries(ledger.prefixes.records())
     assert entry["hash"] == "prefix-a" and entry["tools"] == 3
-    assert (entry["hits"], entry["misses"], entry["hitRate"]) == (1, 1, "50.0")
-    assert entry["cacheTokens"] == 80 and entry["lastMissReason"] == NEW_CLIENT
+    assert (entry["hits"], entry["partial"], entry["misses"]) == (1, 1, 1)
+    assert entry["hitRate"] == "33.3"
+    assert entry["cacheTokens"] == 100 and entry["lastMissReason"] == EVICTED.value
+    assert entry["prefixTokens"] == 70 and entry["prefixTokensEstimated"] is True
+    assert entry["reasons"] == {NEW_SESSION.value: 1, EVICTED.value: 1}
     ledger.close()
 
 

@@ -8,16 +8,12 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cachelayer.proxy.prefix.stabilize import (
-    compile_volatile,
-    prefix_ids,
-    stabilize,
-    strip_volatile,
-    system_text,
-)
+from cachelayer.proxy.prefix.rules import apply_rules, compile_rules
+from cachelayer.proxy.prefix.rules import stabilize_body as stabilize
+from cachelayer.proxy.prefix.stabilize import prefix_ids, system_text
 from cachelayer.proxy.store.keys import response_key
 
-RULES = compile_volatile([])
+RULES = compile_rules([])
 SYSTEM = "You are Claude Code, Anthropic's official CLI for Claude."
 TOOLS = [{"type": "function", "function": {"name": f"t{i}", "parameters": {}}} for i in range(12)]
 
@@ -45,7 +41,7 @@ billing_lines = st.builds(
 def test_billing_line_variants_map_to_one_prefix_and_one_key(a: str, b: str) -> None:
     body_a, removed_a = stabilize(claude_body(a), RULES)
     body_b, _ = stabilize(claude_body(b), RULES)
-    assert removed_a and removed_a[0].startswith("x-anthropic-billing-header:")
+    assert removed_a and removed_a[0].before.startswith("x-anthropic-billing-header:")
     assert prefix_ids(body_a) == prefix_ids(body_b)
     assert body_a["messages"][0]["content"] == SYSTEM
     assert response_key("chat", body_a, tenant="t", upstream="u") == response_key(
@@ -65,7 +61,7 @@ def test_billing_line_in_a_text_block_list_is_stripped_too() -> None:
 
 def test_text_elsewhere_mentioning_the_header_is_left_alone() -> None:
     text = "Explain what x-anthropic-billing-header: means"
-    assert strip_volatile(text, RULES) == (text, [])
+    assert apply_rules(text, RULES) == (text, [])
 
 
 def test_user_messages_are_never_stripped() -> None:
@@ -76,7 +72,7 @@ def test_user_messages_are_never_stripped() -> None:
 
 
 def test_extra_volatile_patterns_are_applied() -> None:
-    rules = compile_volatile([r"Today's date is \d{4}-\d{2}-\d{2}\.\n?"])
+    rules = compile_rules([r"Today's date is \d{4}-\d{2}-\d{2}\.\n?"])
     a = claude_body("", user="q")
     a["messages"][0]["content"] = "Today's date is 2026-11-21.\n" + SYSTEM
     b = copy.deepcopy(a)

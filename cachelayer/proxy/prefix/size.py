@@ -1,0 +1,105 @@
+"""How many tokens a stable prefix (tools + leading system prompt) is: the bar for a hit.
+
+A request counts as a prefix hit only when the backend reused at least this many tokens.
+Two sources, best first:
+
+* measured: the upstream's `POST /v1/cachelayer/count_tokens` (cachelayer's backend
+  renders the tools and the system prompt with the model's own chat template and
+  tokenizer). Asked once per prefix, in the background after its first answer, so no
+  request waits for it; the first request of a prefix is never a hit anyway.
+* estimated: the prefix's share of the request's bytes times the prompt tokens the
+  backend reported for it. Within one request, bytes and tokens are close to
+  proportional; used until a measurement arrives, or for upstreams that cannot count.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from cachelayer.proxy.identity import canonical_json
+from cachelayer.proxy.prefix.stabilize import system_text
+from cachelayer.proxy.routes.count_tokens import upstream_count
+from cachelayer.proxy.state import BACKGROUND, LEDGER
+
+log = logging.getLogger(__name__)
+_MAX_ASKED = 4096
+# An upstream that failed this many counts in a row, never having answered one, cannot
+# count (plain mlx_lm.server, another vendor's server): stop asking it.
+_GIVE_UP_AFTER = 3
+
+
+def leading_system(messages: Any) -> list[dict[str, Any]]:
+    """The system messages before the first other message."""
+    out: list[dict[str, Any]] = []
+    for message in messages if isinstance(messages, list) else ():
+        if not isinstance(message, dict) or message.get("role") not in ("system", "developer"):
+            break
+        out.append(message)
+    return out
+
+
+def prefix_body(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A chat body holding only the prefix (tools + leading system), to be counted."""
+    system = leading_system(body.get("messages"))
+    tools = body.get("tools") or None
+    if not system and not tools:
+        return None
+    out: dict[str, Any] = {"model": body.get("model"), "messages": system}
+    if tools:
+        out["tools"] = tools
+    return out
+
+
+def byte_share_estimate(body: Mapping[str, Any], prompt_tokens: int) -> int:
+    """The prefix's share of the body's bytes, applied to the prompt's token count."""
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    assert isinstance(messages, list)
+    system = leading_system(messages)
+    prefix = len(canonical_json(body.get("tools") or [])) + len(
+        system_text(system).encode())
+    rest = len(orjson.dumps(messages[len(system):]))
+    if prefix + rest == 0:
+        return 0
+    return round(prompt_tokens * prefix / (prefix + rest))
+
+
+class PrefixSizer:
+    """Asks the upstream to count each new prefix once, off the request path."""
+
+    def __init__(self) -> None:
+        self._asked: OrderedDict[str, None] = OrderedDict()
+        self._failures = 0
+        self._answered = False
+
+    def measure_later(self, request: web.Request, prefix_id: str,
+                      body: Mapping[str, Any]) -> None:
+        """Schedule a count of this prefix unless one is known, pending or pointless."""
+        app = request.app
+        if prefix_id in self._asked or app[LEDGER].prefixes.measured_size(prefix_id):
+            return
+        if not self._answered and self._failures >= _GIVE_UP_AFTER:
+            return
+        counted = prefix_body(body)
+        if counted is None:
+            return
+        self._asked[prefix_id] = None
+        while len(self._asked) > _MAX_ASKED:
+            self._asked.popitem(last=False)
+        app[BACKGROUND].spawn(self._measure(request, prefix_id, counted))
+
+    async def _measure(self, request: web.Request, prefix_id: str,
+                       counted: dict[str, Any]) -> None:
+        tokens = await upstream_count(request, counted)
+        if tokens is None:
+            self._failures += 1
+            self._asked.pop(prefix_id, None)  # ask again later, unless we give up
+            return
+        self._answered = True
+        request.app[LEDGER].prefixes.set_size(prefix_id, tokens)
+        log.debug("prefix %s… is %d tokens", prefix_id[:12], tokens)
