@@ -107,6 +107,9 @@ def format_stats(doc: dict[str, Any]) -> str:
         lines.append(_row("restored disk / memory", f"{kv.get('tokens_restored_disk', 0)} / "
                                                     f"{kv.get('tokens_restored_memory', 0)}"))
         lines.append(_row("prefilled by the backend", kv.get("tokens_prefilled", 0)))
+    memory = kv.get("memory")
+    if isinstance(memory, dict) and "sequences" in memory:
+        lines.append(_row("prompt caches in memory", memory["sequences"]))
     if prefix:
         lines += _prefix_lines(prefix)
     top = doc.get("topEntries") or []

@@ -29,6 +29,7 @@ class Reply:
     prompt_tokens: int = 42
     cached_tokens: int | None = 0
     completion_tokens: int = 7
+    split_arguments: int = 1  # stream: send each tool call's arguments in this many chunks
 
 
 def default_reply(body: dict[str, Any]) -> Reply:
@@ -36,6 +37,17 @@ def default_reply(body: dict[str, Any]) -> Reply:
     messages = body.get("messages") or [{"content": body.get("prompt", "")}]
     last = messages[-1].get("content")
     return Reply(text=f"You said: {json.dumps(last)[:200]}")
+
+
+def _split_call(call: dict[str, Any], parts: int) -> list[dict[str, Any]]:
+    """A tool call as stream deltas: id and name first, its arguments cut in `parts`."""
+    arguments = str((call.get("function") or {}).get("arguments", ""))
+    if parts <= 1 or len(arguments) < parts:
+        return [call]
+    size = -(-len(arguments) // parts)
+    pieces = [arguments[i:i + size] for i in range(0, len(arguments), size)]
+    first = {**call, "function": {**call["function"], "arguments": pieces[0]}}
+    return [first, *({"function": {"arguments": p}} for p in pieces[1:])]
 
 
 class FakeUpstream:
@@ -112,9 +124,10 @@ class FakeUpstream:
                                                                             "text": word}
             chunks.append({**head, "choices": [{**piece, "finish_reason": None}]})
         for i, call in enumerate(reply.tool_calls):
-            delta = {"tool_calls": [{"index": i, **call}]}
-            chunks.append({**head, "choices": [{"index": 0, "delta": delta,
-                                                "finish_reason": None}]})
+            for piece in _split_call(call, reply.split_arguments):
+                delta = {"tool_calls": [{"index": i, **piece}]}
+                chunks.append({**head, "choices": [{"index": 0, "delta": delta,
+                                                    "finish_reason": None}]})
         chunks.append({**head, "choices": [{"index": 0, "delta": {},
                                             "finish_reason": reply.finish_reason}]})
         if (body.get("stream_options") or {}).get("include_usage"):
