@@ -27,12 +27,17 @@ class CachelayerError(Exception):
     status: int = 500
     anthropic_type: str = "api_error"
     openai_type: str = "server_error"
+    # The request field at fault ("messages[2].content"), for OpenAI's `param`.
+    param: str | None = None
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None,
+                 param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if status is not None:
             self.status = status
+        if param is not None:
+            self.param = param
 
 
 class ClientError(CachelayerError):

@@ -21,6 +21,7 @@ from cachelayer.errors import CachelayerError, InvalidRequest
 from cachelayer.protocol.anthropic_stream import AnthropicStream, error_dict, render_message
 from cachelayer.protocol.chat import ChatRequest, ChatResult, ClientApi, Kind
 from cachelayer.protocol.openai import load_json_object
+from cachelayer.protocol.validate import field_error
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ class _Translator:
 
     def __init__(self) -> None:
         self.dropped: Counter[str] = Counter()
+        # The tool_use ids of the assistant turn right before the current user turn: the
+        # only calls a tool_result may answer (the Messages API's own rule).
         self.known_ids: set[str] = set()
 
     def blocks(self, content: Any, where: str) -> list[dict[str, Any]]:
@@ -104,6 +107,8 @@ class _Translator:
     def system_text(self, content: Any, where: str) -> str:
         """System text from a string or text blocks, joined by blank lines."""
         blocks = self.blocks(content, where)
+        if not blocks:
+            raise field_error(f"{where}.content", "a system turn needs content")
         for i, block in enumerate(blocks):
             if block["type"] != "text":
                 raise InvalidRequest(f"{where}.content[{i}] must be a text block")
@@ -115,7 +120,9 @@ class _Translator:
         """A tool_result block as an OpenAI tool message; its images go to the user turn."""
         call_id = _str_field(block, "tool_use_id", where)
         if call_id not in self.known_ids:
-            raise InvalidRequest(f"{where}.tool_use_id {call_id!r} matches no earlier tool_use")
+            raise field_error(f"{where}.tool_use_id",
+                              f"{call_id!r} matches no tool_use in the assistant turn right "
+                              "before it; a tool_result must follow its tool_use")
         is_error = block.get("is_error", False)
         if not isinstance(is_error, bool):
             raise InvalidRequest(f"{where}.is_error must be a boolean")
@@ -161,7 +168,11 @@ class _Translator:
         """An assistant turn: its text, and its tool_use blocks as tool_calls."""
         texts: list[str] = []
         calls: list[dict[str, Any]] = []
-        for i, block in enumerate(self.blocks(content, where)):
+        blocks = self.blocks(content, where)
+        if not blocks:
+            raise field_error(f"{where}.content", "an assistant turn needs content")
+        self.known_ids = set()
+        for i, block in enumerate(blocks):
             here = f"{where}.content[{i}]"
             kind = block["type"]
             if kind == "text":
@@ -200,6 +211,7 @@ class _Translator:
             role, content = message.get("role"), message.get("content")
             if role == "user":
                 out.extend(self.user(content, where))
+                self.known_ids = set()  # answered here or never
             elif role == "assistant":
                 out.append(self.assistant(content, where))
             elif role == "system":

@@ -25,6 +25,7 @@ from cachelayer.protocol.chat import (
     Usage,
     UsageReport,
 )
+from cachelayer.protocol.validate import check_openai_messages
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _NUMBER_FIELDS = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
@@ -96,6 +97,7 @@ def _check_messages(messages: Any) -> None:
                                          "with a string 'type'")
                 if part.get("type") == "text" and not isinstance(part.get("text"), str):
                     raise InvalidRequest(f"messages[{i}].content[{j}].text must be a string")
+    check_openai_messages(messages)
 
 
 def parse_request(kind: Kind, raw: bytes) -> ChatRequest:
@@ -331,7 +333,7 @@ class ChunkRenderer:
 def render_error(error: CachelayerError) -> bytes:
     """An error body in OpenAI's shape."""
     return orjson.dumps(
-        {"error": {"message": error.message, "type": error.openai_type, "param": None,
+        {"error": {"message": error.message, "type": error.openai_type, "param": error.param,
                    "code": error.status}}
     )
 
