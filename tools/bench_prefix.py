@@ -31,7 +31,7 @@ from benchlib import payload
 from cachelayer.protocol.openai import parse_request
 from cachelayer.proxy.memo import Memo, fingerprint
 from cachelayer.proxy.prefix.middleware import stabilize_chat
-from cachelayer.proxy.prefix.rules import compile_rules
+from cachelayer.proxy.prefix.rules import RuleSet, compile_rules
 
 TARGET_US = 50.0
 
@@ -66,7 +66,7 @@ def run(n: int, repeats: int) -> dict[str, Any]:
     """Measure the three paths and their ratios."""
     raws = bodies(n)
     chats = [parse_request("chat", raw) for raw in raws]
-    rules = compile_rules([])
+    rules = RuleSet(compile_rules([]))
     assert stabilize_chat(chats[0], rules).rewrites, "the billing line was not stripped"
     memo: Memo[Any] = Memo()
     fp = fingerprint(b"/v1/chat/completions", raws[0])

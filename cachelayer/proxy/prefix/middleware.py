@@ -22,7 +22,7 @@ from cachelayer.proxy.identity import tenant_id
 from cachelayer.proxy.memo import Memo
 from cachelayer.proxy.prefix.ledger import HIT, MISS, PARTIAL
 from cachelayer.proxy.prefix.placement import hoist_body
-from cachelayer.proxy.prefix.rules import Rule, stabilize_body
+from cachelayer.proxy.prefix.rules import Rule, RuleSet
 from cachelayer.proxy.prefix.size import PrefixSizer, byte_share_estimate
 from cachelayer.proxy.prefix.stabilize import PrefixIds, prefix_ids
 from cachelayer.proxy.state import EXCHANGE, LEDGER, SETTINGS, CacheStatus, Exchange
@@ -30,7 +30,7 @@ from cachelayer.telemetry import counters as c
 from cachelayer.telemetry.usage import count_usage
 
 log = logging.getLogger(__name__)
-VOLATILE_RULES = web.AppKey("volatile_rules", tuple[Rule, ...])
+VOLATILE_RULES = web.AppKey("volatile_rules", RuleSet)
 SESSION_HEADER = "X-Claude-Code-Session-Id"
 _LOGGED_LIMIT = 256
 
@@ -67,16 +67,16 @@ PREFIX_MEMO = web.AppKey("prefix_memo", Memo[Stable])
 PREFIX_SIZER = web.AppKey("prefix_sizer", PrefixSizer)
 
 
-def stabilize_chat(chat: ChatRequest, rules: tuple[Rule, ...], *,
-                   hoist: bool = False) -> Stable:
+def stabilize_chat(chat: ChatRequest, rules: RuleSet, *, hoist: bool = False) -> Stable:
     """Apply the volatile rules (and, with hoist, the system placement); prefix ids."""
-    body, done = stabilize_body(chat.body, rules)
+    body, done, tools_hash = rules.stabilize(chat.body)
     moved = 0
     if hoist:
         body, moved = hoist_body(body)
     if done or moved:
         chat = dataclasses.replace(chat, body=body)
-    return Stable(chat, prefix_ids(chat.body), tuple((d.rule, d.before) for d in done), moved)
+    return Stable(chat, prefix_ids(chat.body, tools_hash),
+                  tuple((d.rule, d.before) for d in done), moved)
 
 
 def stabilize_exchange(app: web.Application, exchange: Exchange) -> None:
@@ -147,7 +147,7 @@ async def prefix_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 def setup_prefix_layer(app: web.Application, compiled: tuple[Rule, ...]) -> None:
     """Install the layer's state on the app."""
-    app[VOLATILE_RULES] = compiled
+    app[VOLATILE_RULES] = RuleSet(compiled)
     app[_REWRITES_SEEN] = set()
     app[PREFIX_MEMO] = Memo()
     app[PREFIX_SIZER] = PrefixSizer()

@@ -26,6 +26,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import xxhash
+
+from cachelayer.proxy.identity import canonical_json, digest
+from cachelayer.proxy.memo import Memo
+
 BILLING_LINE = "billing-line"
 CONTEXT_SIZE = "context-size"
 MODEL_ID_SUFFIX = "model-id-suffix"
@@ -66,7 +71,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
          literal=" context)"),
     # "claude-opus-4-8[1m]" -> "claude-opus-4-8"; a bare "[1m]" in prose is not an id.
     Rule(MODEL_ID_SUFFIX, re.compile(r"\b(claude-[a-z0-9][a-z0-9.-]*)\[\d+[km]\]"),
-         replacement=r"\1", literal="claude-"),
+         replacement=r"\1", literal="claude-", anchored=True),
 )
 
 
@@ -181,3 +186,76 @@ def stabilize_body(
         if len(done) > before:
             out["tools"] = rewritten
     return out, done
+
+
+class RuleSet:
+    """The rules, with their results remembered by content digest.
+
+    Claude Code re-sends the same 15 KB system prompt and 60 KB of tools on every turn;
+    scanning them for each rule's literal costs more than the rest of layer 1. The
+    anchored rules (the billing line, which changes on every request) run every time;
+    the others run once per distinct text, and once per distinct tool list.
+    """
+
+    def __init__(self, rules: Sequence[Rule], entries: int = 64) -> None:
+        self.rules = tuple(rules)
+        self._every_time = tuple(r for r in self.rules if r.name == BILLING_LINE)
+        self._memoised = tuple(r for r in self.rules if r not in self._every_time)
+        self._texts: Memo[tuple[str, tuple[Rewrite, ...]]] = Memo(entries)
+        self._tools: Memo[tuple[list[Any] | None, tuple[Rewrite, ...], str]] = Memo(entries)
+
+    def text(self, text: str) -> tuple[str, list[Rewrite]]:
+        """apply_rules(text, self.rules), remembered past the per-request rules."""
+        text, done = apply_rules(text, self._every_time)
+        key = xxhash.xxh3_128_hexdigest(text.encode())
+        known = self._texts.get(key)
+        if known is None:
+            stable, changes = apply_rules(text, self._memoised)
+            known = self._texts.put(key, (stable, tuple(changes)))
+        return known[0], [*done, *known[1]]
+
+    def tools(self, tools: list[Any]) -> tuple[list[Any] | None, list[Rewrite], str]:
+        """The tools with their descriptions rewritten (None: unchanged), what changed, and
+        the digest of the result's canonical JSON (the prefix's tools hash)."""
+        blob = canonical_json(tools)
+        key = digest(blob)
+        known = self._tools.get(key)
+        if known is None:
+            changes: list[Rewrite] = []
+            rewritten = _rewrite_descriptions(tools, self.rules, changes)
+            if changes:
+                known = (rewritten, tuple(changes), digest(canonical_json(rewritten)))
+            else:
+                known = (None, (), key)
+            self._tools.put(key, known)
+        return known[0], list(known[1]), known[2]
+
+    def stabilize(self, body: Mapping[str, Any]) -> tuple[dict[str, Any], list[Rewrite], str]:
+        """stabilize_body with the memos; also returns the tools hash it computed."""
+        done: list[Rewrite] = []
+        out = dict(body)
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            stable = []
+            for message in messages:
+                if isinstance(message, dict) and message.get("role") in ("system", "developer"):
+                    content = message.get("content")
+                    if isinstance(content, str):
+                        text, changes = self.text(content)
+                        if changes:
+                            done.extend(changes)
+                            message = {**message, "content": text}
+                    elif isinstance(content, list):
+                        before = len(done)
+                        content = _rewrite_content(content, self.rules, done)
+                        if len(done) > before:
+                            message = {**message, "content": content}
+                stable.append(message)
+            if done:
+                out["messages"] = stable
+        tools = body.get("tools")
+        rewritten, changes, tools_hash = self.tools(tools if isinstance(tools, list) else [])
+        if rewritten is not None:
+            out["tools"] = rewritten
+            done.extend(changes)
+        return out, done, tools_hash

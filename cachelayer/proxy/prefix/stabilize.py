@@ -36,11 +36,13 @@ def system_text(messages: Sequence[Any]) -> str:
     return "\n".join(parts)
 
 
-def prefix_ids(body: Mapping[str, Any]) -> PrefixIds:
+def prefix_ids(body: Mapping[str, Any], tools_hash: str | None = None) -> PrefixIds:
     """Hash the tools (canonical JSON) and the system prompt, and chain them (tools first,
-    the order in which chat templates and Anthropic's cache put them)."""
+    the order in which chat templates and Anthropic's cache put them). `tools_hash`, when
+    the caller already hashed the body's tools, saves hashing them again."""
     tools = body.get("tools") or []
-    tools_hash = digest(canonical_json(tools))
+    if tools_hash is None:
+        tools_hash = digest(canonical_json(tools))
     system_hash = digest(system_text(body.get("messages") or []).encode())
     return PrefixIds(
         tools_hash=tools_hash,

@@ -15,6 +15,7 @@ from cachelayer.proxy.prefix.rules import (
     BILLING_LINE,
     CONTEXT_SIZE,
     MODEL_ID_SUFFIX,
+    RuleSet,
     apply_rules,
     compile_rules,
     stabilize_body,
@@ -140,3 +141,19 @@ def test_custom_pattern_is_one_more_named_rule() -> None:
     assert [d.rule for d in done] == [rules[-1].name]
     assert rules[-1].name.startswith("custom:")
     assert "Today's date" not in out["messages"][0]["content"]
+
+
+@given(billing_lines, st.booleans(), st.sampled_from([[], [r"Today is \d+\.\n?"]]))
+def test_the_memoised_rule_set_gives_what_the_pure_rules_give(
+    billing: str, new: bool, extra: list[str]
+) -> None:
+    rules = compile_rules(extra)
+    raw = body(billing, *((ENV_NEW, TRAILER_NEW) if new else (ENV_RESUMED, TRAILER_RESUMED)))
+    raw["messages"][0]["content"] += "Today is 23.\n"
+    rule_set = RuleSet(rules)
+    for _ in range(2):  # the second time from the memos
+        out, done, tools_hash = rule_set.stabilize(raw)
+        expected, expected_done = stabilize_body(raw, rules)
+        assert out == expected
+        assert sorted(d.rule for d in done) == sorted(d.rule for d in expected_done)
+        assert tools_hash == prefix_ids(expected).tools_hash
