@@ -61,12 +61,13 @@ def byte_share_estimate(body: Mapping[str, Any], prompt_tokens: int) -> int:
     messages = body.get("messages") if isinstance(body.get("messages"), list) else []
     assert isinstance(messages, list)
     system = leading_system(messages)
-    prefix = len(canonical_json(body.get("tools") or [])) + len(
-        system_text(system).encode())
-    rest = len(orjson.dumps(messages[len(system):]))
-    if prefix + rest == 0:
+    tools = body.get("tools")
+    prefix = (len(canonical_json(tools)) if tools else 0) + len(system_text(system).encode())
+    rest = messages[len(system):]
+    rest_bytes = len(orjson.dumps(rest)) if rest else 0
+    if prefix + rest_bytes == 0:
         return 0
-    return round(prompt_tokens * prefix / (prefix + rest))
+    return round(prompt_tokens * prefix / (prefix + rest_bytes))
 
 
 class PrefixSizer:
