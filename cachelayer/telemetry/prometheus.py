@@ -1,13 +1,16 @@
-"""GET /metrics: the ledger's counters, the store's gauges, the upstream latency histogram."""
+"""GET /metrics: the ledger's counters, the store's and layer 1's gauges, the upstream
+latency histogram."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from cachelayer.proxy.prefix.ledger import WARM_WINDOW_S, warm_prefixes
 from cachelayer.proxy.state import LEDGER, STORE
 from cachelayer.telemetry.counters import PROMETHEUS_COUNTERS
 
@@ -59,6 +62,11 @@ def render_prometheus(app: web.Application) -> str:
               "# HELP cachelayer_response_store_degraded 1 when the store cannot write.",
               "# TYPE cachelayer_response_store_degraded gauge",
               f"cachelayer_response_store_degraded {int(store.degraded is not None)}"]
+    warm = warm_prefixes(app[LEDGER].prefixes.records(), time.time())
+    lines += [f"# HELP cachelayer_prefix_warm Distinct stable prefixes used in the last "
+              f"{int(WARM_WINDOW_S)} s.",
+              "# TYPE cachelayer_prefix_warm gauge",
+              f"cachelayer_prefix_warm {warm}"]
     lines += app[UPSTREAM_LATENCY].render(
         "cachelayer_upstream_latency_seconds",
         "Time from forwarding a miss to the upstream's first answer byte.")

@@ -4,6 +4,10 @@ Records are kept per prefix id, merged in memory and written with the counters (
 transaction every few seconds), so two proxies sharing a data dir add up. Reuse is
 measured from the backend's `cached_tokens`; where a backend reports nothing, an
 estimate is kept apart and marked as one.
+
+Each answered request is one of: a hit (the backend reused at least the prefix's length
+in tokens, and the prefix was answered before), partial (fewer tokens reused), a miss
+(none), or a store replay (the backend was not asked). Partial and miss carry a reason.
 """
 
 from __future__ import annotations

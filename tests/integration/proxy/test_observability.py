@@ -31,6 +31,7 @@ def test_metrics_count_hits_misses_and_upstream_latency(proxy: RunningServer) ->
     assert _metric(text, "cachelayer_requests_total") == 2
     assert _metric(text, "cachelayer_tokens_input_total") == 84
     assert _metric(text, "cachelayer_upstream_latency_seconds_count") == 1
+    assert _metric(text, "cachelayer_prefix_warm") == 1  # one prefix (no tools, no system)
     assert 'cachelayer_upstream_latency_seconds_bucket{le="+Inf"} 1' in text
 
 
