@@ -97,7 +97,7 @@ def format_stats(doc: dict[str, Any]) -> str:
         _row("tokens saved by hits", response.get("tokens_saved", 0)),
         _row("entries / bytes", f"{response.get('entries', '?')} / {response.get('bytes', '?')}"),
         "kv cache (layer 3)",
-        _row("requests reusing a prefix", kv.get("hits", 0)),
+        _row("requests reusing their prefix", kv.get("hits", 0)),
         _row("tokens reused / prefilled", f"{kv.get('tokensReused', 0)} / "
                                           f"{kv.get('tokensPrefilled', 0)}"),
     ]

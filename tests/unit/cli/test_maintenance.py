@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from cachelayer.cli.main import main
 from cachelayer.cli.maintenance import format_stats
 from cachelayer.protocol.chat import ChatResult, Choice, Usage
+from cachelayer.proxy.prefix.ledger import PrefixRecord
 from cachelayer.proxy.prefix.stabilize import PrefixIds
 from cachelayer.proxy.store.backends.disk import ResponseStore
 from cachelayer.telemetry.export import build_metrics
@@ -74,3 +76,29 @@ def test_clear_all_reports_every_cache(tmp_path: Path,
     assert "responses: nothing stored" in out
     assert "kv: removed 0 KV cache files" in out
     assert "ledger: counters and prefix ledger reset" in out
+
+
+def test_stats_prefix_section_shows_the_honest_split_rewrites_moves_and_warm_prefixes() -> None:
+    now = datetime.now(timezone.utc)
+    records = {
+        "main": PrefixRecord(tools=24, last_seen=now.timestamp(), requests=4, hits=2,
+                             partial=1, misses=1, prefix_tokens=38_000,
+                             prefix_tokens_estimated=False,
+                             reasons={"new_session": 1, "evicted": 1},
+                             last_miss_reason="evicted"),
+        "sub": PrefixRecord(tools=21, last_seen=now.timestamp() - 3600, requests=1, misses=1,
+                            prefix_tokens=9_000, reasons={"system_changed": 1},
+                            last_miss_reason="system_changed"),
+    }
+    totals = {"prefix.requests": 5, "prefix.stripped_segments": 7,
+              "prefix.rewrites.billing-line": 5, "prefix.rewrites.context-size": 2,
+              "prefix.system_moved": 3, "prefix.reordered_requests": 3,
+              "prefix.partial.new_session": 1, "prefix.miss.evicted": 1,
+              "prefix.miss.system_changed": 1}
+    doc = build_metrics(totals, runtime_ms=1, store={}, prefixes=records, now=now)
+    assert doc["layers"]["prefix"]["warmPrefixes"] == 1  # the sub-agent's is an hour old
+    text = format_stats(doc)
+    for fragment in ("hit / partial / miss", "2 / 1 / 2", "why partial", "new session: 1",
+                     "why missed", "evicted: 1, system changed: 1", "warm prefixes",
+                     "billing-line: 5, context-size: 2", "3 in 3 requests", "38000", "~9000"):
+        assert fragment in text, fragment
