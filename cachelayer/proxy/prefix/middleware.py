@@ -22,7 +22,7 @@ from cachelayer.proxy.identity import tenant_id
 from cachelayer.proxy.memo import Memo
 from cachelayer.proxy.prefix.ledger import HIT, MISS, PARTIAL
 from cachelayer.proxy.prefix.placement import hoist_body
-from cachelayer.proxy.prefix.rules import Rule, RuleSet
+from cachelayer.proxy.prefix.rules import BILLING_LINE, Rule, RuleSet
 from cachelayer.proxy.prefix.size import PrefixSizer, byte_share_estimate
 from cachelayer.proxy.prefix.stabilize import PrefixIds, prefix_ids
 from cachelayer.proxy.state import EXCHANGE, LEDGER, SETTINGS, CacheStatus, Exchange
@@ -32,15 +32,27 @@ from cachelayer.telemetry.usage import count_usage
 log = logging.getLogger(__name__)
 VOLATILE_RULES = web.AppKey("volatile_rules", RuleSet)
 SESSION_HEADER = "X-Claude-Code-Session-Id"
+SUBAGENT_MARK = "cc_is_subagent=true"
 _LOGGED_LIMIT = 256
 
 
-def client_of(request: web.Request) -> str:
-    """Who is talking, for 'what changed since your last prefix': session, else tenant."""
+def client_of(request: web.Request, *, subagent: bool = False) -> str:
+    """Who is talking, for 'what changed since your last prefix': session, else tenant.
+
+    A session's sub-agents share its session id but not its prefix; they are a client of
+    their own, so their first request is a new session, not the main agent's "system
+    changed".
+    """
     session = request.headers.get(SESSION_HEADER)
     if session:
-        return "s:" + session[:128]
+        return "s:" + session[:128] + (":sub" if subagent else "")
     return tenant_id(request.headers.get("Authorization"), request.headers.get("x-api-key"))
+
+
+def is_subagent(stable: Stable) -> bool:
+    """Claude Code marks a sub-agent's requests in the billing line layer 1 removed."""
+    return any(rule == BILLING_LINE and SUBAGENT_MARK in before
+               for rule, before in stable.rewrites)
 
 
 def _log_rewritten_once(app: web.Application, stable: Stable) -> None:
@@ -65,6 +77,7 @@ class Stable:
 _REWRITES_SEEN = web.AppKey("rewrites_seen", set[str])
 PREFIX_MEMO = web.AppKey("prefix_memo", Memo[Stable])
 PREFIX_SIZER = web.AppKey("prefix_sizer", PrefixSizer)
+_SUBAGENT = web.RequestKey("prefix_subagent", bool)
 
 
 def stabilize_chat(chat: ChatRequest, rules: RuleSet, *, hoist: bool = False) -> Stable:
@@ -79,7 +92,7 @@ def stabilize_chat(chat: ChatRequest, rules: RuleSet, *, hoist: bool = False) ->
                   tuple((d.rule, d.before) for d in done), moved)
 
 
-def stabilize_exchange(app: web.Application, exchange: Exchange) -> None:
+def stabilize_exchange(app: web.Application, exchange: Exchange) -> Stable:
     """Stabilise the exchange's request (remembered for byte-identical repeats)."""
     memo, fp = app[PREFIX_MEMO], exchange.fingerprint
     stable = memo.get(fp) if fp else None
@@ -99,6 +112,7 @@ def stabilize_exchange(app: web.Application, exchange: Exchange) -> None:
         ledger.count(c.PREFIX_SYSTEM_MOVED, stable.moved_system)
         ledger.count(c.PREFIX_REORDERED)
     exchange.chat, exchange.prefix = stable.chat, stable.prefix
+    return stable
 
 
 def account(request: web.Request, exchange: Exchange) -> None:
@@ -117,7 +131,8 @@ def account(request: web.Request, exchange: Exchange) -> None:
     ledger.count(c.PREFIX_REQUESTS)
     prompt = usage.prompt_tokens if usage else 0
     outcome = ledger.prefixes.record(
-        prefix, usage, from_store=from_store, client=client_of(request),
+        prefix, usage, from_store=from_store,
+        client=client_of(request, subagent=request.get(_SUBAGENT, False)),
         estimate=lambda: byte_share_estimate(body, prompt))
     if outcome.category == HIT:
         ledger.count(c.PREFIX_HITS)
@@ -138,7 +153,8 @@ async def prefix_middleware(request: web.Request, handler: Handler) -> web.Strea
     if exchange is None:
         return await handler(request)
     if exchange.chat.kind == "chat":
-        stabilize_exchange(request.app, exchange)
+        stable = stabilize_exchange(request.app, exchange)
+        request[_SUBAGENT] = is_subagent(stable)
     response = await handler(request)
     if exchange.result is not None:
         account(request, exchange)

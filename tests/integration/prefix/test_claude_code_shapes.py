@@ -113,3 +113,22 @@ def test_the_openai_route_is_never_reordered(
     answer = http.post(proxy.url + route, json={"model": "m", "messages": messages})
     assert answer.status == 200
     assert upstream[0].calls[0]["messages"] == messages
+
+
+def test_a_subagent_is_a_client_of_its_own_within_the_session(
+    client: anthropic.Anthropic, proxy: RunningServer
+) -> None:
+    for billing_line, system in ((billing(1), "Main agent prompt."),
+                                 (billing(2) + " cc_is_subagent=true;", "Sub-agent prompt.")):
+        client.messages.create(
+            model="claude-opus-4-8", max_tokens=64,
+            system=[{"type": "text", "text": billing_line}, {"type": "text", "text": system}],
+            messages=[{"role": "user", "content": "Go."}],
+            extra_headers={"X-Claude-Code-Session-Id": "one-session"},
+        )
+    wait_for_writes(proxy)
+    totals = proxy.call(lambda: proxy.app[LEDGER].totals())
+    assert isinstance(totals, dict)
+    # both first requests of their prefix, neither "system changed" from the other
+    assert totals["prefix.miss.new_session"] == 2
+    assert "prefix.miss.system_changed" not in totals
