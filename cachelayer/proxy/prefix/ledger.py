@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -89,6 +90,8 @@ class PrefixLedger:
         self._pending: dict[str, PrefixRecord] = {}
         self._clients: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._lock = threading.Lock()
+        # Also handed every flushed batch of records (the shared ledger in Redis).
+        self.on_flush: Callable[[dict[str, PrefixRecord]], None] | None = None
 
     def record(self, ids: PrefixIds, usage: Usage | None, *, from_store: bool,
                client: str, now: float | None = None) -> MissReason | None:
@@ -135,6 +138,8 @@ class PrefixLedger:
             pending, self._pending = self._pending, {}
         if not pending:
             return
+        if self.on_flush is not None:
+            self.on_flush(pending)
         try:
             with self._cache.transact():
                 for prefix_id, delta in pending.items():
