@@ -83,6 +83,12 @@ class UpstreamPool:
         rest = [url for url in self.backends if url not in order]
         return [self.backends[url] for url in order + rest]
 
+    def first_healthy(self) -> str:
+        """A backend for requests that are not routed (models, token counts): the first
+        healthy one, else the first one."""
+        return next((b.url for b in self.backends.values() if b.healthy),
+                    next(iter(self.backends)))
+
     def failed(self, backend: Backend, reason: str) -> None:
         """A connection to the backend failed: out of the ring until a check passes."""
         backend.last_error = reason

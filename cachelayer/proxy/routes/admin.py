@@ -35,7 +35,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 async def models(request: web.Request) -> web.Response:
     """GET /v1/models, forwarded to the upstream."""
-    url = _first_healthy(request.app) + "/v1/models"
+    url = request.app[POOL].first_healthy() + "/v1/models"
     try:
         async with request.app[UPSTREAM].get(url) as upstream:
             body = await upstream.read()
@@ -46,14 +46,6 @@ async def models(request: web.Request) -> web.Response:
                                 content_type="application/json")
     except UPSTREAM_FAILURES as exc:
         raise upstream_error(exc, url, "connect") from exc
-
-
-def _first_healthy(app: web.Application) -> str:
-    pool = app.get(POOL)
-    if pool is not None and pool.routed:
-        return next((b.url for b in pool.backends.values() if b.healthy),
-                    app[SETTINGS].upstream_url)
-    return app[SETTINGS].upstream_url
 
 
 async def health(request: web.Request) -> web.Response:
