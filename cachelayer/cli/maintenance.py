@@ -202,7 +202,7 @@ def cmd_clear(args: argparse.Namespace) -> int:
         return 1
     started = time.perf_counter()
     if args.store:
-        from cachelayer.proxy.store.backends.clear import clear_shared
+        from cachelayer.proxy.store.backends.redis import clear_shared
 
         try:
             for line in clear_shared(args.store, os.environ.get(REDIS_PASSWORD_ENV),

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import struct
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -27,10 +28,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from cachelayer.config import Settings
+from cachelayer.config import Settings, check_store_url, redact_url
 from cachelayer.errors import StoreUnavailable
 from cachelayer.protocol.chat import ChatResult
 from cachelayer.proxy.store.backends.disk import HotAnswers, PutOutcome, StoredAnswer
+from cachelayer.proxy.store.backends.redis_ledger import SharedLedger
 
 log = logging.getLogger(__name__)
 MAGIC = b"CLR1"  # a value without it was not written by cachelayer: a miss, never parsed
@@ -251,3 +253,32 @@ async def wipe_answers(client: aioredis.Redis, prefix: str, generation_key: str)
         removed += int(await client.unlink(*batch))
     await client.incr(generation_key)
     return removed
+
+
+async def _clear_shared(settings: Settings, what: Sequence[str]) -> list[str]:
+    client = connect(settings)
+    lines: list[str] = []
+    try:
+        if "responses" in what:
+            ns = settings.store_namespace
+            removed = await wipe_answers(client, f"{ns}:r:", f"{ns}:generation")
+            lines.append(f"responses: removed {removed} stored answers from "
+                         f"{settings.store_label} (every proxy's memory follows within a "
+                         "second)")
+        if "ledger" in what:
+            await SharedLedger(client, settings.store_namespace).clear()
+            lines.append(f"ledger: shared counters and prefix records reset in "
+                         f"{settings.store_label}")
+    finally:
+        await client.aclose()
+    return lines
+
+
+def clear_shared(url: str, password: str | None, what: Sequence[str]) -> list[str]:
+    """Clear answers and/or the shared ledger in Redis; ValueError (password-free) if the
+    URL is wrong or Redis does not answer."""
+    settings = Settings(store_url=check_store_url(url), store_password=password)
+    try:
+        return asyncio.run(_clear_shared(settings, what))
+    except (RedisError, OSError) as exc:
+        raise ValueError(f"redis at {redact_url(url)} did not answer: {exc}") from None
