@@ -177,6 +177,9 @@ def test_redis_killed_and_restarted_mid_run_serves_throughout_and_recovers(
             i += 1
             time.sleep(0.02)
 
+    known = chat("answered before the outage")
+    status_of(a, known)
+    wait_for_hit(a, known)  # now in a's hot tier
     threads = [threading.Thread(target=load, args=(p, n)) for n, p in enumerate((a, b))]
     for t in threads:
         t.start()
@@ -191,6 +194,7 @@ def test_redis_killed_and_restarted_mid_run_serves_throughout_and_recovers(
                 break
             time.sleep(0.1)
         assert health["status"] == "degraded" and "unavailable" in health["store"]["error"]
+        assert status_of(a, known)[0] == "HIT"  # the hot tier needs no Redis
         time.sleep(1.5)  # requests keep flowing, as a pass-through
         redis_server.start()
         deadline = time.monotonic() + 5
