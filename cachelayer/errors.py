@@ -11,7 +11,7 @@
     │   └── UnsupportedMediaType     415  invalid_request_error
     └── UpstreamError                502  api_error
         ├── UpstreamUnreachable      502  api_error
-        │   └── BackendDown          502  api_error      (connection refused: try another)
+        │   └── BackendDown          502  api_error      (never reached: try another backend)
         ├── UpstreamTimeout          504  timeout_error
         ├── UpstreamProtocolError    502  api_error      (garbage, HTML, a cut stream)
         └── UpstreamStatusError      the upstream's own 4xx/5xx status
@@ -104,7 +104,13 @@ class UpstreamUnreachable(UpstreamError):
 
 
 class BackendDown(UpstreamUnreachable):
-    """The connection to one backend failed before it took the request."""
+    """The connection to one backend failed before it took the request. Routing tries
+    the next backend; when none is left, `error` (what one upstream alone would have
+    answered: unreachable, or a connect timeout) goes to the client."""
+
+    def __init__(self, error: UpstreamError) -> None:
+        super().__init__(error.message, status=error.status)
+        self.error = error
 
 
 class UpstreamTimeout(UpstreamError):

@@ -49,7 +49,7 @@ async def open_routed(request: web.Request, exchange: Exchange
             pool.failed(backend, exc.message)
             if n + 1 == len(candidates):
                 pool.account(backend, None, ok=False)
-                raise
+                raise exc.error from exc.__cause__
         except CachelayerError:
             pool.account(backend, None, ok=False)
             raise

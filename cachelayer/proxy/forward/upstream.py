@@ -50,7 +50,7 @@ async def open_completion(
         response = await request.app[UPSTREAM].post(url, data=body,
                                                      headers=forwarded_headers(request))
     except NEVER_REACHED as exc:
-        raise BackendDown(f"cannot reach upstream {url}: {exc}") from exc
+        raise BackendDown(upstream_error(exc, url, "connect")) from exc
     except UPSTREAM_FAILURES as exc:
         raise upstream_error(exc, url, "connect") from exc
     if response.status >= 400:
