@@ -136,6 +136,10 @@ def test_counts_from_three_proxies_add_up_exactly_across_restarts(
                             str(again.metrics_file)], capture_output=True, text=True,
                            cwd=str(REPO_ROOT), check=True).stdout
     assert "this proxy" in stats and "shared store" in stats
+    from_redis = subprocess.run([sys.executable, "-m", "cachelayer", "stats", "--json",
+                                 "--store", redis_server.url()], capture_output=True,
+                                text=True, cwd=str(REPO_ROOT), check=True).stdout
+    assert json.loads(from_redis)["metrics"]["totalRequests"] == 70  # no proxy running
 
 
 def test_clear_on_one_proxy_reaches_every_proxys_hot_tier_within_a_second(

@@ -31,6 +31,7 @@ from redis.exceptions import RedisError, ResponseError
 from cachelayer.config import Settings, check_store_url, redact_url
 from cachelayer.errors import StoreUnavailable
 from cachelayer.protocol.chat import ChatResult
+from cachelayer.proxy.prefix.ledger import PrefixRecord
 from cachelayer.proxy.store.backends.disk import HotAnswers, PutOutcome, StoredAnswer
 from cachelayer.proxy.store.backends.redis_ledger import SharedLedger
 
@@ -280,5 +281,32 @@ def clear_shared(url: str, password: str | None, what: Sequence[str]) -> list[st
     settings = Settings(store_url=check_store_url(url), store_password=password)
     try:
         return asyncio.run(_clear_shared(settings, what))
+    except (RedisError, OSError) as exc:
+        raise ValueError(f"redis at {redact_url(url)} did not answer: {exc}") from None
+
+
+async def _read_shared(settings: Settings) -> tuple[dict[str, int], dict[str, PrefixRecord],
+                                                    dict[str, Any]]:
+    client = connect(settings)
+    try:
+        ledger = SharedLedger(client, settings.store_namespace)
+        if not await ledger.refresh():
+            raise ValueError(ledger.error or "no answer")
+        store = RedisStore(client, settings)
+        await store.poll()
+        await store.refresh_stats()
+        return ledger.totals(), ledger.records(), store.snapshot()
+    finally:
+        await client.aclose()
+
+
+def read_shared(url: str, password: str | None) -> tuple[dict[str, int],
+                                                          dict[str, PrefixRecord],
+                                                          dict[str, Any]]:
+    """Every proxy's shared totals, prefix records and the store's numbers, read from
+    Redis (`cachelayer stats --store`); ValueError (password-free) if it does not answer."""
+    settings = Settings(store_url=check_store_url(url), store_password=password)
+    try:
+        return asyncio.run(_read_shared(settings))
     except (RedisError, OSError) as exc:
         raise ValueError(f"redis at {redact_url(url)} did not answer: {exc}") from None
