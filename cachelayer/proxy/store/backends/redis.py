@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import struct
 import time
 from collections.abc import Sequence
@@ -107,6 +108,12 @@ class RedisStore:
         clear anywhere (or after Redis lost its data)."""
         try:
             generation = await self.client.get(self.generation_key)
+            if generation is None:
+                # A new or restarted-empty Redis: the first proxy to look names this
+                # generation, so every proxy sees it change and drops what it remembers.
+                await self.client.set(self.generation_key, secrets.randbelow(1 << 62),
+                                      nx=True)
+                generation = await self.client.get(self.generation_key)
         except (RedisError, OSError) as exc:
             self._down(exc)
             return
