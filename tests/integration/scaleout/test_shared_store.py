@@ -129,6 +129,7 @@ def test_counts_from_three_proxies_add_up_exactly_across_restarts(
     assert shared["response.hits"] + shared.get("response.coalesced", 0) == seen["HIT"]
     doc = _metrics(again)
     assert doc["metrics"]["totalRequests"] == 70
+    assert sum(e["requests"] for e in doc["topEntries"]) == 70  # prefix records, merged
     assert doc["thisProxy"]["metrics"]["totalRequests"] == 30  # its 20, then its 10
     own = [_metrics(p)["thisProxy"]["metrics"]["totalRequests"] for p in fleet[1:]]
     assert own == [20, 20]

@@ -1,11 +1,16 @@
 """The ledger's shared half in Redis: counters and per-prefix records summed over proxies.
 
 Each proxy keeps counting locally as before (its own totals, in its data dir). Every
-delta its ledger flushes is also queued here and pushed to Redis in one Lua script that
-applies a whole batch atomically, once: the script first claims the batch's random id
-(SET NX), so a batch re-sent after a lost reply is not counted twice. Counters are
-HINCRBY on one hash; a prefix record is a hash whose counts are HINCRBY, whose first
-sighting and shortest prompt take the minimum and whose last sighting the maximum.
+delta its ledger flushes is also queued here and pushed to Redis once, exactly:
+
+- counters: one Lua script adds the whole batch with HINCRBY to one hash, after first
+  claiming the batch's random id with SET NX, so a batch re-sent after a lost reply is
+  not counted twice;
+- prefix records: each is JSON under its own key, merged with `PrefixRecord.merge` (the
+  prefix layer's own rule, whatever fields it grows) in an optimistic transaction
+  (WATCH the records and the batch's mark, MULTI, EXEC; retried if another proxy wrote
+  in between), which also sets the batch's mark.
+
 While Redis is down the queue keeps growing and is pushed when it returns: N proxies'
 counts add up exactly. (What is still queued when a proxy stops during an outage is
 lost to the shared totals; its own totals keep it.)
@@ -18,78 +23,40 @@ import logging
 import secrets
 import threading
 from collections import Counter
-from dataclasses import fields
-from typing import Any
+from dataclasses import asdict
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
 from cachelayer.proxy.prefix.ledger import PrefixRecord
 
 log = logging.getLogger(__name__)
 BATCH_MARK_TTL_S = 7 * 24 * 3600
 MAX_PREFIXES_READ = 5000
+MAX_WATCH_RETRIES = 20
 
-# KEYS: batch mark, counters hash, prefix-id set. ARGV: payload, prefix-hash key prefix, ttl.
-_APPLY = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[3])) then return 0 end
-local batch = cjson.decode(ARGV[1])
-for name, n in pairs(batch.c) do redis.call('HINCRBY', KEYS[2], name, n) end
-for id, r in pairs(batch.p) do
-  local key = ARGV[2] .. id
-  redis.call('SADD', KEYS[3], id)
-  for f, n in pairs(r.inc) do redis.call('HINCRBY', key, f, n) end
-  for f, v in pairs(r.set) do redis.call('HSET', key, f, v) end
-  for f, v in pairs(r.min) do
-    local cur = tonumber(redis.call('HGET', key, f))
-    if (not cur) or cur == 0 or (v ~= 0 and v < cur) then redis.call('HSET', key, f, v) end
-  end
-  for f, v in pairs(r.max) do
-    local cur = tonumber(redis.call('HGET', key, f))
-    if (not cur) or v > cur then redis.call('HSET', key, f, v) end
-  end
-end
+# KEYS: batch mark, counters hash. ARGV: the counters as JSON, the mark's ttl.
+_ADD_COUNTERS = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[2])) then return 0 end
+for name, n in pairs(cjson.decode(ARGV[1])) do redis.call('HINCRBY', KEYS[2], name, n) end
 return 1
 """
-_MIN_FIELDS = ("first_seen", "min_prompt_tokens")
-_MAX_FIELDS = ("last_seen",)
-_SET_FIELDS = ("tools",)
 
 
-def record_ops(record: PrefixRecord) -> dict[str, dict[str, Any]]:
-    """How one prefix delta is applied: counts added, extremes kept, labels replaced."""
-    ops: dict[str, dict[str, Any]] = {"inc": {}, "set": {}, "min": {}, "max": {}}
-    for f in fields(record):
-        value = getattr(record, f.name)
-        if value is None:
-            continue
-        if f.name in _MIN_FIELDS:
-            ops["min"][f.name] = value
-        elif f.name in _MAX_FIELDS:
-            ops["max"][f.name] = value
-        elif f.name in _SET_FIELDS or not isinstance(value, int) or isinstance(value, bool):
-            ops["set"][f.name] = value if isinstance(value, (int, float)) else str(value)
-        elif value:
-            ops["inc"][f.name] = value
-    return ops
+def encode_record(record: PrefixRecord) -> bytes:
+    """A prefix record as stored in Redis."""
+    return json.dumps(asdict(record), sort_keys=True).encode()
 
 
-def record_from_hash(raw: dict[bytes, bytes]) -> PrefixRecord:
-    """A PrefixRecord from its Redis hash; unknown fields ignored, bad values zeroed."""
-    record = PrefixRecord()
-    for f in fields(record):
-        value = raw.get(f.name.encode())
-        if value is None:
-            continue
-        default = getattr(record, f.name)
-        text = value.decode("utf-8", "replace")
-        try:
-            parsed: Any = (int(float(text)) if isinstance(default, int)
-                           else float(text) if isinstance(default, float) else text)
-        except ValueError:
-            continue
-        setattr(record, f.name, parsed)
-    return record
+def decode_record(raw: object) -> PrefixRecord | None:
+    """A stored prefix record, or None for anything that is not one."""
+    if not isinstance(raw, (bytes, str)):
+        return None
+    try:
+        data = json.loads(raw)
+        return PrefixRecord.from_dict(data) if isinstance(data, dict) else None
+    except (ValueError, TypeError):
+        return None
 
 
 def _text(value: bytes | str) -> str:
@@ -105,7 +72,7 @@ class SharedLedger:
         self.prefix_set = f"{namespace}:prefixes"
         self.prefix_key = f"{namespace}:prefix:"
         self.mark_key = f"{namespace}:batch:"
-        self._apply = client.register_script(_APPLY)
+        self._add_counters = client.register_script(_ADD_COUNTERS)
         self._lock = threading.Lock()
         self._counters: Counter[str] = Counter()
         self._prefixes: dict[str, PrefixRecord] = {}
@@ -134,17 +101,18 @@ class SharedLedger:
             return self._inflight
 
     async def push(self) -> bool:
-        """Send what is queued as one atomic, idempotent batch; False if Redis refused."""
+        """Send what is queued, each part once; False if Redis refused (kept for later)."""
         batch = self._next_batch()
         if batch is None:
             return True
         batch_id, counters, prefixes = batch
-        payload = json.dumps({"c": dict(counters),
-                              "p": {pid: record_ops(r) for pid, r in prefixes.items()}})
         try:
-            await self._apply(keys=[self.mark_key + batch_id, self.counters_key,
-                                    self.prefix_set],
-                              args=[payload, self.prefix_key, BATCH_MARK_TTL_S])
+            if counters:
+                await self._add_counters(keys=[self.mark_key + batch_id + ":c",
+                                               self.counters_key],
+                                         args=[json.dumps(dict(counters)), BATCH_MARK_TTL_S])
+            if prefixes:
+                await self._merge_prefixes(self.mark_key + batch_id + ":p", prefixes)
         except (RedisError, OSError) as exc:
             self.error = f"shared ledger not updated: {exc or type(exc).__name__}"
             return False
@@ -153,15 +121,36 @@ class SharedLedger:
         self.error = None
         return True
 
+    async def _merge_prefixes(self, mark: str, prefixes: dict[str, PrefixRecord]) -> None:
+        keys = [self.prefix_key + prefix_id for prefix_id in prefixes]
+        async with self.client.pipeline(transaction=True) as pipe:
+            for _ in range(MAX_WATCH_RETRIES):
+                try:
+                    await pipe.watch(mark, *keys)
+                    if await pipe.exists(mark):  # this batch already landed
+                        await pipe.unwatch()
+                        return
+                    stored = await pipe.mget(keys)
+                    pipe.multi()
+                    for key, raw, delta in zip(keys, stored, prefixes.values(), strict=True):
+                        record = decode_record(raw) or PrefixRecord()
+                        record.merge(delta)
+                        pipe.set(key, encode_record(record))
+                    pipe.sadd(self.prefix_set, *prefixes)
+                    pipe.set(mark, 1, ex=BATCH_MARK_TTL_S)
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    continue  # another proxy merged the same prefix meanwhile: again
+        raise RedisError("prefix records kept changing under the merge; retrying later")
+
     async def refresh(self) -> bool:
         """Read the shared totals and prefix records back; False if Redis refused."""
         try:
             raw = await self.client.hgetall(self.counters_key)
-            ids = sorted(await self.client.smembers(self.prefix_set))[:MAX_PREFIXES_READ]
-            pipe = self.client.pipeline(transaction=False)
-            for prefix_id in ids:
-                pipe.hgetall(self.prefix_key + _text(prefix_id))
-            hashes = await pipe.execute() if ids else []
+            ids = sorted(_text(i) for i in await self.client.smembers(self.prefix_set))
+            ids = ids[:MAX_PREFIXES_READ]
+            stored = await self.client.mget([self.prefix_key + i for i in ids]) if ids else []
         except (RedisError, OSError) as exc:
             self.error = f"shared ledger not read: {exc or type(exc).__name__}"
             return False
@@ -172,8 +161,12 @@ class SharedLedger:
             except ValueError:
                 continue  # not ours: ignored, never a crash
         self._totals = totals
-        self._records = {_text(pid): record_from_hash(h) for pid, h in zip(ids, hashes,
-                                                                             strict=True)}
+        records = {}
+        for prefix_id, blob in zip(ids, stored, strict=True):
+            record = decode_record(blob)
+            if record is not None:
+                records[prefix_id] = record
+        self._records = records
         return True
 
     async def sync(self) -> None:

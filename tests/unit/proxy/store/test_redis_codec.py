@@ -5,7 +5,7 @@ from __future__ import annotations
 from cachelayer.protocol.chat import ChatResult, Choice, Usage
 from cachelayer.proxy.prefix.ledger import PrefixRecord
 from cachelayer.proxy.store.backends.redis import MAGIC, decode, encode
-from cachelayer.proxy.store.backends.redis_ledger import record_from_hash, record_ops
+from cachelayer.proxy.store.backends.redis_ledger import decode_record, encode_record
 
 RESULT = ChatResult(kind="chat", id="c1", created=5, model="m",
                     choices=(Choice(0, "hello", "stop", ()),), usage=Usage(10, 2, 4))
@@ -23,19 +23,19 @@ def test_values_cachelayer_did_not_write_are_misses() -> None:
         assert decode(foreign) is None, foreign
 
 
-def test_prefix_record_ops_sum_counts_and_keep_extremes() -> None:
+def test_prefix_record_round_trips_and_merges_by_the_ledgers_own_rule() -> None:
     record = PrefixRecord(tools=3, first_seen=10.0, last_seen=20.0, requests=2, hits=1,
                           min_prompt_tokens=500, last_miss_reason="new client")
-    ops = record_ops(record)
-    assert ops["inc"] == {"requests": 2, "hits": 1}
-    assert ops["set"] == {"tools": 3, "last_miss_reason": "new client"}
-    assert ops["min"] == {"first_seen": 10.0, "min_prompt_tokens": 500}
-    assert ops["max"] == {"last_seen": 20.0}
+    again = decode_record(encode_record(record))
+    assert again == record
+    assert again is not None
+    again.merge(PrefixRecord(first_seen=5.0, last_seen=30.0, requests=3,
+                             min_prompt_tokens=400))
+    assert (again.requests, again.first_seen, again.last_seen, again.min_prompt_tokens) == (
+        5, 5.0, 30.0, 400)
 
 
-def test_prefix_record_reads_back_from_a_hash_and_ignores_garbage() -> None:
-    raw = {b"tools": b"3", b"requests": b"7", b"first_seen": b"10.5",
-           b"last_miss_reason": b"tools changed", b"hits": b"not a number", b"alien": b"1"}
-    record = record_from_hash(raw)
-    assert (record.tools, record.requests, record.first_seen) == (3, 7, 10.5)
-    assert record.last_miss_reason == "tools changed" and record.hits == 0
+def test_stored_prefix_records_that_are_not_ours_are_skipped() -> None:
+    for foreign in (b"not json", b"[1, 2]", b'"text"', 42, None):
+        assert decode_record(foreign) is None
+    assert decode_record(b'{"requests": 4, "alien": 1}') == PrefixRecord(requests=4)
