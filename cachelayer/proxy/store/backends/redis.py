@@ -151,10 +151,13 @@ class RedisStore:
         last_stats = time.monotonic()
         while True:
             await asyncio.sleep(WATCH_EVERY_S)
-            await self.poll()
-            if time.monotonic() - last_stats >= STATS_EVERY_S:
-                last_stats = time.monotonic()
-                await self.refresh_stats()
+            try:
+                await self.poll()
+                if time.monotonic() - last_stats >= STATS_EVERY_S:
+                    last_stats = time.monotonic()
+                    await self.refresh_stats()
+            except Exception as exc:  # the watch is what brings the store back: never die
+                self._down(exc)
 
     def _fresh(self, answer: StoredAnswer) -> bool:
         return time.time() - answer.stored_at <= self.ttl_s
