@@ -170,9 +170,14 @@ class SharedLedger:
         return True
 
     async def sync(self) -> None:
-        """Push what is queued, then read the totals back."""
-        if await self.push():
-            await self.refresh()
+        """Push what is queued, then read the totals back; never raises (the metrics
+        export that calls it must keep running)."""
+        try:
+            if await self.push():
+                await self.refresh()
+        except Exception as exc:
+            self.error = f"shared ledger failed: {exc or type(exc).__name__}"
+            log.warning("%s", self.error)
 
     def totals(self) -> dict[str, int]:
         """The shared counters as last read, plus what this proxy has not pushed yet."""
