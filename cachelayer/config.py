@@ -12,12 +12,25 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_PORT = 8082
 DEFAULT_BACKEND_PORT = 8080
 METRICS_FILE_NAME = ".anyclaude-cache-metrics.json"
 MiB = 1024 * 1024
 GiB = 1024 * MiB
+
+
+class RoutingMode(str, enum.Enum):
+    """How a request picks one of several upstreams."""
+
+    PREFIX = "prefix"  # consistent hashing of layer 1's prefix id, with bounded load
+    ROUND_ROBIN = "round-robin"
+
+
+STORE_SCHEMES = ("redis", "rediss")
+# Read by the CLI only: the Redis password, for URLs that should not carry it.
+REDIS_PASSWORD_ENV = "CACHELAYER_REDIS_PASSWORD"
 
 
 class ResponseCacheMode(str, enum.Enum):
@@ -60,6 +73,19 @@ class Settings:
     shutdown_timeout_s: float = 30.0
     backend_model: Path | None = None
     backend_port: int = DEFAULT_BACKEND_PORT
+    # Every --upstream, in order (`upstream` is the first); more than one turns on routing.
+    upstreams: tuple[str, ...] = ()
+    routing: RoutingMode = RoutingMode.PREFIX
+    # A backend may take this many times its fair share of in-flight requests. Above the
+    # paper's usual 1.25: a prefill elsewhere costs far more than waiting in a queue.
+    routing_balance: float = 2.0
+    health_interval_s: float = 1.0
+    # redis://[:password@]host:port/db (or rediss://): layer 2 and the ledger's shared
+    # counters live there; None keeps the embedded diskcache. Never printed (repr=False).
+    store_url: str | None = field(default=None, repr=False)
+    store_password: str | None = field(default=None, repr=False)
+    store_namespace: str = "cachelayer"
+    hot_tier_bytes: int = 64 * MiB
 
     @property
     def responses_dir(self) -> Path:
@@ -82,11 +108,56 @@ class Settings:
         return self.data_dir / "models"
 
     @property
+    def backend_urls(self) -> tuple[str, ...]:
+        """Every upstream base URL without a trailing slash (at least the one upstream)."""
+        urls = self.upstreams or ((self.upstream,) if self.upstream else ())
+        return tuple(dict.fromkeys(u.rstrip("/") for u in urls))
+
+    @property
+    def upstream_identity(self) -> str:
+        """What layer 2's key says about where answers come from: the upstream, or the
+        sorted set of them (proxies fronting the same backends share answers)."""
+        urls = self.backend_urls
+        return urls[0] if len(urls) == 1 else ",".join(sorted(urls))
+
+    @property
+    def store_label(self) -> str:
+        """The store for logs and /health: the Redis URL without its password."""
+        return redact_url(self.store_url) if self.store_url else "diskcache"
+
+    @property
     def upstream_url(self) -> str:
         """The upstream base URL without a trailing slash; the CLI guarantees it is set."""
         if not self.upstream:
             raise ValueError("no upstream configured")
         return self.upstream.rstrip("/")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, safe for logs and /health."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+    except ValueError:
+        return "(unparseable URL)"
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def check_store_url(url: str) -> str:
+    """The --store URL if it names Redis or Valkey; ValueError (password-free) if not."""
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in STORE_SCHEMES and bool(parts.hostname) and (parts.port or 1) > 0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"--store takes redis://HOST:PORT/DB or rediss://..., got "
+                         f"{redact_url(url)!r}")
+    return url
 
 
 def default_data_dir(env: Mapping[str, str]) -> Path:

@@ -1,6 +1,7 @@
 """One error tree for everything cachelayer can answer with; each error knows its HTTP status.
 
     CachelayerError                  500  api_error
+    ├── StoreUnavailable             503  api_error      (the shared Redis store is down)
     ├── ClientError                  400  invalid_request_error
     │   ├── InvalidRequest           400  invalid_request_error
     │   ├── AuthenticationRequired   401  authentication_error
@@ -10,6 +11,7 @@
     │   └── UnsupportedMediaType     415  invalid_request_error
     └── UpstreamError                502  api_error
         ├── UpstreamUnreachable      502  api_error
+        │   └── BackendDown          502  api_error      (never reached: try another backend)
         ├── UpstreamTimeout          504  timeout_error
         ├── UpstreamProtocolError    502  api_error      (garbage, HTML, a cut stream)
         └── UpstreamStatusError      the upstream's own 4xx/5xx status
@@ -90,6 +92,12 @@ class UnsupportedMediaType(ClientError):
     status = 415
 
 
+class StoreUnavailable(CachelayerError):
+    """An admin action needs the shared store (Redis), and it does not answer."""
+
+    status = 503
+
+
 class UpstreamError(CachelayerError):
     """The upstream model server failed us; nothing is stored."""
 
@@ -98,6 +106,16 @@ class UpstreamError(CachelayerError):
 
 class UpstreamUnreachable(UpstreamError):
     """The upstream refused or dropped the connection before answering."""
+
+
+class BackendDown(UpstreamUnreachable):
+    """The connection to one backend failed before it took the request. Routing tries
+    the next backend; when none is left, `error` (what one upstream alone would have
+    answered: unreachable, or a connect timeout) goes to the client."""
+
+    def __init__(self, error: UpstreamError) -> None:
+        super().__init__(error.message, status=error.status)
+        self.error = error
 
 
 class UpstreamTimeout(UpstreamError):

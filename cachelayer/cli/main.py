@@ -6,12 +6,13 @@ Only the cli package reads the environment; everything below it gets a frozen Se
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 
 from cachelayer import __version__
 from cachelayer.cli.backend import add_backend_parser, add_warm_parser
 from cachelayer.cli.maintenance import add_clear_parser, add_stats_parser
-from cachelayer.cli.serve import add_serve_parser
+from cachelayer.cli.serve import add_serve_parser, store_secrets
 from cachelayer.telemetry.logs import configure_logging
 
 
@@ -38,5 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    configure_logging(str(getattr(args, "log_level", "info")))
+    # The Redis password is known here, before anything logs: no line may carry it.
+    configure_logging(str(getattr(args, "log_level", "info")),
+                      hidden=store_secrets(args, os.environ))
     return int(args.func(args) or 0)

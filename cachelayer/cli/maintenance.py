@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from cachelayer.config import Settings, default_data_dir
+from cachelayer.config import REDIS_PASSWORD_ENV, Settings, default_data_dir
 from cachelayer.telemetry.counters import reason_label
 
 
@@ -36,6 +36,9 @@ def add_stats_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-file", type=Path, default=Settings().metrics_file)
     p.add_argument("--url", default=None,
                    help="ask a running proxy (e.g. http://127.0.0.1:8082) instead of the file")
+    p.add_argument("--store", default=None, metavar="URL",
+                   help="read the shared totals of every proxy from this Redis/Valkey store "
+                        "(as given to serve --store) instead of the file")
     add_data_dir(p)
     p.set_defaults(func=cmd_stats)
 
@@ -48,6 +51,9 @@ def add_clear_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ledger", action="store_true", help="counters and the prefix ledger")
     p.add_argument("--all", action="store_true", help="all of the above")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--store", default=None, metavar="URL",
+                   help="the Redis/Valkey store the proxies share (as given to serve --store): "
+                        "answers and ledger are cleared there, for every proxy")
     add_data_dir(p)
     p.set_defaults(func=cmd_clear)
 
@@ -58,6 +64,14 @@ def load_metrics(args: argparse.Namespace) -> dict[str, Any]:
         url = args.url.rstrip("/") + "/cache/stats"
         with urllib.request.urlopen(url, timeout=10) as response:
             return dict(orjson.loads(response.read()))
+    if args.store:
+        from cachelayer.proxy.store.backends.redis import read_shared
+        from cachelayer.telemetry.export import build_metrics
+
+        totals, prefixes, store = read_shared(args.store, os.environ.get(REDIS_PASSWORD_ENV))
+        doc = build_metrics(totals, runtime_ms=0, store=store, prefixes=prefixes)
+        doc["shared"] = {"store": store["url"], "error": None}
+        return doc
     if args.metrics_file.exists():
         return dict(orjson.loads(args.metrics_file.read_bytes()))
     from cachelayer.telemetry.export import build_metrics
@@ -112,6 +126,7 @@ def format_stats(doc: dict[str, Any]) -> str:
         lines.append(_row("prompt caches in memory", memory["sequences"]))
     if prefix:
         lines += _prefix_lines(prefix)
+    lines += scale_out_lines(doc)
     top = doc.get("topEntries") or []
     if top:
         lines.append("top prefixes")
@@ -156,11 +171,48 @@ def _prefix_lines(prefix: dict[str, Any]) -> list[str]:
     ]
 
 
+def scale_out_lines(doc: dict[str, Any]) -> list[str]:
+    """The shared store, this proxy's own totals, and each backend, where they exist."""
+    lines: list[str] = []
+    response = doc.get("layers", {}).get("response", {})
+    shared = doc.get("shared")
+    if shared is not None:
+        lines += [
+            f"shared store ({shared.get('store', '?')}; totals above are every proxy's)",
+            _row("evicted by redis", response.get("evictedKeys", "?")),
+            _row("memory / limit", f"{response.get('bytes', '?')} / "
+                                   f"{response.get('limitBytes') or 'unbounded'} "
+                                   f"({response.get('evictionPolicy', '?')})"),
+        ]
+        if shared.get("error"):
+            lines.append(_row("shared ledger", shared["error"]))
+    own = doc.get("thisProxy")
+    if own is not None:
+        mine = own.get("metrics", {})
+        mine_response = own.get("layers", {}).get("response", {})
+        lines += [
+            "this proxy",
+            _row("requests", mine.get("totalRequests", 0)),
+            _row("store hits / misses", f"{mine_response.get('hits', 0)} / "
+                                        f"{mine_response.get('misses', 0)}"),
+            _row("tokens not recomputed", mine.get("cacheReadTokens", 0)),
+        ]
+    routing = doc.get("layers", {}).get("routing")
+    if routing:
+        lines.append(f"backends ({routing.get('mode')} routing, this proxy)")
+        lines.append(f"  {'url':<32} {'up':>3} {'reqs':>7} {'errors':>7} {'kv reused':>10}")
+        for b in routing.get("backends", []):
+            lines.append(f"  {str(b.get('url'))[:32]:<32} {'yes' if b.get('healthy') else 'no':>3}"
+                         f" {b.get('requests', 0):>7} {b.get('errors', 0):>7}"
+                         f" {b.get('kvTokensReused', 0):>10}")
+    return lines
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     """Print the stats table (or the JSON document)."""
     try:
         doc = load_metrics(args)
-    except (OSError, urllib.error.URLError, orjson.JSONDecodeError) as exc:
+    except (OSError, ValueError, urllib.error.URLError, orjson.JSONDecodeError) as exc:
         print(f"cachelayer stats: cannot read metrics: {exc}", file=sys.stderr)
         return 1
     if args.json:
@@ -186,6 +238,17 @@ def cmd_clear(args: argparse.Namespace) -> int:
         print("nothing removed")
         return 1
     started = time.perf_counter()
+    if args.store:
+        from cachelayer.proxy.store.backends.redis import clear_shared
+
+        try:
+            for line in clear_shared(args.store, os.environ.get(REDIS_PASSWORD_ENV),
+                                     [w for w in what if w != "kv"]):
+                print(line)
+        except ValueError as exc:
+            print(f"cachelayer clear: {exc}", file=sys.stderr)
+            return 1
+        what = [w for w in what if w == "kv"]
     for name in what:
         print(f"{name}: {clear_one(name, settings)}")
     print(f"done in {time.perf_counter() - started:.2f}s")

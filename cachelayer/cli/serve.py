@@ -6,6 +6,7 @@ This module and maintenance.py are where the environment turns into defaults.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import logging
 import os
@@ -13,14 +14,18 @@ import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
 
 from cachelayer.cli.maintenance import add_data_dir
 from cachelayer.config import (
     METRICS_FILE_NAME,
+    REDIS_PASSWORD_ENV,
     ResponseCacheMode,
+    RoutingMode,
     Settings,
+    check_store_url,
     default_data_dir,
     parse_model_map,
     size_arg,
@@ -46,7 +51,11 @@ def banner(settings: Settings) -> str:
     """How to point clients at the proxy."""
     base = f"http://{settings.host}:{settings.port}"
     return "\n".join([
-        f"cachelayer listening on {base}  ->  upstream {settings.upstream}",
+        f"cachelayer listening on {base}  ->  " + (
+            f"upstream {settings.upstream}" if len(settings.backend_urls) <= 1 else
+            f"{len(settings.backend_urls)} upstreams ({settings.routing.value}): "
+            + ", ".join(settings.backend_urls)),
+        f"  store:         {settings.store_label}",
         f"  data dir:      {settings.data_dir}",
         f"  metrics file:  {settings.metrics_file}",
         "  Claude Code:   ANTHROPIC_BASE_URL=" + base + " ANTHROPIC_API_KEY=local claude",
@@ -90,8 +99,24 @@ def free_port(host: str = "127.0.0.1") -> int:
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     """Register `cachelayer serve`; every default comes from Settings."""
     p = sub.add_parser("serve", help="run the caching proxy")
-    p.add_argument("--upstream", default=None,
-                   help="OpenAI-compatible server to front (default: $MLX_LM_URL)")
+    p.add_argument("--upstream", action="append", default=None,
+                   help="OpenAI-compatible server to front (default: $MLX_LM_URL); repeat it "
+                        "to route over several backends by prefix")
+    p.add_argument("--routing", choices=[m.value for m in RoutingMode],
+                   default=DEFAULTS.routing.value,
+                   help="how several upstreams share requests (default: prefix affinity)")
+    p.add_argument("--routing-balance", type=float, default=DEFAULTS.routing_balance,
+                   help="most in-flight requests one backend takes, as a multiple of its "
+                        "fair share (bounded-load consistent hashing; default: 2.0)")
+    p.add_argument("--health-interval", type=float, default=DEFAULTS.health_interval_s,
+                   help="seconds between health checks of several upstreams (default: 1)")
+    p.add_argument("--store", default=None, metavar="URL",
+                   help="redis://[:PASSWORD@]HOST:PORT/DB or rediss://...: share stored "
+                        "answers and the ledger with every proxy on it (default: diskcache "
+                        f"in --data-dir; password also from ${REDIS_PASSWORD_ENV})")
+    p.add_argument("--hot-tier-size", type=size_arg, default=DEFAULTS.hot_tier_bytes,
+                   dest="hot_tier_bytes",
+                   help="recent answers kept in memory in front of the store (default: 64M)")
     p.add_argument("--model", type=Path, default=None,
                    help="run the embedded backend on this MLX model directory "
                         "(default without --upstream: the generated demo model)")
@@ -149,7 +174,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
 
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     """Turn parsed serve arguments (and the environment's defaults) into Settings."""
-    upstream = args.upstream or (None if args.model else env.get("MLX_LM_URL")) or None
+    upstreams = list(args.upstream or [])
+    upstream = (upstreams[0] if upstreams else None) or (
+        None if args.model else env.get("MLX_LM_URL")) or None
     data_dir = (args.data_dir or default_data_dir(env)).expanduser().resolve()
     backend_model = None
     backend_port = args.backend_port or DEFAULTS.backend_port
@@ -159,8 +186,16 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Sett
         backend_model = (args.model or demo_model_dir(data_dir)).expanduser().resolve()
         backend_port = args.backend_port or free_port()
         upstream = f"http://127.0.0.1:{backend_port}"
+    store_url = check_store_url(args.store) if args.store else None
     return Settings(
         upstream=upstream,
+        upstreams=tuple(upstreams) or (upstream,),
+        routing=RoutingMode(args.routing),
+        routing_balance=max(1.0, args.routing_balance),
+        health_interval_s=args.health_interval,
+        store_url=store_url,
+        store_password=(env.get(REDIS_PASSWORD_ENV) or None) if store_url else None,
+        hot_tier_bytes=args.hot_tier_bytes,
         backend_model=backend_model,
         backend_port=backend_port,
         host=args.host,
@@ -185,6 +220,17 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Sett
         max_tokens_cap=args.max_tokens_cap,
         log_level=args.log_level,
     )
+
+
+def store_secrets(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[str, ...]:
+    """The Redis password (from --store or the environment): no log line may show it."""
+    found = [env.get(REDIS_PASSWORD_ENV, "")]
+    store = getattr(args, "store", None)
+    if store:
+        with contextlib.suppress(ValueError):
+            raw = urlsplit(store).password or ""
+            found += [raw, unquote(raw)]
+    return tuple(sorted({s for s in found if len(s) >= 3}, key=len, reverse=True))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

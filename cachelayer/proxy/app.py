@@ -25,11 +25,15 @@ from cachelayer.proxy.state import (
     EXCHANGE,
     LEDGER,
     SETTINGS,
+    SHARED,
     STARTED_AT,
     STORE,
     Background,
 )
+from cachelayer.proxy.store.backends import redis as redis_store
+from cachelayer.proxy.store.backends.base import AnswerStore
 from cachelayer.proxy.store.backends.disk import ResponseStore
+from cachelayer.proxy.store.backends.redis_ledger import SharedLedger
 from cachelayer.proxy.store.middleware import setup_store_layer, store_middleware
 from cachelayer.telemetry.export import export_ctx, final_export
 from cachelayer.telemetry.ledger import Ledger
@@ -44,23 +48,36 @@ def make_codecs(settings: Settings) -> dict[str, Codec]:
     return {"openai": OpenAICodec(settings.model_map), "anthropic": AnthropicCodec(settings)}
 
 
+def open_store(settings: Settings) -> tuple[AnswerStore, SharedLedger | None]:
+    """Layer 2's store for --store (Redis, with the ledger's shared half) or diskcache."""
+    if settings.store_url:
+        client = redis_store.connect(settings)
+        return (redis_store.RedisStore(client, settings),
+                SharedLedger(client, settings.store_namespace))
+    return ResponseStore(settings.responses_dir, size_limit=settings.response_max_bytes,
+                         ttl_s=settings.response_ttl_s, entry_max_bytes=settings.entry_max_bytes,
+                         hot_bytes=settings.hot_tier_bytes), None
+
+
 async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the response store and the ledger; on the way out drain, export, close."""
     settings = app[SETTINGS]
-    app[STORE] = ResponseStore(
-        settings.responses_dir,
-        size_limit=settings.response_max_bytes,
-        ttl_s=settings.response_ttl_s,
-        entry_max_bytes=settings.entry_max_bytes,
-    )
-    app[LEDGER] = Ledger(settings.ledger_dir)
+    store, shared = open_store(settings)
+    app[STORE] = store
+    app[LEDGER] = ledger = Ledger(settings.ledger_dir)
+    if shared is not None:
+        # Every delta the local ledger flushes also goes to Redis, exactly once.
+        app[SHARED] = shared
+        ledger.on_flush = shared.take_counters
+        ledger.prefixes.on_flush = shared.take_prefixes
+    await store.start()
     app[BACKGROUND] = Background()
     app[STARTED_AT] = time.time()
     yield
     await app[BACKGROUND].drain()
     await final_export(app)
-    app[LEDGER].close()
-    app[STORE].close()
+    ledger.close()
+    await store.aclose()
 
 
 async def _set_cache_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -14,8 +14,10 @@ from aiohttp import web
 from cachelayer.config import Settings
 from cachelayer.protocol.chat import ChatRequest, ChatResult
 from cachelayer.protocol.codec import Codec
+from cachelayer.proxy.forward.pool import UpstreamPool
 from cachelayer.proxy.prefix.stabilize import PrefixIds
-from cachelayer.proxy.store.backends.disk import ResponseStore
+from cachelayer.proxy.store.backends.base import AnswerStore
+from cachelayer.proxy.store.backends.redis_ledger import SharedLedger
 from cachelayer.telemetry.ledger import Ledger
 
 
@@ -61,7 +63,10 @@ class Background:
 
 
 SETTINGS = web.AppKey("settings", Settings)
-STORE = web.AppKey("store", ResponseStore)
+STORE = web.AppKey("store", AnswerStore)
+POOL = web.AppKey("pool", UpstreamPool)
+# Only with --store redis://: the ledger's shared half (absent otherwise: use app.get()).
+SHARED = web.AppKey("shared_ledger", SharedLedger)
 LEDGER = web.AppKey("ledger", Ledger)
 UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
 BACKGROUND = web.AppKey("background", Background)

@@ -27,7 +27,7 @@ from cachelayer.proxy.prefix.ledger import (
     top_entries,
     warm_prefixes,
 )
-from cachelayer.proxy.state import LEDGER, SETTINGS, STARTED_AT, STORE
+from cachelayer.proxy.state import LEDGER, POOL, SETTINGS, SHARED, STARTED_AT, STORE
 from cachelayer.telemetry import counters as c
 
 log = logging.getLogger(__name__)
@@ -130,25 +130,61 @@ def write_metrics_file(path: Path, document: Mapping[str, Any]) -> None:
     write_atomic(path, orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
 
 def store_stats(app: web.Application) -> dict[str, Any]:
-    """Live numbers of the response store."""
-    store = app[STORE]
-    return {"entries": len(store), "bytes": store.volume(), "limitBytes": store.size_limit,
-            "degraded": store.degraded}
+    """Live numbers of the response store (blocking for diskcache: call it off the loop)."""
+    return app[STORE].snapshot()
+
+
+def routing_stats(app: web.Application) -> dict[str, Any] | None:
+    """Each backend's numbers, when the proxy routes over several; None with one."""
+    pool = app.get(POOL)
+    if pool is None or not pool.routed:
+        return None
+    return {"mode": pool.mode.value, "backends": pool.snapshot()}
 
 
 def metrics_document(app: web.Application) -> dict[str, Any]:
-    """The metrics document as of now (blocking: reads the ledger and kv dir from disk)."""
+    """The metrics document as of now (blocking: reads the ledger and kv dir from disk).
+
+    With a shared store the top level holds the totals of every proxy on it, and
+    `thisProxy` this proxy's own (kept in its data dir, across its restarts)."""
     settings, ledger = app[SETTINGS], app[LEDGER]
     runtime_ms = int((time.time() - app[STARTED_AT]) * 1000)
     kv = kv_stats(settings.kv_dir) if settings.kv_dir.is_dir() else None
-    return build_metrics(ledger.totals(), runtime_ms=runtime_ms, store=store_stats(app),
-                         kv=kv, prefixes=ledger.prefixes.records())
+    store = store_stats(app)
+    doc = build_metrics(ledger.totals(), runtime_ms=runtime_ms, store=store, kv=kv,
+                        prefixes=ledger.prefixes.records())
+    shared = app.get(SHARED)
+    if shared is not None:
+        own = doc
+        doc = build_metrics(shared.totals(), runtime_ms=runtime_ms, store=store, kv=kv,
+                            prefixes=shared.records())
+        doc["thisProxy"] = {"metrics": own["metrics"], "layers": own["layers"],
+                            "topEntries": own["topEntries"]}
+        doc["shared"] = {"store": settings.store_label, "error": shared.error}
+    routing = routing_stats(app)
+    if routing is not None:
+        doc["layers"]["routing"] = routing
+    return doc
 
 
 def export_metrics(app: web.Application) -> None:
-    """Flush the ledger and rewrite the metrics file atomically (blocking)."""
-    app[LEDGER].flush()
+    """Rewrite the metrics file atomically (blocking; the ledger was flushed just before)."""
     write_metrics_file(app[SETTINGS].metrics_file, metrics_document(app))
+
+
+async def sync_ledger(app: web.Application) -> None:
+    """Flush the ledger off the loop, then push it to the shared store and read the
+    shared totals back (when there is one)."""
+    await asyncio.get_running_loop().run_in_executor(None, app[LEDGER].flush)
+    shared = app.get(SHARED)
+    if shared is not None:
+        await shared.sync()
+
+
+async def export_cycle(app: web.Application) -> None:
+    """One export: flush (and share) the ledger, rewrite the metrics file."""
+    await sync_ledger(app)
+    await asyncio.get_running_loop().run_in_executor(None, export_metrics, app)
 
 
 async def export_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -163,17 +199,16 @@ async def export_ctx(app: web.Application) -> AsyncIterator[None]:
 async def final_export(app: web.Application) -> None:
     """The last export at shutdown, after background writes have drained."""
     try:
-        await asyncio.get_running_loop().run_in_executor(None, export_metrics, app)
+        await export_cycle(app)
     except OSError as exc:
         log.error("could not write the metrics file at shutdown: %s", exc)
 
 
 async def _export_loop(app: web.Application) -> None:
-    """Flush the ledger and rewrite the metrics file every few seconds, off the loop."""
-    loop = asyncio.get_running_loop()
+    """Flush the ledger (to Redis too) and rewrite the metrics file every few seconds."""
     while True:
         await asyncio.sleep(app[SETTINGS].metrics_interval_s)
         try:
-            await loop.run_in_executor(None, export_metrics, app)
+            await export_cycle(app)
         except OSError as exc:
             log.warning("could not write the metrics file: %s", exc)

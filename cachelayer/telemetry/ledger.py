@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import diskcache
@@ -43,6 +44,9 @@ class Ledger:
             log.error("%s; counting in a temporary directory until restart", self.degraded)
             self._cache = _open(Path(tempfile.mkdtemp(prefix="cachelayer-ledger-")))
         self._pending: Counter[str] = Counter()
+        self._unsaved: Counter[str] = Counter()  # taken once, waiting for a working disk
+        # Also handed every flushed delta exactly once (the shared ledger in Redis).
+        self.on_flush: Callable[[Counter[str]], None] | None = None
         self._lock = threading.Lock()
         self._cache.add(_CREATED_KEY, time.time())
         self.prefixes = PrefixLedger(self._cache)
@@ -57,7 +61,10 @@ class Ledger:
         """Write pending deltas to disk atomically; blocking. False if the disk refused."""
         self.prefixes.flush()
         with self._lock:
-            pending, self._pending = self._pending, Counter()
+            fresh, self._pending = self._pending, Counter()
+            pending, self._unsaved = self._unsaved + fresh, Counter()
+        if fresh and self.on_flush is not None:
+            self.on_flush(fresh)
         if not pending:
             return True
         try:
@@ -67,7 +74,7 @@ class Ledger:
         except (sqlite3.Error, OSError) as exc:
             log.error("ledger flush failed, keeping counts in memory: %s", exc)
             with self._lock:
-                self._pending.update(pending)
+                self._unsaved.update(pending)
             return False
         return True
 
@@ -89,12 +96,14 @@ class Ledger:
         totals = Counter(self.persisted())
         with self._lock:
             totals.update(self._pending)
+            totals.update(self._unsaved)
         return dict(totals)
 
     def clear(self) -> None:
         """Forget every counter and record."""
         with self._lock:
             self._pending.clear()
+            self._unsaved.clear()
         self.prefixes.clear()
         self._cache.clear()
         self._cache.add(_CREATED_KEY, time.time())

@@ -50,12 +50,17 @@ def request_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
 
 class RequestIdFilter(logging.Filter):
     """Adds the current request id to every record (`-` outside a request) and redacts
-    the request's credentials from the message."""
+    the request's credentials (and the process's own, such as a Redis password) from
+    the message."""
+
+    def __init__(self, hidden: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.hidden = hidden
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Attach the id, redact secrets; never drops a record."""
         record.request_id = REQUEST_ID.get()
-        hidden = SECRETS.get()
+        hidden = SECRETS.get() + self.hidden
         if hidden:
             message = record.getMessage()
             if any(s in message for s in hidden):
@@ -65,10 +70,10 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str) -> None:
-    """key=value log lines with request ids, on stderr."""
+def configure_logging(level: str, hidden: tuple[str, ...] = ()) -> None:
+    """key=value log lines with request ids, on stderr; `hidden` never appears in them."""
     handler = logging.StreamHandler()
-    handler.addFilter(RequestIdFilter())
+    handler.addFilter(RequestIdFilter(hidden))
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 

@@ -7,12 +7,13 @@ import asyncio
 import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
 from cachelayer.proxy.prefix.ledger import WARM_WINDOW_S, warm_prefixes
-from cachelayer.proxy.state import LEDGER, STORE
-from cachelayer.telemetry.counters import PROMETHEUS_COUNTERS
+from cachelayer.proxy.state import LEDGER, POOL, SHARED, STORE
+from cachelayer.telemetry.counters import PROMETHEUS_COUNTERS, REQUESTS, RESPONSE_HITS
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -55,22 +56,59 @@ def render_prometheus(app: web.Application) -> str:
     for spec in PROMETHEUS_COUNTERS:
         lines += [f"# HELP {spec.metric} {spec.help}", f"# TYPE {spec.metric} counter",
                   f"{spec.metric} {totals.get(spec.counter, 0)}"]
-    store = app[STORE]
-    lines += ["# HELP cachelayer_response_store_bytes Bytes the response store uses on disk.",
+    store = app[STORE].snapshot()
+    lines += ["# HELP cachelayer_response_store_bytes Bytes the response store uses.",
               "# TYPE cachelayer_response_store_bytes gauge",
-              f"cachelayer_response_store_bytes {store.volume()}",
+              f"cachelayer_response_store_bytes {store.get('bytes') or 0}",
               "# HELP cachelayer_response_store_degraded 1 when the store cannot write.",
               "# TYPE cachelayer_response_store_degraded gauge",
-              f"cachelayer_response_store_degraded {int(store.degraded is not None)}"]
+              f"cachelayer_response_store_degraded {int(store.get('degraded') is not None)}"]
     warm = warm_prefixes(app[LEDGER].prefixes.records(), time.time())
     lines += [f"# HELP cachelayer_prefix_warm Distinct stable prefixes used in the last "
               f"{int(WARM_WINDOW_S)} s.",
               "# TYPE cachelayer_prefix_warm gauge",
               f"cachelayer_prefix_warm {warm}"]
+    lines += scale_out_lines(app, store)
     lines += app[UPSTREAM_LATENCY].render(
         "cachelayer_upstream_latency_seconds",
         "Time from forwarding a miss to the upstream's first answer byte.")
     return "\n".join(lines) + "\n"
+
+
+def _family(name: str, help_text: str, kind: str, samples: list[tuple[str, Any]]) -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    return lines + [f"{name}{labels} {value}" for labels, value in samples]
+
+
+def scale_out_lines(app: web.Application, store: dict[str, Any]) -> list[str]:
+    """Redis's evictions, the shared totals, and each backend, where they exist."""
+    lines: list[str] = []
+    if "evictedKeys" in store:
+        lines += _family("cachelayer_redis_evicted_keys",
+                         "Keys Redis evicted under maxmemory (INFO stats evicted_keys).",
+                         "gauge", [("", store["evictedKeys"])])
+    shared = app.get(SHARED)
+    if shared is not None:
+        totals = shared.totals()
+        lines += _family("cachelayer_shared_requests_total",
+                         "Completions answered by every proxy on the shared store.", "counter",
+                         [("", totals.get(REQUESTS, 0))])
+        lines += _family("cachelayer_shared_response_hits_total",
+                         "Store hits of every proxy on the shared store.", "counter",
+                         [("", totals.get(RESPONSE_HITS, 0))])
+    pool = app.get(POOL)
+    if pool is not None and pool.routed:
+        backends = pool.snapshot()
+        for field_name, name, help_text, kind in (
+                ("requests", "cachelayer_backend_requests_total", "Requests sent.", "counter"),
+                ("errors", "cachelayer_backend_errors_total", "Requests failed.", "counter"),
+                ("kvTokensReused", "cachelayer_backend_kv_tokens_reused_total",
+                 "Prompt tokens the backend reused from its KV cache.", "counter"),
+                ("healthy", "cachelayer_backend_healthy", "1 while in the ring.", "gauge")):
+            lines += _family(name, help_text, kind,
+                             [(f'{{backend="{b["url"]}"}}', int(b[field_name]))
+                              for b in backends])
+    return lines
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -37,6 +37,11 @@ def upstream_error(exc: BaseException, url: str, stage: Stage) -> UpstreamError:
 
 # What the upstream side can raise; callers catch exactly this and map it above.
 UPSTREAM_FAILURES = (asyncio.TimeoutError, aiohttp.ClientError)
+# Failures that prove the request never reached the backend (refused, no connection
+# within --connect-timeout, or a pooled connection the backend had closed): another
+# backend may safely take it.
+NEVER_REACHED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError,
+                 aiohttp.ServerDisconnectedError)
 
 
 def error_message(status: int, raw: bytes, url: str) -> str:

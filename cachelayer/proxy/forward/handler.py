@@ -9,22 +9,59 @@ from __future__ import annotations
 
 import time
 
+import aiohttp
 from aiohttp import web
 
-from cachelayer.errors import UpstreamProtocolError
+from cachelayer.errors import (
+    BackendDown,
+    CachelayerError,
+    UpstreamProtocolError,
+    UpstreamUnreachable,
+)
 from cachelayer.protocol.openai import parse_response
 from cachelayer.protocol.sse import replay_stream
 from cachelayer.proxy.forward.errors import UPSTREAM_FAILURES, upstream_error
+from cachelayer.proxy.forward.pool import Backend
 from cachelayer.proxy.forward.relay import relay_stream
 from cachelayer.proxy.forward.upstream import open_completion
-from cachelayer.proxy.state import EXCHANGE
+from cachelayer.proxy.state import EXCHANGE, POOL, Exchange
+
+
+def routing_key(exchange: Exchange) -> str:
+    """What picks the backend: layer 1's prefix id (tools + system), so a conversation
+    keeps landing where its KV cache is; a text completion goes by its body."""
+    if exchange.prefix is not None:
+        return exchange.prefix.prefix_id
+    return exchange.fingerprint or ""
+
+
+async def open_routed(request: web.Request, exchange: Exchange
+                      ) -> tuple[Backend, aiohttp.ClientResponse, str]:
+    """Open the upstream answer on the chosen backend, or on the next one while backends
+    refuse connections (a request is never sent twice to a backend that took it)."""
+    pool = request.app[POOL]
+    candidates = pool.candidates(routing_key(exchange))
+    for n, backend in enumerate(candidates):
+        try:
+            upstream, url = await open_completion(request, exchange, backend.url)
+            return backend, upstream, url
+        except BackendDown as exc:
+            pool.failed(backend, exc.message)
+            if n + 1 == len(candidates):
+                pool.account(backend, None, ok=False)
+                raise exc.error from exc.__cause__
+        except CachelayerError:
+            pool.account(backend, None, ok=False)
+            raise
+    raise UpstreamUnreachable("no upstream configured")
 
 
 async def handle_completion(request: web.Request) -> web.StreamResponse:
     """The innermost handler: a miss (or bypass) goes to the upstream."""
     exchange = request[EXCHANGE]
     started = time.perf_counter()
-    upstream, url = await open_completion(request, exchange)
+    backend, upstream, url = await open_routed(request, exchange)
+    backend.in_flight += 1
     try:
         is_sse = upstream.content_type == "text/event-stream"
         if exchange.chat.stream and is_sse:
@@ -42,6 +79,10 @@ async def handle_completion(request: web.Request) -> web.StreamResponse:
     except UPSTREAM_FAILURES as exc:
         raise upstream_error(exc, url, "read") from exc
     finally:
+        backend.in_flight -= 1
+        answered = exchange.result
+        request.app[POOL].account(backend, answered.usage if answered is not None else None,
+                                  ok=answered is not None)
         if exchange.result is None:
             # Closing (not releasing) drops the connection, so the upstream sees the client
             # leave and stops generating instead of finishing an answer nobody reads.

@@ -6,17 +6,25 @@ along (the upstream may need it); nothing else from the client's headers does.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
 from aiohttp import web
 
-from cachelayer.errors import UpstreamStatusError
+from cachelayer.errors import BackendDown, UpstreamStatusError
 from cachelayer.protocol.chat import Kind
 from cachelayer.protocol.openai import upstream_body
-from cachelayer.proxy.forward.errors import UPSTREAM_FAILURES, error_message, upstream_error
-from cachelayer.proxy.state import SETTINGS, UPSTREAM, Exchange
+from cachelayer.proxy.forward.errors import (
+    NEVER_REACHED,
+    UPSTREAM_FAILURES,
+    error_message,
+    upstream_error,
+)
+from cachelayer.proxy.forward.pool import UpstreamPool
+from cachelayer.proxy.state import POOL, SETTINGS, UPSTREAM, Exchange
 
 PATHS: dict[Kind, str] = {"chat": "/v1/chat/completions", "text": "/v1/completions"}
 _ERROR_BODY_LIMIT = 64 * 1024
@@ -31,14 +39,18 @@ def forwarded_headers(request: web.Request) -> dict[str, str]:
 
 
 async def open_completion(
-    request: web.Request, exchange: Exchange
+    request: web.Request, exchange: Exchange, base_url: str
 ) -> tuple[aiohttp.ClientResponse, str]:
-    """POST the exchange's request upstream; an error status raises with its message."""
-    url = request.app[SETTINGS].upstream_url + PATHS[exchange.chat.kind]
+    """POST the exchange's request to one upstream; an error status raises with its
+    message, a connection that never reached it raises BackendDown (routing may try
+    another backend)."""
+    url = base_url + PATHS[exchange.chat.kind]
     body = orjson.dumps(upstream_body(exchange.chat))
     try:
         response = await request.app[UPSTREAM].post(url, data=body,
                                                      headers=forwarded_headers(request))
+    except NEVER_REACHED as exc:
+        raise BackendDown(upstream_error(exc, url, "connect")) from exc
     except UPSTREAM_FAILURES as exc:
         raise upstream_error(exc, url, "connect") from exc
     if response.status >= 400:
@@ -56,9 +68,16 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
     )
     connector = aiohttp.TCPConnector(limit=256, ttl_dns_cache=300)
+    pool = app[POOL] = UpstreamPool(settings)
     # No cookie jar: cookies one upstream answer sets must never ride on another
     # client's request.
     async with aiohttp.ClientSession(timeout=timeout, connector=connector,
                                      cookie_jar=aiohttp.DummyCookieJar()) as session:
         app[UPSTREAM] = session
+        # Health checks only when there is a choice of backend to make.
+        checks = asyncio.create_task(pool.watch(session)) if pool.routed else None
         yield
+        if checks is not None:
+            checks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checks

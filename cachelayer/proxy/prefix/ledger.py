@@ -138,6 +138,8 @@ class PrefixLedger:
         # Prefixes known to have been answered before, with their measured size (0: none).
         self._known: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
+        # Also handed every flushed batch of records (the shared ledger in Redis).
+        self.on_flush: Callable[[dict[str, PrefixRecord]], None] | None = None
 
     def measured_size(self, prefix_id: str) -> int | None:
         """The backend-counted size of a prefix in tokens, if one is known in memory."""
@@ -226,6 +228,8 @@ class PrefixLedger:
             pending, self._pending = self._pending, {}
         if not pending:
             return
+        if self.on_flush is not None:
+            self.on_flush(pending)
         try:
             with self._cache.transact():
                 for prefix_id, delta in pending.items():

@@ -11,16 +11,18 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from cachelayer.errors import (
     AuthenticationRequired,
     Forbidden,
     InvalidRequest,
+    StoreUnavailable,
     UpstreamStatusError,
 )
 from cachelayer.proxy.forward.errors import UPSTREAM_FAILURES, upstream_error
-from cachelayer.proxy.state import LEDGER, SETTINGS, STORE, UPSTREAM
-from cachelayer.telemetry.export import metrics_document
+from cachelayer.proxy.state import LEDGER, POOL, SETTINGS, SHARED, STORE, UPSTREAM
+from cachelayer.telemetry.export import metrics_document, routing_stats, sync_ledger
 
 log = logging.getLogger(__name__)
 _HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
@@ -33,7 +35,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 async def models(request: web.Request) -> web.Response:
     """GET /v1/models, forwarded to the upstream."""
-    url = request.app[SETTINGS].upstream_url + "/v1/models"
+    url = request.app[POOL].first_healthy() + "/v1/models"
     try:
         async with request.app[UPSTREAM].get(url) as upstream:
             body = await upstream.read()
@@ -47,8 +49,20 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    """GET /health: the proxy is up; whether the upstream answers; whether the store writes."""
-    url = request.app[SETTINGS].upstream_url
+    """GET /health: the proxy is up; whether the upstream answers; whether the store writes.
+
+    With several upstreams, `backends` shows each; with a shared store, `store` names it
+    (password removed) and says why it is not used when it is down."""
+    app = request.app
+    routing = routing_stats(app)
+    if routing is not None:
+        backends = routing["backends"]
+        body = _health_body(app, {"ok": any(b["healthy"] for b in backends),
+                                  "healthy": sum(b["healthy"] for b in backends),
+                                  "of": len(backends)})
+        body["backends"] = backends
+        return _json(body)
+    url = app[SETTINGS].upstream_url
     upstream: dict[str, Any] = {"url": url}
     try:
         async with request.app[UPSTREAM].get(url + "/v1/models", timeout=_HEALTH_TIMEOUT) as r:
@@ -57,11 +71,22 @@ async def health(request: web.Request) -> web.Response:
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         upstream["ok"] = False
         upstream["error"] = str(exc) or type(exc).__name__
-    degraded = request.app[STORE].degraded
-    ledger = request.app[LEDGER].degraded
-    return _json({"status": "degraded" if degraded or ledger else "ok", "upstream": upstream,
-                  "store": {"ok": degraded is None, "error": degraded},
-                  "ledger": {"ok": ledger is None, "error": ledger}})
+    return _json(_health_body(app, upstream))
+
+
+def _health_body(app: web.Application, upstream: dict[str, Any]) -> dict[str, Any]:
+    store = app[STORE]
+    degraded, ledger = store.degraded, app[LEDGER].degraded
+    shared = app.get(SHARED)
+    store_part: dict[str, Any] = {"ok": degraded is None, "error": degraded}
+    if store.kind != "diskcache":
+        store_part["backend"] = store.kind
+        store_part["url"] = app[SETTINGS].store_label
+    ledger_part: dict[str, Any] = {"ok": ledger is None, "error": ledger}
+    if shared is not None:
+        ledger_part["shared"] = {"ok": shared.error is None, "error": shared.error}
+    return {"status": "degraded" if degraded or ledger else "ok", "upstream": upstream,
+            "store": store_part, "ledger": ledger_part}
 
 
 def require_admin(request: web.Request) -> None:
@@ -82,8 +107,11 @@ def require_admin(request: web.Request) -> None:
 
 async def stats(request: web.Request) -> web.Response:
     """GET /cache/stats: the metrics document, live."""
+    app = request.app
+    if app.get(SHARED) is not None:  # fresh shared totals: push ours, read everyone's
+        await sync_ledger(app)
     loop = asyncio.get_running_loop()
-    return _json(await loop.run_in_executor(None, metrics_document, request.app))
+    return _json(await loop.run_in_executor(None, metrics_document, app))
 
 
 async def clear(request: web.Request) -> web.Response:
@@ -96,9 +124,15 @@ async def clear(request: web.Request) -> web.Response:
     loop = asyncio.get_running_loop()
     removed: dict[str, int] = {}
     if "responses" in what:
-        removed["responses"] = await loop.run_in_executor(None, request.app[STORE].clear)
+        removed["responses"] = await request.app[STORE].wipe()
     if "ledger" in what:
         await loop.run_in_executor(None, request.app[LEDGER].clear)
+        shared = request.app.get(SHARED)
+        if shared is not None:
+            try:
+                await shared.clear()
+            except (RedisError, OSError) as exc:
+                raise StoreUnavailable(f"cannot clear the shared ledger: {exc}") from exc
         removed["ledger"] = 1
     log.info("cleared %s", removed)
     return _json({"cleared": removed})

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from cachelayer.protocol.anthropic import AnthropicCodec, estimate_tokens
 from cachelayer.proxy.edge import CODECS, read_body
-from cachelayer.proxy.state import SETTINGS, UPSTREAM
+from cachelayer.proxy.state import POOL, UPSTREAM
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ _TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 async def upstream_count(request: web.Request, body: dict[str, Any]) -> int | None:
     """The upstream's own count for an OpenAI chat body, or None when it cannot give one."""
-    url = request.app[SETTINGS].upstream_url + COUNT_ROUTE
+    url = request.app[POOL].first_healthy() + COUNT_ROUTE
     headers = {"Content-Type": "application/json"}
     if "Authorization" in request.headers:
         headers["Authorization"] = request.headers["Authorization"]

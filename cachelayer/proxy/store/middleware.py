@@ -7,7 +7,6 @@ recorded a complete result on the exchange, this layer stores it off the request
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -27,7 +26,7 @@ from cachelayer.proxy.state import (
     CacheStatus,
     Exchange,
 )
-from cachelayer.proxy.store.backends.disk import ResponseStore
+from cachelayer.proxy.store.backends.base import AnswerStore
 from cachelayer.proxy.store.coalesce import Coalescer
 from cachelayer.proxy.store.keys import response_key
 from cachelayer.proxy.store.policy import decide, parse_cache_control, unstorable_reason
@@ -49,7 +48,7 @@ def request_key(request: web.Request, exchange: Exchange) -> str:
     key = memo.get(memo_key) if exchange.fingerprint else None
     if key is None:
         key = response_key(exchange.chat.kind, exchange.chat.body, tenant=tenant,
-                           upstream=request.app[SETTINGS].upstream_url)
+                           upstream=request.app[SETTINGS].upstream_identity)
         if exchange.fingerprint:
             memo.put(memo_key, key)
     return key
@@ -85,7 +84,7 @@ async def store_middleware(request: web.Request, handler: Handler) -> web.Stream
     key = request_key(request, exchange) if decision.lookup or decision.store else ""
     exchange.cache_status = CacheStatus.BYPASS
     if decision.lookup:
-        found = store.get(key)
+        found = await store.lookup(key)
         exchange.cache_status = CacheStatus.MISS
         if found is not None:
             age = found.age(time.time())
@@ -134,9 +133,8 @@ async def store_middleware(request: web.Request, handler: Handler) -> web.Stream
     return response
 
 
-async def _put(store: ResponseStore, ledger: Ledger, key: str, result: ChatResult) -> None:
-    loop = asyncio.get_running_loop()
-    outcome = await loop.run_in_executor(None, store.put, key, result)
+async def _put(store: AnswerStore, ledger: Ledger, key: str, result: ChatResult) -> None:
+    outcome = await store.save(key, result)
     if outcome.stored:
         ledger.count(c.RESPONSE_STORED)
         ledger.count(c.RESPONSE_EVICTIONS, outcome.evicted + outcome.expired)

@@ -8,6 +8,7 @@ which keeps a hit to one SQLite read on the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sqlite3
@@ -17,6 +18,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import diskcache
 
@@ -49,7 +51,7 @@ class HotAnswers:
     empties this memory before the next lookup.
     """
 
-    def __init__(self, marker: Path, max_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, marker: Path | None, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.marker = marker
         self.max_bytes = max_bytes
         self._entries: OrderedDict[str, tuple[StoredAnswer, int]] = OrderedDict()
@@ -62,7 +64,7 @@ class HotAnswers:
     def _read_generation(self) -> tuple[int, int]:
         # A stat per hit costs a twentieth of the hit: look at most every CHECK_EVERY_S.
         now = time.monotonic()
-        if now - self._checked_at < CHECK_EVERY_S:
+        if self.marker is None or now - self._checked_at < CHECK_EVERY_S:
             return self._generation
         self._checked_at = now
         try:
@@ -105,9 +107,16 @@ class HotAnswers:
             if old:
                 self._bytes -= old[1]
 
+    def forget_all(self) -> None:
+        """Forget every answer (the shared store was cleared elsewhere)."""
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
     def bump_generation(self) -> None:
         """Tell every process's memory that the store was cleared."""
-        write_atomic(self.marker, str(time.time_ns()).encode())
+        if self.marker is not None:
+            write_atomic(self.marker, str(time.time_ns()).encode())
         with self._lock:
             self._entries.clear()
             self._bytes = 0
@@ -135,6 +144,7 @@ class ResponseStore:
         size_limit: int,
         ttl_s: float,
         entry_max_bytes: int,
+        hot_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.directory = directory
         self.size_limit = size_limit
@@ -144,7 +154,7 @@ class ResponseStore:
         # Answers on their way to disk: a repeat that arrives before the write lands
         # must still be a hit (agents re-send at once).
         self._staged: dict[str, StoredAnswer] = {}
-        self._hot = HotAnswers(directory / GENERATION_MARKER)
+        self._hot = HotAnswers(directory / GENERATION_MARKER, hot_bytes)
         self._cache: diskcache.Cache | None = None
         try:
             self._cache = diskcache.Cache(
@@ -269,3 +279,31 @@ class ResponseStore:
         """Close the underlying database connections."""
         if self._cache is not None:
             self._cache.close()
+
+    # The async face every store backend shares (backends/base.py's AnswerStore). A hit
+    # stays one SQLite read on the loop, as before; writes and clears go off the loop.
+    kind = "diskcache"
+
+    async def lookup(self, key: str) -> StoredAnswer | None:
+        """get(), as the shared interface spells it."""
+        return self.get(key)
+
+    async def save(self, key: str, result: ChatResult) -> PutOutcome:
+        """put(), off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.put, key, result)
+
+    async def wipe(self) -> int:
+        """clear(), off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.clear)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Live numbers for the metrics (blocking: counts in SQLite)."""
+        return {"backend": self.kind, "entries": len(self), "bytes": self.volume(),
+                "limitBytes": self.size_limit, "degraded": self.degraded}
+
+    async def start(self) -> None:
+        """Nothing to connect to: diskcache opened in the constructor."""
+
+    async def aclose(self) -> None:
+        """close(), as the shared interface spells it."""
+        self.close()

@@ -1,0 +1,90 @@
+"""A real redis-server (Debian's package) on a free 127.0.0.1 port in a temp dir: started
+for a test, killable and restartable on the same port mid-test, always stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from tests.support.processes import free_port, terminate
+
+REDIS_SERVER = "redis-server"
+
+
+@dataclass
+class RedisServer:
+    """One redis-server child; no persistence, so a restart comes back empty."""
+
+    directory: Path
+    password: str | None = None
+    maxmemory: str | None = None
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0, *, with_password: bool = True) -> str:
+        """redis://[:password@]127.0.0.1:port/db."""
+        auth = f":{self.password}@" if self.password and with_password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+
+    def client(self, db: int = 0) -> redis.Redis:
+        """A blocking client for assertions."""
+        return redis.Redis(host="127.0.0.1", port=self.port, db=db, password=self.password,
+                           socket_timeout=5)
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Start (or restart) on the same port and wait until it answers PING."""
+        binary = shutil.which(REDIS_SERVER)
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server; "
+                               ".ci/run does it)")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", str(self.directory), "--save", "", "--appendonly", "no",
+                "--daemonize", "no", "--loglevel", "warning"]
+        if self.password:
+            argv += ["--requirepass", self.password]
+        if self.maxmemory:
+            argv += ["--maxmemory", self.maxmemory, "--maxmemory-policy", "allkeys-lru"]
+        log = (self.directory / "redis.log").open("ab")
+        with log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            with contextlib.suppress(redis.RedisError, OSError):
+                if self.client().ping():
+                    return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+
+    def kill(self) -> None:
+        """SIGKILL: the data is gone, clients see refused connections."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL."""
+        if self.proc is not None:
+            terminate(self.proc, 10)
+
+
+@contextlib.contextmanager
+def running_redis(directory: Path, **kwargs: object) -> Iterator[RedisServer]:
+    """A started RedisServer, always stopped on exit."""
+    server = RedisServer(directory, **kwargs)  # type: ignore[arg-type]
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
