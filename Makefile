@@ -7,7 +7,7 @@ ARGS ?=
 CLAUDE_CODE_VERSION ?= 2.1.197
 CLAUDE := .e2e/node_modules/.bin/claude
 
-.PHONY: serve test lint unit check bench clean
+.PHONY: serve test lint unit check bench clean system-deps
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,15 @@ $(CLAUDE):
 	npm install --prefix .e2e --no-audit --no-fund --loglevel=error \
 		@anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
 
-test: $(BIN)/.installed $(CLAUDE) lint  ## create the virtualenv, install, lint, run every test
+# The scale-out tests run a real redis-server and its benchmark uses wrk (Debian packages).
+system-deps:
+	@if ! command -v redis-server >/dev/null || ! command -v wrk >/dev/null; then \
+		SUDO=""; [ "$$(id -u)" -ne 0 ] && SUDO="sudo"; \
+		$$SUDO apt-get update -qq >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server wrk >/dev/null; \
+	fi
+
+test: $(BIN)/.installed $(CLAUDE) system-deps lint  ## create the virtualenv, install, lint, run every test
 	$(BIN)/pytest
 
 unit: $(BIN)/.installed  ## the quick loop (under a minute): lint, then every test not marked slow
