@@ -187,7 +187,9 @@ class PrefixLedger:
             size = self._known.get(ids.prefix_id) or 0
             if size:
                 delta.prefix_tokens, delta.prefix_tokens_estimated = size, False
-            elif estimate is not None and usage is not None:
+            elif estimate is not None and usage is not None and not from_store:
+                # Only a backend answer is classified against the prefix's size; a store
+                # replay needs none, and estimating costs two serialisations of the body.
                 delta.prefix_tokens = size = estimate()
             if from_store:
                 delta.store_hits = 1
