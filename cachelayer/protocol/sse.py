@@ -64,12 +64,24 @@ async def replay_stream(
     headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
     """Send a complete result as one SSE stream in the client's API, without delay."""
-    response = web.StreamResponse(headers={**SSE_HEADERS, **(headers or {})})
-    await response.prepare(request)
+    return await write_sse(request, render_sse(codec, chat, result), headers)
+
+
+def render_sse(codec: Codec, chat: ChatRequest, result: ChatResult) -> bytes:
+    """A complete result as the bytes of one SSE stream in the client's API."""
     renderer = codec.stream_renderer(chat)
     body = b"".join(renderer.render(event) for event in result_events(result))
+    return body + renderer.close()
+
+
+async def write_sse(
+    request: web.Request, body: bytes, headers: dict[str, str] | None = None
+) -> web.StreamResponse:
+    """Send already rendered SSE bytes as one stream."""
+    response = web.StreamResponse(headers={**SSE_HEADERS, **(headers or {})})
+    await response.prepare(request)
     try:
-        await response.write(body + renderer.close())
+        await response.write(body)
         await response.write_eof()
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         log.info("client went away during a replay")

@@ -8,6 +8,7 @@ log record emitted while serving the request names it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import re
@@ -37,9 +38,15 @@ REDACTED = "[redacted]"
 
 def request_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
     """The credential values a request carries (with and without `Bearer `)."""
+    return _secrets_of(headers.get("Authorization", ""), headers.get("x-api-key", ""))
+
+
+@functools.lru_cache(maxsize=256)
+def _secrets_of(*values: str) -> tuple[str, ...]:
+    # Remembered per distinct credential pair: clients send the same one on every request.
     found: list[str] = []
-    for name in ("Authorization", "x-api-key"):
-        value = headers.get(name, "").strip()
+    for value in values:
+        value = value.strip()
         if value:
             found.append(value)
             if value.lower().startswith("bearer "):

@@ -77,16 +77,20 @@ class PrefixRecord:
 
     def merge(self, other: PrefixRecord) -> None:
         """Add another record's counts into this one (other is the newer)."""
-        for name in ("requests", "hits", "partial", "misses", "prompt_tokens",
-                     "reused_tokens", "estimated_reused_tokens", "store_hits",
-                     "store_tokens_saved"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        # Spelled out, not a getattr loop: this runs once per answered request.
+        self.requests += other.requests
+        self.hits += other.hits
+        self.partial += other.partial
+        self.misses += other.misses
+        self.prompt_tokens += other.prompt_tokens
+        self.reused_tokens += other.reused_tokens
+        self.estimated_reused_tokens += other.estimated_reused_tokens
+        self.store_hits += other.store_hits
+        self.store_tokens_saved += other.store_tokens_saved
         self.tools = other.tools or self.tools
-        seen = [x for x in (self.first_seen, other.first_seen) if x]
-        self.first_seen = min(seen) if seen else 0.0
+        self.first_seen = _min_set(self.first_seen, other.first_seen)
         self.last_seen = max(self.last_seen, other.last_seen)
-        mins = [x for x in (self.min_prompt_tokens, other.min_prompt_tokens) if x]
-        self.min_prompt_tokens = min(mins) if mins else 0
+        self.min_prompt_tokens = int(_min_set(self.min_prompt_tokens, other.min_prompt_tokens))
         # A measured size beats an estimate; the newer of two of a kind wins.
         if other.prefix_tokens and (not other.prefix_tokens_estimated
                                     or self.prefix_tokens_estimated or not self.prefix_tokens):
@@ -102,6 +106,13 @@ class PrefixRecord:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in names}) if isinstance(
             raw, dict) else cls()
+
+
+def _min_set(a: float, b: float) -> float:
+    """The smaller of two values where 0 means 'not set'."""
+    if not a:
+        return b
+    return min(a, b) if b else a
 
 
 def change_reason(previous: tuple[str, str] | None, ids: PrefixIds) -> MissReason:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Hashable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from cachelayer.protocol.chat import ChatResult
-from cachelayer.protocol.sse import replay_stream
+from cachelayer.protocol.sse import render_sse, write_sse
 from cachelayer.proxy.identity import tenant_id
 from cachelayer.proxy.memo import Memo
 from cachelayer.proxy.state import (
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 KEY_MEMO = web.AppKey("key_memo", Memo[str])
 COALESCER = web.AppKey("coalescer", Coalescer)
+# Rendered answers are a few KB; 256 of them cover every agent session in flight.
+RENDER_MEMO = web.AppKey("render_memo", Memo[bytes])
 
 
 def request_key(request: web.Request, exchange: Exchange) -> str:
@@ -57,18 +60,36 @@ def request_key(request: web.Request, exchange: Exchange) -> str:
 def setup_store_layer(app: web.Application) -> None:
     """Install the layer's state on the app (the store itself opens in a cleanup context)."""
     app[KEY_MEMO] = Memo(entries=256)
+    app[RENDER_MEMO] = Memo(entries=256)
     app[COALESCER] = Coalescer()
 
 
+def render(exchange: Exchange, result: ChatResult) -> bytes:
+    """A stored result in the client's API: one JSON body, or one SSE stream's bytes."""
+    if exchange.chat.stream:
+        return render_sse(exchange.codec, exchange.chat, result)
+    return exchange.codec.render_response(result, exchange.chat)
+
+
 async def replay(
-    request: web.Request, exchange: Exchange, result: ChatResult, age: float
+    request: web.Request, exchange: Exchange, result: ChatResult, age: float,
+    memo_key: Hashable | None = None,
 ) -> web.StreamResponse:
-    """Answer from a stored result, as JSON or SSE per the current request's stream flag."""
+    """Answer from a stored result, as JSON or SSE per the current request's stream flag.
+
+    With a memo key (the raw request's digest, the store key and when the answer was
+    stored), the rendered bytes of a repeat are reused: rendering is pure.
+    """
+    memo = request.app[RENDER_MEMO]
+    body = memo.get(memo_key) if memo_key is not None else None
+    if body is None:
+        body = render(exchange, result)
+        if memo_key is not None:
+            memo.put(memo_key, body)
     headers = {"Age": str(int(age))}
     if exchange.chat.stream:
-        return await replay_stream(request, exchange.codec, exchange.chat, result, headers)
-    return web.Response(body=exchange.codec.render_response(result, exchange.chat),
-                        content_type="application/json", headers=headers)
+        return await write_sse(request, body, headers)
+    return web.Response(body=body, content_type="application/json", headers=headers)
 
 
 @web.middleware
@@ -92,7 +113,9 @@ async def store_middleware(request: web.Request, handler: Handler) -> web.Stream
                 exchange.cache_status = CacheStatus.HIT
                 exchange.result = found.result
                 ledger.count(c.RESPONSE_HITS)
-                return await replay(request, exchange, found.result, age)
+                memo_key = ((exchange.fingerprint, key, found.stored_at)
+                            if exchange.fingerprint else None)
+                return await replay(request, exchange, found.result, age, memo_key)
             exchange.cache_status = CacheStatus.EXPIRED
     coalescer = app[COALESCER]
     leads = False
