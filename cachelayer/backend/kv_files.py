@@ -1,113 +1,44 @@
 """Pure file operations on the KV cache directory; no mlx import.
 
 The proxy (`cachelayer stats`, `cachelayer clear --kv`) imports this module, so
-it must stay cheap: it reads safetensors headers and JSON, never tensors.
+it must stay cheap: it lists files and reads JSON, never tensors.
 
-Layout::
+Layout (see kv_blocks.py for the file format)::
 
     <kv-dir>/kv-stats.json                      counters, rewritten atomically
-    <kv-dir>/<model-fingerprint>/<hash>.safetensors
-    <kv-dir>/<model-fingerprint>/.tmp-*.safetensors   writes in progress
+    <kv-dir>/<model-fingerprint>/<chain-hash>.kvb   a block of per-token KV
+    <kv-dir>/<model-fingerprint>/<id>.kvc           a state checkpoint
+    <kv-dir>/<model-fingerprint>/.tmp-*              writes in progress
+    <kv-dir>/<model-fingerprint>/*.safetensors       the old whole-prompt format
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import json
-import os
-import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cachelayer.backend.kv_blocks import BLOCK_SUFFIX, CKPT_SUFFIX
 from cachelayer.fs import TMP_PREFIX, write_atomic
 
-# Stored in every file; a file without it (or with another value) is foreign.
-FORMAT = "cachelayer-kv/1"
 STATS_NAME = "kv-stats.json"
-SUFFIX = ".safetensors"
-# A safetensors header beyond this is not one of ours (token ids of a 1M-token
-# prompt take ~5.4 MB as base64); refusing it bounds what a bad file can cost.
-MAX_HEADER_BYTES = 64 << 20
+# The old whole-prompt files: removed by the backend at start-up, and by `clear --kv`.
+OLD_SUFFIX = ".safetensors"
+# Mixed into every fingerprint. Unchanged from the first format on purpose: a model
+# keeps its directory, so the backend finds (and removes) its old-format files.
+_FINGERPRINT_SALT = "cachelayer-kv/1"
 # Reading this much from each end of a weight file identifies its content
 # cheaply; with names, sizes and mtimes it separates any two real checkpoints.
 _SAMPLE_BYTES = 1 << 20
-
-
-@dataclass(frozen=True)
-class EntryInfo:
-    """What the header of one stored prompt cache says about it."""
-
-    path: Path
-    tokens: tuple[int, ...]
-    fingerprint: str
-    nbytes: int
-    mtime: float
-    trimmable: bool
-
-
-def encode_tokens(tokens: list[int] | tuple[int, ...]) -> str:
-    """Token ids as base64 of little-endian uint32s (compact safetensors metadata)."""
-    return base64.b64encode(struct.pack(f"<{len(tokens)}I", *tokens)).decode("ascii")
-
-
-def decode_tokens(text: str) -> tuple[int, ...]:
-    """Inverse of encode_tokens; raises ValueError on malformed input."""
-    raw = base64.b64decode(text.encode("ascii"), validate=True)
-    if len(raw) % 4:
-        raise ValueError("token blob length is not a multiple of 4")
-    return struct.unpack(f"<{len(raw) // 4}I", raw)
-
-
-def tokens_hash(tokens: list[int] | tuple[int, ...]) -> str:
-    """File stem for a token sequence: stable across processes and versions."""
-    return hashlib.sha256(encode_tokens(tokens).encode("ascii")).hexdigest()[:32]
-
-
-def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """Parse a safetensors header and check the file is as long as it claims."""
-    with path.open("rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        prefix = f.read(8)
-        if len(prefix) != 8:
-            raise ValueError("file shorter than a safetensors prefix")
-        (header_len,) = struct.unpack("<Q", prefix)
-        if header_len > min(MAX_HEADER_BYTES, size - 8):
-            raise ValueError(f"implausible header length {header_len}")
-        header = json.loads(f.read(header_len))
-    if not isinstance(header, dict):
-        raise ValueError("header is not a JSON object")
-    data_end = 0
-    for name, spec in header.items():
-        if name != "__metadata__":
-            data_end = max(data_end, int(spec["data_offsets"][1]))
-    # A truncated file is caught here, before any tensor is read.
-    if 8 + header_len + data_end != size:
-        raise ValueError(f"file is {size} bytes, header says {8 + header_len + data_end}")
-    return header
-
-
-def read_entry_info(path: Path) -> EntryInfo:
-    """Describe one stored prompt cache from its header; ValueError if not ours."""
-    header = read_safetensors_header(path)
-    meta = header.get("__metadata__") or {}
-    # save_prompt_cache flattens [metadata, classes, scalars]: ours is "0.*".
-    if meta.get("0.format") != FORMAT:
-        raise ValueError("not a cachelayer prompt cache")
-    tokens = decode_tokens(meta["0.tokens"])
-    if int(meta["0.n_tokens"]) != len(tokens) or not tokens:
-        raise ValueError("token count does not match")
-    st = path.stat()
-    trimmable = meta.get("0.trimmable") == "1"
-    return EntryInfo(path, tokens, meta["0.fingerprint"], st.st_size, st.st_mtime, trimmable)
+_SUFFIXES = (BLOCK_SUFFIX, CKPT_SUFFIX, OLD_SUFFIX)
 
 
 def model_fingerprint(model_dir: Path) -> str:
     """Identify a model by its config and weight files, without reading all weights."""
-    digest = hashlib.sha256(FORMAT.encode())
+    digest = hashlib.sha256(_FINGERPRINT_SALT.encode())
     digest.update((model_dir / "config.json").read_bytes())
     weights = sorted(model_dir.glob("*.safetensors"))
     if not weights:
@@ -128,19 +59,19 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def iter_cache_files(kv_dir: Path) -> Iterator[Path]:
-    """Every stored prompt cache file under `kv_dir`, all models, temp files excluded."""
+    """Every block, checkpoint and old-format file under `kv_dir`, all models, no temp files."""
     if not kv_dir.is_dir():
         return
     for model_dir in sorted(kv_dir.iterdir()):
         if model_dir.is_dir() and not model_dir.name.startswith("."):
-            for path in sorted(model_dir.glob(f"*{SUFFIX}")):
-                if not path.name.startswith("."):
+            for path in sorted(model_dir.iterdir()):
+                if path.suffix in _SUFFIXES and not path.name.startswith("."):
                     yield path
 
 
 def kv_stats(kv_dir: Path) -> dict[str, Any]:
-    """Files and bytes on disk now, plus the counters a backend last exported."""
-    files = 0
+    """Blocks, checkpoints and bytes on disk now, plus the counters a backend last exported."""
+    counts = {BLOCK_SUFFIX: 0, CKPT_SUFFIX: 0, OLD_SUFFIX: 0}
     nbytes = 0
     models = 0
     if kv_dir.is_dir():
@@ -148,7 +79,7 @@ def kv_stats(kv_dir: Path) -> dict[str, Any]:
     for path in iter_cache_files(kv_dir):
         with contextlib.suppress(FileNotFoundError):  # a concurrent eviction
             nbytes += path.stat().st_size
-            files += 1
+            counts[path.suffix] += 1
     result: dict[str, Any] = {"kv_dir": str(kv_dir), "models": models}
     try:
         exported = json.loads((kv_dir / STATS_NAME).read_text())
@@ -157,16 +88,19 @@ def kv_stats(kv_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         pass
     # The disk is the truth for files and bytes; the export may be stale.
-    result["files"] = files
+    result["blocks"] = counts[BLOCK_SUFFIX]
+    result["checkpoints"] = counts[CKPT_SUFFIX]
+    result["old_format_files"] = counts[OLD_SUFFIX]
+    result["files"] = sum(counts.values())
     result["bytes"] = nbytes
     return result
 
 
 def clear_kv(kv_dir: Path) -> tuple[int, int]:
-    """Remove every stored prompt cache; returns (files removed, bytes freed).
+    """Remove every stored block, checkpoint and old file; returns (files removed, bytes freed).
 
-    Safe while a backend runs: it treats a vanished file as a miss, and its
-    in-flight writes land under temp names that are swept here too.
+    Safe while a backend runs: it treats a vanished block as the end of its
+    chain, and its in-flight writes land under temp names that are swept here too.
     """
     removed = 0
     freed = 0
@@ -175,13 +109,16 @@ def clear_kv(kv_dir: Path) -> tuple[int, int]:
     for model_dir in kv_dir.iterdir():
         if not model_dir.is_dir():
             continue
-        for path in model_dir.glob(f"*{SUFFIX}"):
+        for path in model_dir.iterdir():
+            temp = path.name.startswith(TMP_PREFIX)
+            if not temp and path.suffix not in _SUFFIXES:
+                continue
             try:
                 size = path.stat().st_size
                 path.unlink()
-            except FileNotFoundError:
+            except (FileNotFoundError, IsADirectoryError):
                 continue
-            if not path.name.startswith(TMP_PREFIX):
+            if not temp:
                 removed += 1
                 freed += size
     return removed, freed

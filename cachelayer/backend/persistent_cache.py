@@ -1,10 +1,11 @@
-"""mlx-lm's in-memory `LRUPromptCache` with a `PromptStore` on disk behind it.
+"""mlx-lm's in-memory `LRUPromptCache` (the hot tier) with a `PagedStore` on disk behind it.
 
 mlx_lm.server's `ResponseGenerator` calls `fetch_nearest_cache` before each
 prefill and `insert_cache` after each prompt segment and each answer. This
 subclass keeps that behaviour and adds the disk: lookups fall through to the
-files when memory has a shorter prefix, and inserts are queued for a writer
-thread so the request never waits for a file.
+paged store when it holds a longer prefix than memory, and every insert (the
+system-segment checkpoint included) is queued for a writer thread, which
+writes only the blocks the store does not have yet.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import LRUPromptCache
 
+from cachelayer.backend.kv_codec import cache_tokens, layer_kinds
 from cachelayer.backend.kv_files import STATS_NAME, write_json_atomic
-from cachelayer.backend.prompt_store import PromptStore, cache_length
+from cachelayer.backend.paged_store import PagedStore
 
 logger = logging.getLogger(__name__)
 
@@ -36,56 +38,80 @@ _STOP = object()
 
 
 class PersistentPromptCache(LRUPromptCache):
-    """An `LRUPromptCache` whose entries also persist as files via a `PromptStore`."""
+    """An `LRUPromptCache` whose entries also persist as paged blocks via a `PagedStore`."""
 
     def __init__(
         self,
-        store: PromptStore,
+        store: PagedStore,
         persist_key: Any,
         *,
         max_size: int = 10,
         max_bytes: int = 1 << 63,
         model_name: str = "",
+        family: str = "",
+        kinds: tuple[str, ...] | None = None,
     ) -> None:
-        """Wrap `store`; only caches of model key `persist_key` go to disk."""
+        """Wrap `store`; only caches of model key `persist_key` and layer `kinds` go to disk."""
         super().__init__(max_size=max_size, max_bytes=max_bytes)
         self.store = store
         self.persist_key = persist_key
         self.model_name = model_name
+        self.family = family
+        self.kinds = kinds
+        self.reuse = {"requests": 0, "prompt_tokens": 0, "reused_tokens": 0}
         self.stats_path: Path = store.kv_dir / STATS_NAME
         self.started_at = datetime.datetime.now(datetime.timezone.utc).isoformat()
         self._queue: queue.Queue[Any] = queue.Queue()
         self._stats_dirty = threading.Event()
+        self._drop_pending = threading.Event()
+        self.writes_dropped = 0
+        self._unsupported_logged = False
         self._writer = threading.Thread(target=self._write_loop, name="kv-writer", daemon=True)
         self._writer.start()
+
+    def set_kinds(self, prompt_cache: list[Any]) -> None:
+        """Learn the model's layer kinds from a fresh cache; unsupported means memory-only."""
+        self.kinds = layer_kinds(prompt_cache)
+        if self.kinds is None:
+            self._log_unsupported(prompt_cache)
+
+    def _log_unsupported(self, prompt_cache: list[Any]) -> None:
+        if not self._unsupported_logged:
+            self._unsupported_logged = True
+            names = sorted({type(c).__name__ for c in prompt_cache})
+            logger.warning("kv: cache kinds %s cannot be restored exactly from disk; "
+                           "this model's prompt caches stay in memory only", names)
 
     def fetch_nearest_cache(self, model: Any, tokens: list[int]) -> tuple[Any, list[int]]:
         """Nearest cache from memory, or from disk when the disk holds a longer prefix."""
         cache, rest = super().fetch_nearest_cache(model, tokens)
         from_memory = len(tokens) - len(rest)
-        if model == self.persist_key and len(tokens) > 1:
-            found = self.store.nearest(tokens)
-            if found is not None and found[1] > from_memory:
-                key, n_tokens = found
-                disk_cache = self.store.load(key, n_tokens)
-                if disk_cache is not None:
-                    self.store.count(
-                        lookups=1,
-                        disk_hits=1,
-                        tokens_restored_disk=n_tokens,
-                        tokens_prefilled=len(tokens) - n_tokens,
-                    )
-                    self._stats_dirty.set()
-                    logger.info("kv disk hit: %d of %d tokens", n_tokens, len(tokens))
-                    return disk_cache, tokens[n_tokens:]
-        self.store.count(
-            lookups=1,
-            memory_hits=1 if from_memory else 0,
-            tokens_restored_memory=from_memory,
-            tokens_prefilled=len(rest),
-        )
-        self._stats_dirty.set()
+        if model == self.persist_key and self.kinds is not None and len(tokens) > 1:
+            for _ in range(3):  # a bad file cuts the chain; the next try finds a shorter one
+                match = self.store.nearest(tokens, self.kinds)
+                if match is None or match.n_tokens <= from_memory:
+                    break
+                disk_cache = self.store.load(match, self.kinds)
+                if disk_cache is None:
+                    continue
+                n = match.n_tokens
+                self._count(len(tokens), n, disk=True)
+                logger.info("kv disk hit: %d of %d tokens", n, len(tokens))
+                return disk_cache, tokens[n:]
+        self._count(len(tokens), from_memory, disk=False)
         return cache, rest
+
+    def _count(self, n_prompt: int, reused: int, *, disk: bool) -> None:
+        if disk:
+            self.store.count(lookups=1, disk_hits=1, tokens_restored_disk=reused,
+                             tokens_prefilled=n_prompt - reused)
+        else:
+            self.store.count(lookups=1, memory_hits=1 if reused else 0,
+                             tokens_restored_memory=reused, tokens_prefilled=n_prompt - reused)
+        self.reuse["requests"] += 1
+        self.reuse["prompt_tokens"] += n_prompt
+        self.reuse["reused_tokens"] += reused
+        self._stats_dirty.set()
 
     def insert_cache(
         self,
@@ -97,9 +123,14 @@ class PersistentPromptCache(LRUPromptCache):
     ) -> None:
         """Insert into memory as mlx-lm does, and queue a disk write if long enough."""
         super().insert_cache(model, tokens, prompt_cache, cache_type=cache_type)
-        if model != self.persist_key or len(tokens) < self.store.min_tokens:
+        if model != self.persist_key or self.kinds is None or len(tokens) < self.store.min_tokens:
             return
-        n = cache_length(prompt_cache)
+        kinds = layer_kinds(prompt_cache)
+        if kinds != self.kinds:
+            if kinds is None:
+                self._log_unsupported(prompt_cache)
+            return
+        n = cache_tokens(prompt_cache)
         if n is None or n > len(tokens) or n < self.store.min_tokens:
             return  # not a cache we can describe by its tokens
         # Shallow copies share the (immutable) arrays but not the offsets, so a
@@ -107,6 +138,9 @@ class PersistentPromptCache(LRUPromptCache):
         # arrays are evaluated here, on the generation thread, so the writer
         # only reads finished buffers and never builds mlx graphs of its own.
         snapshot = [copy.copy(c) for c in prompt_cache]
+        for c, kind in zip(snapshot, kinds, strict=True):
+            if kind == "arrays":
+                c.cache = list(c.cache)  # the live cache assigns into this list
         mx.eval([c.state for c in snapshot])
         self._queue.put((tuple(tokens[:n]), snapshot))
 
@@ -118,8 +152,12 @@ class PersistentPromptCache(LRUPromptCache):
         self.export_stats()
         return not self._queue.unfinished_tasks
 
+    def drop_pending(self) -> None:
+        """Skip queued writes that have not started (a second shutdown signal); never blocks."""
+        self._drop_pending.set()
+
     def close(self, timeout: float = 60.0) -> None:
-        """Finish queued writes, export the stats, stop the writer thread."""
+        """Finish queued writes (each lands whole or not at all), export stats, stop the writer."""
         self._queue.put(_STOP)
         self._writer.join(timeout)
         self.export_stats()
@@ -129,9 +167,14 @@ class PersistentPromptCache(LRUPromptCache):
         return {
             **self.store.stats(),
             "model": self.model_name,
+            "family": self.family,
+            "kinds": sorted(set(self.kinds)) if self.kinds else None,
+            "persisted": self.kinds is not None,
+            "reuse_by_family": {self.family or "?": dict(self.reuse)},
             "kv_dir": str(self.store.kv_dir),
             "memory": {"sequences": len(self), "bytes": self.nbytes},
-            "pending_writes": self._queue.qsize(),
+            "pending_writes": self._queue.unfinished_tasks,
+            "writes_dropped": self.writes_dropped,
             "started_at": self.started_at,
             "updated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "pid": os.getpid(),
@@ -147,7 +190,7 @@ class PersistentPromptCache(LRUPromptCache):
 
     def _write_loop(self) -> None:
         # Below the generation thread in the CPU scheduler: on a small machine
-        # a 16 MB write must not slow the next request's prefill. (Linux
+        # a large write must not slow the next request's prefill. (Linux
         # threads are tasks, so this nices only this thread.)
         with contextlib.suppress(OSError, AttributeError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
@@ -161,8 +204,19 @@ class PersistentPromptCache(LRUPromptCache):
             if item is _STOP:
                 self._queue.task_done()
                 return
-            if item is not None:
-                self._write_batch(item)
+            if item is not None and self._drop_pending.is_set():
+                self.writes_dropped += 1  # dropped whole: none of its blocks is written
+                self._queue.task_done()
+            elif item is not None:
+                tokens, snapshot = item
+                try:
+                    assert self.kinds is not None
+                    if self.store.save(tokens, snapshot, self.kinds):
+                        self._stats_dirty.set()
+                except Exception:  # the writer must survive anything one file does
+                    logger.exception("kv writer failed on a %d-token cache", len(tokens))
+                finally:
+                    self._queue.task_done()
             now = time.monotonic()
             if now - last_reconcile > _RECONCILE_INTERVAL and self._queue.empty():
                 self.store.reconcile()
@@ -170,35 +224,3 @@ class PersistentPromptCache(LRUPromptCache):
             if self._stats_dirty.is_set() and now - last_stats > _STATS_INTERVAL:
                 self.export_stats()
                 last_stats = now
-
-    def _write_batch(self, first: tuple[tuple[int, ...], list[Any]]) -> None:
-        # One request queues up to three nested caches (system, prompt,
-        # prompt+answer); writing only those not extended by a later one
-        # saves the disk the churn.
-        items = [first]
-        stop = False
-        while True:
-            try:
-                nxt = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if nxt is _STOP:
-                stop = True
-                break
-            items.append(nxt)
-        for i, (tokens, snapshot) in enumerate(items):
-            extended = any(
-                len(later) > len(tokens) and later[: len(tokens)] == tokens
-                for later, _ in items[i + 1 :]
-            )
-            try:
-                if not extended:
-                    self.store.save(tokens, snapshot)
-                    self._stats_dirty.set()
-            except Exception:  # the writer must survive anything one file does
-                logger.exception("kv writer failed on a %d-token cache", len(tokens))
-            finally:
-                self._queue.task_done()
-        if stop:
-            self._queue.put(_STOP)
-            self._queue.task_done()  # the re-put counts once more; balance it

@@ -3,8 +3,9 @@
 Rather than fork mlx-lm's server, this reuses its `ModelProvider`,
 `ResponseGenerator` and `APIHandler` and changes three things:
 
-* the generator's `prompt_cache` is a `PersistentPromptCache` (memory LRU in
-  front of safetensors files), so a known prefix survives restarts;
+* the generator's `prompt_cache` is a `PersistentPromptCache` (mlx-lm's memory
+  LRU in front of a paged, content-addressed block store), so a known prefix
+  survives restarts;
 * every request is served by the one model given on the command line, whatever
   its `model` field says (mlx-lm would try to load that name from the hub);
 * two routes are added: `GET /v1/cachelayer/kv` (counters) and
@@ -23,11 +24,12 @@ import signal
 import threading
 import time
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from cachelayer.backend.kv_files import model_fingerprint
 from cachelayer.backend.models import resolve_model_dir
-from cachelayer.backend.settings import BackendSettings
+from cachelayer.backend.settings import BackendSettings, auto_kv_budget
 from cachelayer.fs import ensure_private_dir
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,14 @@ COUNT_TOKENS_ROUTE = "/v1/cachelayer/count_tokens"
 # The largest body count_tokens accepts; the chat routes keep mlx-lm's rules.
 _MAX_COUNT_BODY = 64 << 20
 
+
+
+def model_family(model_dir: Path) -> str:
+    """The `model_type` of a model directory's config ("" if unreadable)."""
+    try:
+        return str(json.loads((model_dir / "config.json").read_text()).get("model_type", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def mlx_cli_args(settings: BackendSettings) -> argparse.Namespace:
@@ -147,19 +157,22 @@ class Backend:
 
     def __init__(self, settings: BackendSettings) -> None:
         """Load the model, rebuild the disk index and bind the socket (not serving yet)."""
+        from mlx_lm.models.cache import make_prompt_cache
         from mlx_lm.server import ModelProvider, ResponseGenerator
 
+        from cachelayer.backend.paged_store import PagedStore
         from cachelayer.backend.persistent_cache import PersistentPromptCache
-        from cachelayer.backend.prompt_store import PromptStore
 
         self.settings = settings
         ensure_private_dir(settings.kv_dir)
-        fingerprint = model_fingerprint(resolve_model_dir(settings.model))
-        store = PromptStore(
+        model_dir = resolve_model_dir(settings.model)
+        fingerprint = model_fingerprint(model_dir)
+        store = PagedStore(
             settings.kv_dir,
             fingerprint,
-            max_bytes=settings.kv_max_bytes,
+            max_bytes=settings.kv_max_bytes or auto_kv_budget(settings.kv_dir),
             min_tokens=settings.kv_min_tokens,
+            block_tokens=settings.kv_block_tokens,
         )
         store.rebuild_index()
         self.prompt_cache = PersistentPromptCache(
@@ -167,8 +180,8 @@ class Backend:
             (settings.model, None, None),  # ModelProvider's key for the default model
             max_size=settings.prompt_cache_size,
             model_name=settings.model,
+            family=model_family(model_dir),
         )
-        self.prompt_cache.export_stats()
         provider = ModelProvider(mlx_cli_args(settings))
         self.generator = ResponseGenerator(provider, self.prompt_cache)
         # Listen only once the model is loaded, so a successful /health means ready.
@@ -176,6 +189,9 @@ class Backend:
             if not self.generator.generation_available():
                 raise RuntimeError(f"could not load model {settings.model}")
             time.sleep(0.05)
+        # The layer kinds decide what the disk can restore exactly (or nothing).
+        self.prompt_cache.set_kinds(make_prompt_cache(provider.model))
+        self.prompt_cache.export_stats()
         handler = make_handler_class(settings)
         self.httpd: ThreadingHTTPServer = ThreadingHTTPServer(
             (settings.host, settings.port),
@@ -208,16 +224,24 @@ def serve(settings: BackendSettings) -> int:
         level=getattr(logging, settings.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    backend = Backend(settings)
     stop = threading.Event()
+    backend: Backend | None = None
 
     def on_signal(signum: int, _frame: Any) -> None:
-        """Ask the main loop to shut down (signal handlers must stay small)."""
-        logger.info("signal %d: shutting down", signum)
+        """Ask the main loop to shut down. A repeated signal never aborts: queued kv
+        writes that have not started are dropped whole, the one in progress lands."""
+        if stop.is_set():
+            logger.info("signal %d again: dropping kv writes not yet started", signum)
+            if backend is not None:
+                backend.prompt_cache.drop_pending()
+        else:
+            logger.info("signal %d: shutting down", signum)
         stop.set()
 
+    # Installed before the model loads, so a signal during start-up is no abort either.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    backend = Backend(settings)
     server_thread = threading.Thread(target=backend.serve_forever, name="http", daemon=True)
     server_thread.start()
     # The main thread waits here because Python delivers signals only to it.

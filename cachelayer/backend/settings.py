@@ -6,6 +6,7 @@ nothing below the CLI reads environment variables.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,25 @@ from cachelayer.config import DEFAULT_BACKEND_PORT, Settings, default_data_dir, 
 
 DEFAULT_KV_MAX_BYTES = 8 << 30
 DEFAULT_KV_MIN_TOKENS = 256
-__all__ = ["DEFAULT_KV_MAX_BYTES", "DEFAULT_KV_MIN_TOKENS", "BackendSettings", "default_kv_dir",
-           "parse_size"]
+DEFAULT_KV_BLOCK_TOKENS = 256
+# The automatic disk budget: a quarter of the free space, within these bounds.
+_AUTO_MIN_BYTES = 1 << 30
+_AUTO_MAX_BYTES = 64 << 30
+__all__ = ["DEFAULT_KV_BLOCK_TOKENS", "DEFAULT_KV_MAX_BYTES", "DEFAULT_KV_MIN_TOKENS",
+           "BackendSettings", "auto_kv_budget", "default_kv_dir", "parse_size"]
+
+
+def auto_kv_budget(kv_dir: Path) -> int:
+    """The default KV byte budget: a quarter of the free disk at `kv_dir`, 1 to 64 GiB."""
+    probe = kv_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return DEFAULT_KV_MAX_BYTES
+    return max(_AUTO_MIN_BYTES, min(_AUTO_MAX_BYTES, free // 4))
+
 
 def default_kv_dir(env: Mapping[str, str]) -> Path:
     """`$XDG_CACHE_HOME/cachelayer/kv`, else `~/.cache/cachelayer/kv` (from `env`)."""
@@ -31,8 +49,10 @@ class BackendSettings:
     kv_dir: Path
     host: str = "127.0.0.1"
     port: int = DEFAULT_BACKEND_PORT
-    kv_max_bytes: int = DEFAULT_KV_MAX_BYTES
+    # None: sized from the free disk at start-up (auto_kv_budget).
+    kv_max_bytes: int | None = None
     kv_min_tokens: int = DEFAULT_KV_MIN_TOKENS
+    kv_block_tokens: int = DEFAULT_KV_BLOCK_TOKENS
     max_tokens: int = 512
     prefill_step_size: int = 2048
     chat_template_args: Mapping[str, Any] = field(default_factory=dict)

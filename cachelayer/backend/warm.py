@@ -76,7 +76,7 @@ def warm_local(
     system: str,
     tools: list[dict[str, Any]] | None,
     *,
-    kv_max_bytes: int,
+    kv_max_bytes: int | None,
     chat_template_args: dict[str, Any] | None = None,
 ) -> int:
     """Prefill the prefix with the model in-process and store it; returns an exit code."""
@@ -85,19 +85,27 @@ def warm_local(
     from mlx_lm.generate import generate_step
     from mlx_lm.models.cache import make_prompt_cache
 
+    from cachelayer.backend.kv_codec import layer_kinds
     from cachelayer.backend.kv_files import model_fingerprint
     from cachelayer.backend.models import resolve_model_dir
-    from cachelayer.backend.prompt_store import PromptStore
+    from cachelayer.backend.paged_store import PagedStore
+    from cachelayer.backend.settings import auto_kv_budget
 
     model_dir = resolve_model_dir(model)
     loaded = load(str(model_dir))
     lm, tokenizer = loaded[0], loaded[1]
+    kinds = layer_kinds(make_prompt_cache(lm))
+    if kinds is None:
+        print("this model's cache kinds cannot be stored on disk; nothing to warm",
+              file=sys.stderr)
+        return 1
     tokens = system_prefix_tokens(tokenizer, system, tools, chat_template_args)
     # min_tokens=1: the user asked for this prefix explicitly, whatever its length.
-    store = PromptStore(kv_dir, model_fingerprint(model_dir), max_bytes=kv_max_bytes, min_tokens=1)
+    store = PagedStore(kv_dir, model_fingerprint(model_dir),
+                       max_bytes=kv_max_bytes or auto_kv_budget(kv_dir), min_tokens=1)
     store.rebuild_index()
-    found = store.nearest([*tokens, 0])
-    if found is not None and found[1] >= len(tokens):
+    found = store.nearest([*tokens, 0], kinds)
+    if found is not None and found.n_tokens >= len(tokens):
         print(f"already cached: {len(tokens)} tokens")
         return 0
     prompt_cache = make_prompt_cache(lm)
@@ -110,10 +118,13 @@ def warm_local(
         prompt_progress_callback=bar,
     ):
         pass
-    if not store.save(tokens, prompt_cache):
+    mx.eval([c.state for c in prompt_cache])
+    written = store.save(tuple(tokens), prompt_cache, kinds)
+    stored = store.nearest([*tokens, 0], kinds)
+    if stored is None or stored.n_tokens < len(tokens):
         print("not stored (larger than --kv-max-bytes?)", file=sys.stderr)
         return 1
-    print(f"cached {len(tokens)} tokens in {store.root}")
+    print(f"cached {len(tokens)} tokens in {store.root} ({written} bytes written)")
     return 0
 
 

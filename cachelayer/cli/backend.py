@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cachelayer.backend.settings import (
-    DEFAULT_KV_MAX_BYTES,
+    DEFAULT_KV_BLOCK_TOKENS,
     DEFAULT_KV_MIN_TOKENS,
     BackendSettings,
     default_kv_dir,
@@ -56,8 +56,15 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kv-max-bytes",
         type=size_arg,
-        default=DEFAULT_KV_MAX_BYTES,
-        help="disk budget for prompt caches, e.g. 512M, 2G (default 8G)",
+        default=None,
+        help="disk budget for KV blocks and checkpoints, e.g. 512M, 20G "
+        "(default: a quarter of the free disk, 1G to 64G)",
+    )
+    parser.add_argument(
+        "--kv-block-tokens",
+        type=int,
+        default=DEFAULT_KV_BLOCK_TOKENS,
+        help=f"tokens per KV block on disk (default {DEFAULT_KV_BLOCK_TOKENS})",
     )
     parser.add_argument(
         "--kv-min-tokens",
@@ -100,6 +107,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Back
         port=args.port,
         kv_max_bytes=args.kv_max_bytes,
         kv_min_tokens=args.kv_min_tokens,
+        kv_block_tokens=args.kv_block_tokens,
         max_tokens=args.max_tokens,
         prefill_step_size=args.prefill_step_size,
         chat_template_args=dict(args.chat_template_args),
@@ -164,8 +172,8 @@ def add_warm_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--kv-max-bytes",
         type=size_arg,
-        default=DEFAULT_KV_MAX_BYTES,
-        help="disk budget, as for `cachelayer backend` (default 8G)",
+        default=None,
+        help="disk budget, as for `cachelayer backend` (default: from the free disk)",
     )
     parser.set_defaults(func=run_warm)
     return parser

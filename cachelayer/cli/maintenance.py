@@ -117,6 +117,16 @@ def format_stats(doc: dict[str, Any]) -> str:
     ]
     if "files" in kv:
         lines.append(_row("files / bytes on disk", f"{kv.get('files')} / {kv.get('bytes')}"))
+    if "blocks" in kv:
+        lines.append(_row("blocks / checkpoints", f"{kv.get('blocks')} / {kv.get('checkpoints')}"))
+        lines.append(_row("bytes written / read", f"{kv.get('bytes_written', 0)} / "
+                                                  f"{kv.get('bytes_read', 0)}"))
+        lines.append(_row("evicted blocks / checkpoints", f"{kv.get('evicted_blocks', 0)} / "
+                                                          f"{kv.get('evicted_checkpoints', 0)}"))
+        lines.append(_row("damaged files dropped", kv.get("corrupt_dropped", 0)))
+        for family, r in (kv.get("reuse_by_family") or {}).items():
+            lines.append(_row(f"reused ({family})", f"{r.get('reused_tokens', 0)} of "
+                                                    f"{r.get('prompt_tokens', 0)} tokens"))
     if "tokens_restored_disk" in kv:
         lines.append(_row("restored disk / memory", f"{kv.get('tokens_restored_disk', 0)} / "
                                                     f"{kv.get('tokens_restored_memory', 0)}"))

@@ -111,3 +111,28 @@ class Api:
 def api() -> type[Api]:
     """Request helpers and the shared prompt."""
     return Api
+
+
+@pytest.fixture(scope="session")
+def family_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """family_model_dir(name) -> a tiny random-weight model directory, built once."""
+    from cachelayer.backend.family_models import build_family_model
+
+    root = tmp_path_factory.mktemp("families")
+    return lambda family: build_family_model(root / family, family)
+
+
+def wait_for_writes(server: ServerProcess, timeout: float = 60.0) -> dict[str, Any]:
+    """Poll the kv route until the writer has nothing queued; returns the stats."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = get_json(server, "/v1/cachelayer/kv")
+        if stats["pending_writes"] == 0:
+            return dict(stats)
+        assert time.monotonic() < deadline, "kv writes did not finish"
+        time.sleep(0.05)
+
+
+Api.wait_for_writes = staticmethod(wait_for_writes)  # type: ignore[attr-defined]

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from cachelayer.backend.demo_model import build_demo_model
-from cachelayer.backend.kv_files import STATS_NAME, SUFFIX, clear_kv, kv_stats
+from cachelayer.backend.kv_blocks import BLOCK_SUFFIX
+from cachelayer.backend.kv_files import STATS_NAME, clear_kv, kv_stats
 from tests.support.processes import stop_server
 
 pytestmark = pytest.mark.slow  # real mlx inference, child servers or CLIs
@@ -21,7 +22,7 @@ StartBackend = Callable[..., Any]
 
 
 def _files(kv_dir: Path) -> list[Path]:
-    return sorted(kv_dir.glob(f"*/*{SUFFIX}"))
+    return sorted(kv_dir.glob(f"*/*{BLOCK_SUFFIX}"))
 
 
 def _wait_for_files(kv_dir: Path, n: int = 1, timeout: float = 30.0) -> list[Path]:
@@ -59,7 +60,7 @@ def test_first_request_after_restart_reuses_the_prefix_from_disk(
     assert api.cached_tokens(warm) < warm.usage.prompt_tokens
     stats = api.get_json(second, "/v1/cachelayer/kv")
     assert stats["tokens_restored_disk"] == api.cached_tokens(warm)
-    assert stats["disk_hits"] == 1 and stats["files"] >= 1
+    assert stats["disk_hits"] == 1 and stats["blocks"] >= 1
 
 
 def test_an_answer_from_a_restored_cache_equals_the_cold_answer(
@@ -99,19 +100,21 @@ def test_a_changed_model_reuses_nothing(
     assert len({p.parent.name for p in _wait_for_files(kv, 2)}) == 2
 
 
-def test_a_file_corrupted_while_running_is_survived_and_removed(
+def test_a_block_corrupted_while_running_is_survived_and_removed(
     demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any
 ) -> None:
     kv = tmp_path / "kv"
     second = _restart_after(start_backend, api, demo_model, kv)
-    (path,) = _files(kv)
+    first_block = min(_files(kv), key=lambda p: p.stat().st_mtime_ns)
     # Damaged after the index was built: only loading it can notice.
-    path.write_bytes(b"\xff" * 8 + path.read_bytes()[8:])
+    data = bytearray(first_block.read_bytes())
+    data[-10] ^= 0xFF
+    first_block.write_bytes(bytes(data))
     answer = api.chat(second, "hello again")
-    assert answer.choices and api.cached_tokens(answer) == 0
-    assert not path.exists()
-    assert api.get_json(second, "/v1/cachelayer/kv")["corrupt_removed"] == 1
-    assert "removing kv file" in second.log()
+    assert answer.choices
+    stats = api.get_json(second, "/v1/cachelayer/kv")
+    assert stats["corrupt_dropped"] >= 1
+    assert "dropping" in second.log()
 
 
 def test_clear_while_running_turns_hits_into_misses(
@@ -123,7 +126,7 @@ def test_clear_while_running_turns_hits_into_misses(
     assert removed >= 1 and freed > 0
     answer = api.chat(second, "hello again")
     assert api.cached_tokens(answer) == 0
-    assert api.get_json(second, "/v1/cachelayer/kv")["missing_files"] == 1
+    assert api.get_json(second, "/v1/cachelayer/kv")["missing_files"] >= 1
     # The answer itself is persisted again.
     assert _wait_for_files(kv)
 
@@ -136,12 +139,12 @@ def test_eviction_keeps_the_disk_under_the_limit(
     for i in range(4):
         api.chat(server, "hi", system=f"Session {i}. {api.system}")
     deadline = time.monotonic() + 30
-    while api.get_json(server, "/v1/cachelayer/kv")["writes"] < 4:
+    while api.get_json(server, "/v1/cachelayer/kv")["blocks_written"] < 16:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     stats = kv_stats(kv)
     assert 0 < stats["bytes"] <= 3 << 20
-    assert api.get_json(server, "/v1/cachelayer/kv")["evictions"] >= 1
+    assert api.get_json(server, "/v1/cachelayer/kv")["evicted_blocks"] >= 1
 
 
 def test_concurrent_requests_sharing_a_prefix_are_all_answered(
@@ -186,4 +189,4 @@ def test_stats_file_is_exported_for_readers_without_a_backend(
     exported = json.loads((kv / STATS_NAME).read_text())
     assert exported["lookups"] == 1 and exported["tokens_prefilled"] > 1000
     stats = kv_stats(kv)
-    assert stats["files"] >= 1 and stats["lookups"] == 1
+    assert stats["blocks"] >= 1 and stats["lookups"] == 1

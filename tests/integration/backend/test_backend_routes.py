@@ -24,7 +24,7 @@ def test_health_models_and_kv_routes_answer(
     models = api.get_json(server, "/v1/models")
     assert [m["id"] for m in models["data"]] == [str(demo_model.resolve())]
     stats = api.get_json(server, "/v1/cachelayer/kv")
-    assert stats["files"] == 0 and stats["lookups"] == 0
+    assert stats["blocks"] == 0 and stats["lookups"] == 0
 
 
 def test_count_tokens_matches_the_prompt_the_server_builds(

@@ -41,3 +41,22 @@ def prefill(loaded_model: tuple[Any, Any]) -> Callable[..., list[Any]]:
         return cache
 
     return run
+
+
+@pytest.fixture(scope="session")
+def family_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Any, Any]]:
+    """family_model(name) -> (model, tokenizer) of a tiny random-weight model, built once."""
+    from mlx_lm import load
+
+    from cachelayer.backend.family_models import build_family_model
+
+    root = tmp_path_factory.mktemp("families")
+    loaded: dict[str, tuple[Any, Any]] = {}
+
+    def get(family: str) -> tuple[Any, Any]:
+        if family not in loaded:
+            result = load(str(build_family_model(root / family, family)))
+            loaded[family] = (result[0], result[1])
+        return loaded[family]
+
+    return get

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cachelayer.backend.kv_files import model_fingerprint
-from cachelayer.backend.prompt_store import PromptStore
+from cachelayer.backend.paged_store import PagedStore
 from cachelayer.backend.warm import system_prefix_tokens, warm_local
 
 pytestmark = pytest.mark.slow  # real mlx inference, child servers or CLIs
@@ -36,9 +36,10 @@ def test_warm_local_stores_the_prefix_for_the_backend(
 ) -> None:
     assert warm_local(str(demo_model), tmp_path, SYSTEM, TOOLS, kv_max_bytes=1 << 30) == 0
     prefix = system_prefix_tokens(loaded_model[1], SYSTEM, TOOLS)
-    store = PromptStore(tmp_path, model_fingerprint(demo_model), max_bytes=1 << 30, min_tokens=1)
+    store = PagedStore(tmp_path, model_fingerprint(demo_model), max_bytes=1 << 30, min_tokens=1)
     store.rebuild_index()
-    assert store.nearest([*prefix, 42]) == (tuple(prefix), len(prefix))
+    match = store.nearest([*prefix, 42], ("kv", "kv"))
+    assert match is not None and match.n_tokens == len(prefix)
     assert "prefill [" in capsys.readouterr().err
     assert warm_local(str(demo_model), tmp_path, SYSTEM, TOOLS, kv_max_bytes=1 << 30) == 0
     assert "already cached" in capsys.readouterr().out

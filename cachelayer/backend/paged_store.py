@@ -1,0 +1,380 @@
+"""The paged, content-addressed KV store on disk: write new blocks, restore a chain exactly.
+
+`PagedStore` owns the blocks and checkpoints of one model (one fingerprint
+directory): what to write (only blocks past the longest stored prefix, and a
+checkpoint where stateful layers need one), what to restore (the longest chain a
+request follows), integrity (a bad file cuts its chain), the byte budget (least
+recently used leaves first). `kv_blocks` defines the files and the index;
+`kv_codec` turns mlx-lm cache objects into payloads and back, bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+from mlx_lm.models.cache import KVCache
+
+from cachelayer.backend.kv_blocks import (
+    BLOCK_SUFFIX,
+    CKPT_SUFFIX,
+    FORMAT,
+    ROOT,
+    BadFile,
+    Block,
+    BlockIndex,
+    Checkpoint,
+    Match,
+    block_from_header,
+    block_header,
+    chain_hash,
+    checkpoint_id,
+    encode_header,
+    remove_files,
+    scan_dir,
+)
+from cachelayer.backend.kv_codec import (
+    block_parts,
+    checkpoint_parts,
+    checksum,
+    kv_views,
+    read_block_into,
+    read_checkpoint,
+    to_mx,
+)
+from cachelayer.fs import TMP_PREFIX, ensure_private_dir
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class KVCounters:
+    """What the store did since the process started (exported as JSON)."""
+
+    lookups: int = 0
+    disk_hits: int = 0
+    memory_hits: int = 0
+    tokens_restored_disk: int = 0
+    tokens_restored_memory: int = 0
+    tokens_prefilled: int = 0
+    blocks_written: int = 0
+    checkpoints_written: int = 0
+    bytes_written: int = 0
+    blocks_read: int = 0
+    bytes_read: int = 0
+    evicted_blocks: int = 0
+    evicted_checkpoints: int = 0
+    corrupt_dropped: int = 0
+    missing_files: int = 0
+    write_errors: int = 0
+    old_format_removed: int = 0
+
+
+class PagedStore:
+    """The blocks and checkpoints of one model on disk. Thread-safe."""
+
+    def __init__(
+        self, kv_dir: Path, fingerprint: str, *, max_bytes: int, min_tokens: int,
+        block_tokens: int = 256,
+    ) -> None:
+        """Open (creating owner-only) `<kv_dir>/<fingerprint>`; call rebuild_index next."""
+        if block_tokens < 1:
+            raise ValueError("block_tokens must be positive")
+        self.kv_dir = kv_dir
+        self.fingerprint = fingerprint
+        ensure_private_dir(kv_dir)
+        self.root = ensure_private_dir(kv_dir / fingerprint)
+        self.max_bytes = max_bytes
+        self.min_tokens = min_tokens
+        self.block_tokens = block_tokens
+        self.counters = KVCounters()
+        self.index = BlockIndex(fingerprint)
+        # One lock for index and counters: the generation thread looks up and
+        # restores while the writer thread adds and evicts.
+        self._lock = threading.RLock()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all indexed blocks and checkpoints."""
+        return self.index.nbytes
+
+    def count(self, **increments: int) -> None:
+        """Add to the named counters."""
+        with self._lock:
+            for name, value in increments.items():
+                setattr(self.counters, name, getattr(self.counters, name) + value)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters plus blocks, checkpoints and bytes, as plain JSON-able values."""
+        with self._lock:
+            return {
+                "fingerprint": self.fingerprint,
+                "blocks": len(self.index.blocks),
+                "checkpoints": self.index.n_checkpoints,
+                "bytes": self.index.nbytes,
+                "max_bytes": self.max_bytes,
+                "min_tokens": self.min_tokens,
+                "block_tokens": self.block_tokens,
+                **asdict(self.counters),
+            }
+
+    def rebuild_index(self) -> None:
+        """Index the model directory from headers alone; drop bad, orphaned and old files."""
+        old = [p for p in self.root.iterdir() if p.suffix == ".safetensors"]
+        if old:
+            freed = sum(p.stat().st_size for p in old if p.exists())
+            remove_files(old)
+            self.count(old_format_removed=len(old))
+            logger.info("kv: removed %d files of the old whole-prompt format (%d bytes); "
+                        "the paged store refills as prompts come in", len(old), freed)
+        now = time.time()
+        for path in self.root.glob(f"{TMP_PREFIX}*"):
+            with contextlib.suppress(OSError):
+                if now - path.stat().st_mtime > 3600:
+                    path.unlink()
+        index = BlockIndex(self.fingerprint)
+        bad: list[Path] = []
+        blocks, ckpts = [], []
+        for path, header, size, mtime in scan_dir(self.root):
+            if header.get("fingerprint") != self.fingerprint:
+                bad.append(path)
+            elif header["kind"] == "block":
+                blocks.append((path, header, size, mtime))
+            else:
+                ckpts.append((path, header, size, mtime))
+        # Parents start before their children, so one pass in start order links every chain.
+        blocks.sort(key=lambda item: int(item[1]["start"]))
+        for path, header, size, mtime in blocks:
+            try:
+                block = block_from_header(header, path, size, mtime)
+                if path.name != block.hash.hex() + BLOCK_SUFFIX:
+                    raise BadFile("name does not match address")
+            except (BadFile, ValueError, KeyError):
+                bad.append(path)
+                continue
+            if not index.add_block(block):
+                bad.append(path)  # its parent is gone: unreachable
+        for path, header, size, mtime in ckpts:
+            ckpt = Checkpoint(
+                bytes.fromhex(header["id"]), bytes.fromhex(header["block"]), int(header["used"]),
+                path, size, mtime, bool(header["trimmable"]),
+            )
+            if not index.add_checkpoint(ckpt):
+                bad.append(path)
+        remove_files(bad)
+        with self._lock:
+            self.index = index
+            self.counters.corrupt_dropped += len(bad)
+        self.evict()
+        logger.info("kv index: %d blocks, %d checkpoints, %d bytes in %s (%d dropped)",
+                    len(index.blocks), index.n_checkpoints, index.nbytes, self.root, len(bad))
+
+    def nearest(self, tokens: list[int], kinds: tuple[str, ...]) -> Match | None:
+        """The longest stored prefix of `tokens` a cache of `kinds` can be restored at."""
+        with self._lock:
+            return self.index.nearest(tokens, positional_only=set(kinds) <= {"kv"})
+
+    def load(self, match: Match, kinds: tuple[str, ...]) -> list[Any] | None:
+        """Restore the cache of `match`; None (chain cut, counted) if a file fails its checks."""
+        started = time.monotonic()
+        n = match.n_tokens
+        kv_layers = [i for i, k in enumerate(kinds) if k == "kv"]
+        dest: dict[tuple[int, str], np.ndarray] = {}
+        dtypes: dict[int, str] = {}
+        pos = 0
+        nbytes = 0
+        for block, used in match.chain:
+            try:
+                nbytes += read_block_into(block, self.fingerprint, used, pos, n, kv_layers,
+                                          dest, dtypes)
+            except (OSError, BadFile, ValueError, KeyError) as e:
+                self._drop(block, e)
+                return None
+            pos += used
+        caches: list[Any] = [None] * len(kinds)
+        for i in kv_layers:
+            c = KVCache()
+            c.state = (to_mx(dest[i, "k"], dtypes[i]), to_mx(dest[i, "v"], dtypes[i]), n)
+            caches[i] = c
+        if match.checkpoint is not None:
+            try:
+                nbytes += read_checkpoint(match.checkpoint, self.fingerprint, kinds, caches)
+            except (OSError, BadFile, ValueError, KeyError) as e:
+                self._drop(match.checkpoint, e)
+                return None
+            extra = match.chain[-1][1] - match.checkpoint.used
+            if extra < 0:
+                for c in caches:
+                    if not isinstance(c, KVCache):
+                        c.trim(-extra)
+        if any(c is None for c in caches):
+            return None
+        mx.eval([c.state for c in caches])
+        now = time.time()
+        with self._lock:
+            self.counters.blocks_read += len(match.chain)
+            self.counters.bytes_read += nbytes
+            for block, _ in match.chain:
+                block.last_used = now
+            if match.checkpoint is not None:
+                match.checkpoint.last_used = now
+        for block, _ in match.chain:  # the LRU order survives a restart through mtimes
+            with contextlib.suppress(OSError):
+                os.utime(block.path)
+        logger.debug("kv restore: %d tokens, %d bytes in %.3fs", n, nbytes,
+                     time.monotonic() - started)
+        return caches
+
+    def save(self, tokens: tuple[int, ...], snapshot: list[Any], kinds: tuple[str, ...]) -> int:
+        """Write the blocks past the longest stored prefix and, for stateful layers, a
+        checkpoint at the end; returns the bytes written."""
+        n = len(tokens)
+        if n < self.min_tokens:
+            return 0
+        with self._lock:
+            block, used, pos = self.index.longest(tokens)
+            if block is not None:
+                block.last_used = time.time()
+        written = 0
+        parent, cut = (block.hash, used) if block is not None else (ROOT, 0)
+        kv_layers = [i for i, k in enumerate(kinds) if k == "kv"]
+        views = kv_views(snapshot, kv_layers)
+        while pos < n:
+            end = min(n, (pos // self.block_tokens + 1) * self.block_tokens)
+            new = Block(chain_hash(parent, cut, tokens[pos:end], self.fingerprint), parent, cut,
+                        pos, tokens[pos:end], Path(), 0, time.time())
+            written += self._write_block(new, views)
+            parent, cut, pos, block, used = new.hash, end - pos, end, new, end - pos
+        stateful = [i for i, k in enumerate(kinds) if k != "kv"]
+        if stateful and block is not None and used not in block.checkpoints:
+            written += self._write_checkpoint(block, used, snapshot, kinds, stateful)
+        self.evict()
+        return written
+
+    def _write_block(self, block: Block, views: dict[int, list[tuple[str, str, Any]]]) -> int:
+        specs, parts = block_parts(views, block.start, block.start + len(block.tokens))
+        header = {**block_header(block, self.fingerprint), "arrays": specs,
+                  "payload_bytes": sum(p.nbytes for p in parts)}
+        path = self.root / f"{block.hash.hex()}{BLOCK_SUFFIX}"
+        size = self._write_file(path, encode_header(header, checksum(parts)), parts)
+        if size:
+            block.path, block.nbytes = path, abs(size)
+            with self._lock:
+                if not self.index.add_block(block):
+                    remove_files([path])  # the parent was evicted meanwhile
+                    return 0
+                if size > 0:
+                    self.counters.blocks_written += 1
+                    self.counters.bytes_written += size
+        return max(0, size)
+
+    def _write_checkpoint(
+        self, block: Block, used: int, snapshot: list[Any], kinds: tuple[str, ...],
+        stateful: list[int],
+    ) -> int:
+        layers, parts, trimmable = checkpoint_parts(snapshot, kinds, stateful)
+        ckpt_id = checkpoint_id(block.hash, used, self.fingerprint)
+        header = {"format": FORMAT, "kind": "checkpoint",
+                  "fingerprint": self.fingerprint, "id": ckpt_id.hex(), "block": block.hash.hex(),
+                  "used": used, "trimmable": trimmable, "layers": layers,
+                  "payload_bytes": sum(p.nbytes for p in parts)}
+        path = self.root / f"{ckpt_id.hex()}{CKPT_SUFFIX}"
+        size = self._write_file(path, encode_header(header, checksum(parts)), parts)
+        if size:
+            with self._lock:
+                if not self.index.add_checkpoint(
+                    Checkpoint(ckpt_id, block.hash, used, path, abs(size), time.time(), trimmable)
+                ):
+                    remove_files([path])
+                    return 0
+                if size > 0:
+                    self.counters.checkpoints_written += 1
+                    self.counters.bytes_written += size
+        return max(0, size)
+
+    def _write_file(self, path: Path, head: bytes, parts: list[np.ndarray]) -> int:
+        """Write via a temp file and rename: a file is on disk whole or not at all.
+
+        A file already at that address (another backend on the same directory)
+        holds the same content by construction; it is indexed, not rewritten, and
+        its checks run when it is loaded."""
+        with contextlib.suppress(FileNotFoundError):
+            return -path.stat().st_size
+        tmp = self.root / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            ensure_private_dir(self.root)  # `clear --kv` may have removed it
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(head)
+                for p in parts:
+                    f.write(p.data.cast("B"))
+            os.replace(tmp, path)
+            return path.stat().st_size
+        except OSError as e:
+            self.count(write_errors=1)
+            logger.warning("cannot write kv file %s: %s", path.name, e)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return 0
+
+    def _drop(self, item: Block | Checkpoint, error: Exception) -> None:
+        """Cut the chain at a bad file: forget it (and what hangs off it), remove, count."""
+        missing = isinstance(error, FileNotFoundError)
+        if missing:
+            logger.info("kv: %s vanished (cleared?); chain cut there", item.path.name)
+        else:
+            logger.warning("kv: dropping %s: %s", item.path.name, error)
+        with self._lock:
+            if isinstance(item, Block):
+                paths = self.index.remove_subtree(item)
+            else:
+                self.index.remove_checkpoint(item)
+                paths = [item.path]
+            if missing:
+                self.counters.missing_files += 1
+            else:
+                self.counters.corrupt_dropped += 1
+        remove_files(paths)
+
+    def evict(self) -> None:
+        """Remove least recently used leaves (checkpoints, childless blocks) to fit max_bytes."""
+        with self._lock:
+            if self.index.nbytes <= self.max_bytes:
+                return
+            heap = self.index.lru_leaves()
+            paths: list[Path] = []
+
+            while self.index.nbytes > self.max_bytes and heap:
+                _, _, item = heapq.heappop(heap)
+                if isinstance(item, Checkpoint):
+                    self.index.remove_checkpoint(item)
+                    paths.append(item.path)
+                    self.counters.evicted_checkpoints += 1
+                    parent = self.index.blocks.get(item.block)
+                elif item.hash in self.index.blocks and not item.children and not item.checkpoints:
+                    paths += self.index.remove_subtree(item)
+                    self.counters.evicted_blocks += 1
+                    parent = self.index.blocks.get(item.parent)
+                else:
+                    continue
+                if parent is not None and not parent.children and not parent.checkpoints:
+                    heapq.heappush(heap, (parent.last_used, id(parent), parent))
+        remove_files(paths)
+
+    def reconcile(self) -> None:
+        """Forget indexed blocks whose files disappeared (e.g. `cachelayer clear --kv`)."""
+        with self._lock:
+            gone = [b for b in self.index.blocks.values() if not b.path.exists()]
+            for block in gone:
+                if block.hash in self.index.blocks:
+                    self.index.remove_subtree(block)

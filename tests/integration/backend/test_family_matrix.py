@@ -1,0 +1,111 @@
+"""Every model family's cache kinds survive a restart: reuse as in memory, answers as cold."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cachelayer.backend.family_models import FAMILIES
+from tests.support.processes import stop_server
+
+StartBackend = Callable[..., Any]
+TURN1 = "What is in README.md?"
+TURN2 = "And what is in setup.py?"
+
+
+def _answer(response: Any) -> list[tuple[str, float, list[tuple[str, float]]]]:
+    """Tokens with their logprobs and top logprobs: what must match exactly."""
+    return [
+        (t.token, t.logprob, [(top.token, top.logprob) for top in t.top_logprobs])
+        for t in response.choices[0].logprobs.content
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_after_a_restart_a_new_turn_reuses_what_memory_does_and_answers_as_cold(
+    family: str, family_model_dir: Callable[[str], Path], tmp_path: Path,
+    start_backend: StartBackend, api: Any,
+) -> None:
+    model = family_model_dir(family)
+    ask = {"max_tokens": 6, "logprobs": True, "top_logprobs": 3}
+    before_turn2 = tmp_path / "kv-after-turn1"
+
+    # The reference: turn 2 in the same process as turn 1 (memory only helps here).
+    same_process = start_backend(model, tmp_path / "kv")
+    api.chat(same_process, TURN1, **ask)
+    assert api.wait_for_writes(same_process)["blocks"] > 0
+    shutil.copytree(tmp_path / "kv", before_turn2)
+    in_memory = api.cached_tokens(api.chat(same_process, TURN2, **ask))
+    assert stop_server(same_process) == 0
+    assert in_memory > 1000
+
+    # Turn 2 after a restart, from what turn 1 left on disk.
+    restarted = start_backend(model, before_turn2)
+    warm = api.chat(restarted, TURN2, **ask)
+    stats = api.get_json(restarted, "/v1/cachelayer/kv")
+    assert api.cached_tokens(warm) >= in_memory
+    assert stats["tokens_restored_disk"] == api.cached_tokens(warm)
+    assert stats["family"] == family and stats["persisted"] is True
+
+    cold_server = start_backend(model, tmp_path / "kv-cold")
+    cold = api.chat(cold_server, TURN2, **ask)
+    assert api.cached_tokens(cold) == 0
+    assert _answer(warm) == _answer(cold)
+
+
+def _flip(path: Path, _: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-7] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path, _: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _foreign(path: Path, foreign: Path) -> None:
+    shutil.copyfile(foreign, path)
+
+
+def _block_at(kv: Path, start: int) -> Path:
+    """The block file whose chain position starts at `start` (read from its header)."""
+    import io
+
+    from cachelayer.backend.kv_blocks import BLOCK_SUFFIX, read_header
+
+    for path in kv.glob(f"*/*{BLOCK_SUFFIX}"):
+        data = path.read_bytes()
+        if read_header(io.BytesIO(data), len(data))[0]["start"] == start:
+            return path
+    raise AssertionError(f"no block at {start}")
+
+
+@pytest.mark.slow
+def test_a_flipped_truncated_or_foreign_block_is_dropped_and_the_answer_equals_cold(
+    family_model_dir: Callable[[str], Path], tmp_path: Path,
+    start_backend: StartBackend, api: Any,
+) -> None:
+    model, other = family_model_dir("llama"), family_model_dir("qwen3_moe")
+    ask = {"max_tokens": 6, "logprobs": True, "top_logprobs": 3}
+    for name, m in (("kv", model), ("kv-other", other)):
+        server = start_backend(m, tmp_path / name)
+        api.chat(server, TURN1, **ask)
+        assert stop_server(server) == 0
+    cold = _answer(api.chat(start_backend(model, tmp_path / "kv-cold"), TURN2, **ask))
+    foreign = _block_at(tmp_path / "kv-other", 256)
+    for damage in (_flip, _truncate, _foreign):
+        kv = tmp_path / f"kv-{damage.__name__}"
+        shutil.copytree(tmp_path / "kv", kv)
+        server = start_backend(model, kv)
+        damage(_block_at(kv, 512), foreign)  # while running: found on load, or at start-up
+        answer = api.chat(server, TURN2, **ask)
+        stats = api.get_json(server, "/v1/cachelayer/kv")
+        assert stats["corrupt_dropped"] == 1, damage.__name__
+        assert api.cached_tokens(answer) == 512, damage.__name__  # the chain is cut there
+        assert _answer(answer) == cold, damage.__name__
+        assert stop_server(server) == 0
