@@ -109,3 +109,33 @@ def test_a_flipped_truncated_or_foreign_block_is_dropped_and_the_answer_equals_c
         assert api.cached_tokens(answer) == 512, damage.__name__  # the chain is cut there
         assert _answer(answer) == cold, damage.__name__
         assert stop_server(server) == 0
+
+
+@pytest.mark.slow
+def test_two_requests_sharing_a_prefix_while_its_write_is_in_flight_answer_as_cold(
+    family_model_dir: Callable[[str], Path], tmp_path: Path,
+    start_backend: StartBackend, api: Any,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = family_model_dir("gpt_oss")  # a sliding window: checkpoints, not just blocks
+    ask = {"max_tokens": 6, "logprobs": True, "top_logprobs": 3}
+    questions = ["Where is the config?", "Which tests are slow?"]
+    cold_server = start_backend(model, tmp_path / "kv-cold")
+    with ThreadPoolExecutor(2) as pool:
+        cold = [_answer(a) for a in pool.map(lambda q: api.chat(cold_server, q, **ask), questions)]
+    assert stop_server(cold_server) == 0
+
+    server = start_backend(model, tmp_path / "kv")
+    api.chat(server, TURN1, **ask)  # its blocks and checkpoint are queued now
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda q: api.chat(server, q, **ask), questions))
+    assert [_answer(a) for a in answers] == cold
+    assert all(api.cached_tokens(a) > 1000 for a in answers)
+    stats = api.wait_for_writes(server)
+    assert stats["corrupt_dropped"] == 0 and stats["write_errors"] == 0
+    assert stop_server(server) == 0
+
+    restarted = start_backend(model, tmp_path / "kv")  # what landed is whole and usable
+    again = api.chat(restarted, questions[0], **ask)
+    assert _answer(again) == cold[0] and api.cached_tokens(again) > 1000
