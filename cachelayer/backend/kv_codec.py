@@ -120,9 +120,25 @@ def checksum(parts: list[np.ndarray]) -> int:
     return check.intdigest()
 
 
+def alloc_target(heads: int, n: int, dim: int, dtype: str) -> tuple[mx.array, np.ndarray]:
+    """A fresh, evaluated mlx array and a writable numpy view of its memory.
+
+    Block reads land in the array the restored cache will hold, so a restore
+    makes no copy after the read. Safe because the array is new, evaluated and
+    referenced only here until the cache is built from it.
+    """
+    arr = mx.zeros((1, heads, n, dim), dtype=getattr(mx, dtype))
+    bits = arr.view(mx.uint16) if dtype == "bfloat16" else arr  # shares arr's memory
+    mx.eval(arr, bits)
+    view = np.asarray(bits)
+    if not (view.flags.writeable and view.flags.c_contiguous) or view.dtype != np_dtype(dtype):
+        raise BadFile(f"cannot restore {dtype} arrays in place")
+    return arr, view
+
+
 def read_block_into(
     block: Block, fingerprint: str, used: int, pos: int, n: int, kv_layers: list[int],
-    dest: dict[tuple[int, str], np.ndarray], dtypes: dict[int, str],
+    dest: dict[tuple[int, str], tuple[mx.array, np.ndarray]],
 ) -> int:
     """Read one block straight into the destination arrays (one scatter read per file)."""
     fd = os.open(block.path, os.O_RDONLY)
@@ -144,9 +160,8 @@ def read_block_into(
             npd = np_dtype(dtype)
             key = (int(layer), name)
             if key not in dest:
-                dest[key] = np.empty((1, heads, n, dim), dtype=npd)
-                dtypes[int(layer)] = dtype
-            target = dest[key]
+                dest[key] = alloc_target(heads, n, dim, dtype)
+            target = dest[key][1]
             if target.shape[1] != heads or target.shape[3] != dim or target.dtype != npd:
                 raise BadFile("array shape differs along the chain")
             rest = (count - used) * dim * npd.itemsize

@@ -50,7 +50,6 @@ from cachelayer.backend.kv_codec import (
     kv_views,
     read_block_into,
     read_checkpoint,
-    to_mx,
 )
 from cachelayer.fs import TMP_PREFIX, ensure_private_dir
 
@@ -189,14 +188,20 @@ class PagedStore:
         started = time.monotonic()
         n = match.n_tokens
         kv_layers = [i for i, k in enumerate(kinds) if k == "kv"]
-        dest: dict[tuple[int, str], np.ndarray] = {}
-        dtypes: dict[int, str] = {}
+        dest: dict[tuple[int, str], tuple[mx.array, np.ndarray]] = {}
+        # Ask the kernel to read every file of the chain ahead, so the disk streams
+        # while the blocks before are checked and placed.
+        for block, _ in match.chain:
+            with contextlib.suppress(OSError):
+                fd = os.open(block.path, os.O_RDONLY)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                os.close(fd)
         pos = 0
         nbytes = 0
         for block, used in match.chain:
             try:
                 nbytes += read_block_into(block, self.fingerprint, used, pos, n, kv_layers,
-                                          dest, dtypes)
+                                          dest)
             except (OSError, BadFile, ValueError, KeyError) as e:
                 self._drop(block, e)
                 return None
@@ -204,7 +209,7 @@ class PagedStore:
         caches: list[Any] = [None] * len(kinds)
         for i in kv_layers:
             c = KVCache()
-            c.state = (to_mx(dest[i, "k"], dtypes[i]), to_mx(dest[i, "v"], dtypes[i]), n)
+            c.state = (dest[i, "k"][0], dest[i, "v"][0], n)
             caches[i] = c
         if match.checkpoint is not None:
             try:
