@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from benchlib import procs
@@ -62,3 +63,29 @@ def ttft(row: dict[str, Any], server: str, case: str) -> float | None:
         return float(row[server][case]["ttft_s"])
     except (KeyError, TypeError, ValueError):
         return None
+
+
+PAGED_RESULTS = procs.REPO / "docs" / "benchmarks" / "kv-paged.json"
+
+
+def paged_summary(path: Path = PAGED_RESULTS) -> list[str]:
+    """A paragraph on the paged store at a real KV width, from tools/bench_kv_paged.py's JSON."""
+    try:
+        r = json.loads(path.read_text())
+        w, disk = r["writes"], r["restore"]["disk"]
+        ttft = [t for t in r["ttft"] if t.get("cold_over_restart")]
+        last = ttft[-1]
+    except (OSError, ValueError, KeyError, IndexError):
+        return []
+    return [
+        "### 3b. The paged KV store at a real model's KV width (`tools/bench_kv_paged.py`)", "",
+        "The table above uses the demo model, whose KV is about 1 KB per token, so it says "
+        f"nothing about file sizes. At {r['geometry'].split(';')[0]}: a "
+        f"{len(w['turns'])}-turn session writes {w['paged_total_bytes'] / 1e9:.3f} GB instead of "
+        f"the old format's {w['old_total_bytes'] / 1e9:.2f} GB "
+        f"({w['paged_over_distinct']:.3f}x its distinct tokens' KV); a restart restores at "
+        f"{disk['restore_gb_s']} GB/s, {disk['restore_over_read_bandwidth']:.0%} of the disk's own "
+        f"sequential read; a new turn on a {last['prefix_tokens']}-token prefix answers in "
+        f"{last['restart_s']} s instead of {last['cold_s']} s cold "
+        f"({last['cold_over_restart']}x). Details, cut sizes and the command: "
+        "[kv-cache.md](kv-cache.md#benchmark).", ""]

@@ -133,7 +133,8 @@ def kv_section(kvr: dict[str, Any]) -> list[str]:
         cells = [_f(kv.ttft(row, s, c), 3) for s in ("stock", "cachelayer") for c in kv.CASES]
         out.append(f"| {row['tokens']} | {' | '.join(cells)} | "
                    f"{_f(row['ratios']['c_speedup'], 1)}x |")
-    return [*out, "", f"Command per size: `{kvr['command_per_size']}`.", ""]
+    return [*out, "", f"Command per size: `{kvr['command_per_size']}`.", "",
+            *kv.paged_summary()]
 
 
 def session_section(session: dict[str, Any]) -> list[str]:
