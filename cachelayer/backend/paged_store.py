@@ -152,24 +152,28 @@ class PagedStore:
             else:
                 ckpts.append((path, header, size, mtime))
         # Parents start before their children, so one pass in start order links every chain.
-        blocks.sort(key=lambda item: int(item[1]["start"]))
+        blocks.sort(key=lambda item: int(item[1].get("start") or 0))
         for path, header, size, mtime in blocks:
             try:
                 block = block_from_header(header, path, size, mtime)
                 if path.name != block.hash.hex() + BLOCK_SUFFIX:
                     raise BadFile("name does not match address")
-            except (BadFile, ValueError, KeyError):
+            except (ValueError, KeyError, TypeError):  # BadFile is a ValueError
                 bad.append(path)
                 continue
             if not index.add_block(block):
                 bad.append(path)  # its parent is gone: unreachable
         for path, header, size, mtime in ckpts:
-            ckpt = Checkpoint(
-                bytes.fromhex(header["id"]), bytes.fromhex(header["block"]), int(header["used"]),
-                path, size, mtime, bool(header["trimmable"]),
-            )
-            if not index.add_checkpoint(ckpt):
+            try:
+                ckpt = Checkpoint(
+                    bytes.fromhex(header["id"]), bytes.fromhex(header["block"]),
+                    int(header["used"]), path, size, mtime, bool(header["trimmable"]),
+                )
+            except (ValueError, KeyError, TypeError):
                 bad.append(path)
+                continue
+            if not index.add_checkpoint(ckpt):
+                bad.append(path)  # its block is gone
         remove_files(bad)
         with self._lock:
             self.index = index
@@ -194,15 +198,17 @@ class PagedStore:
         for block, _ in match.chain:
             with contextlib.suppress(OSError):
                 fd = os.open(block.path, os.O_RDONLY)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-                os.close(fd)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                finally:
+                    os.close(fd)
         pos = 0
         nbytes = 0
         for block, used in match.chain:
             try:
                 nbytes += read_block_into(block, self.fingerprint, used, pos, n, kv_layers,
                                           dest)
-            except (OSError, BadFile, ValueError, KeyError) as e:
+            except (OSError, ValueError, KeyError, TypeError) as e:  # BadFile is a ValueError
                 self._drop(block, e)
                 return None
             pos += used
@@ -214,7 +220,7 @@ class PagedStore:
         if match.checkpoint is not None:
             try:
                 nbytes += read_checkpoint(match.checkpoint, self.fingerprint, kinds, caches)
-            except (OSError, BadFile, ValueError, KeyError) as e:
+            except (OSError, ValueError, KeyError, TypeError) as e:  # BadFile is a ValueError
                 self._drop(match.checkpoint, e)
                 return None
             extra = match.chain[-1][1] - match.checkpoint.used
