@@ -20,12 +20,14 @@ import argparse
 import copy
 import json
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from cachelayer.backend.kv_files import model_fingerprint
 from cachelayer.backend.models import resolve_model_dir
@@ -214,12 +216,16 @@ class Backend:
         """Stop serving, finish queued cache writes, stop the generation thread."""
         self.httpd.shutdown()
         self.httpd.server_close()
+        logger.debug("shutdown: http stopped")
         self.generator.stop_and_join()
+        logger.debug("shutdown: generation thread joined")
         self.prompt_cache.close()
+        logger.info("shutdown: kv writes finished (%d dropped)", self.prompt_cache.writes_dropped)
 
 
 def serve(settings: BackendSettings) -> int:
-    """Run the backend in this process until SIGINT or SIGTERM; returns an exit code."""
+    """Run the backend in this process until SIGINT or SIGTERM, then exit the process
+    (0 after a clean shutdown, 1 if the generation thread died); returns only by raising."""
     logging.basicConfig(
         level=getattr(logging, settings.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -250,6 +256,16 @@ def serve(settings: BackendSettings) -> int:
             logger.error("generation thread died")
             backend.httpd.shutdown()
             backend.prompt_cache.close()
-            return 1
+            leave(1)
     backend.shutdown()
-    return 0
+    leave(0)
+
+
+def leave(code: int) -> NoReturn:
+    """End the process now that everything worth keeping is on disk, skipping interpreter
+    finalization: mlx's native threads are still joinable then, and their destructors
+    abort the process ("terminate called without an active exception", exit -6)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
