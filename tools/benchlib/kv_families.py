@@ -45,6 +45,18 @@ def _chat(server: Any, user: str) -> dict[str, Any]:
             "logprobs": answer["choices"][0]["logprobs"]}
 
 
+def _wait_for_writes(url: str) -> None:
+    """Until the writer is idle twice in a row (an answer's cache is inserted after it)."""
+    last = None
+    while True:
+        stats = _get(f"{url}/v1/cachelayer/kv")
+        now = (stats["blocks_written"], stats["checkpoints_written"])
+        if stats["pending_writes"] == 0 and now == last:
+            return
+        last = now if stats["pending_writes"] == 0 else None
+        time.sleep(0.3)
+
+
 def _start(model: Path, kv: Path, log: Path) -> Any:
     port = free_port()
     return start_server(backend_command(model, port, kv, "--kv-min-tokens", "256"), port, log,
@@ -58,9 +70,8 @@ def one_family(family: str, work: Path) -> dict[str, Any]:
     server = _start(model, kv, work / f"{family}-1.log")
     try:
         _chat(server, TURN1)
-        while _get(f"{server.url}/v1/cachelayer/kv")["pending_writes"]:
-            time.sleep(0.05)
-        shutil.copytree(kv, copy)
+        _wait_for_writes(server.url)
+        shutil.copytree(kv, copy, ignore=shutil.ignore_patterns(".tmp-*"))
         in_memory = _chat(server, TURN2)
         kinds = _get(f"{server.url}/v1/cachelayer/kv")["kinds"]
     finally:

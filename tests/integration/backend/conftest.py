@@ -123,16 +123,22 @@ def family_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str]
 
 
 def wait_for_writes(server: ServerProcess, timeout: float = 60.0) -> dict[str, Any]:
-    """Poll the kv route until the writer has nothing queued; returns the stats."""
+    """Poll the kv route until the writer is idle and stays idle; returns the stats.
+
+    mlx-lm inserts an answer's cache just after sending the answer, so one idle poll
+    right after a response can come before that write is even queued."""
     import time
 
     deadline = time.monotonic() + timeout
+    last: tuple[int, int] | None = None
     while True:
         stats = get_json(server, "/v1/cachelayer/kv")
-        if stats["pending_writes"] == 0:
+        now = (stats["blocks_written"], stats["checkpoints_written"])
+        if stats["pending_writes"] == 0 and now == last:
             return dict(stats)
+        last = now if stats["pending_writes"] == 0 else None
         assert time.monotonic() < deadline, "kv writes did not finish"
-        time.sleep(0.05)
+        time.sleep(0.3)
 
 
 Api.wait_for_writes = staticmethod(wait_for_writes)  # type: ignore[attr-defined]
