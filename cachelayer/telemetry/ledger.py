@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import diskcache
@@ -56,6 +56,14 @@ class Ledger:
         if n:
             with self._lock:
                 self._pending[name] += n
+
+    def count_many(self, counts: Iterable[tuple[str, int]]) -> None:
+        """Add to several counters under one lock (an answered request counts five)."""
+        with self._lock:
+            pending = self._pending
+            for name, n in counts:
+                if n:
+                    pending[name] += n
 
     def flush(self) -> bool:
         """Write pending deltas to disk atomically; blocking. False if the disk refused."""

@@ -13,20 +13,20 @@ from cachelayer.telemetry.ledger import Ledger
 
 def count_usage(ledger: Ledger, usage: Usage | None, *, from_store: bool) -> None:
     """Account one answered request's tokens, measured where the backend measured them."""
-    ledger.count(c.REQUESTS)
     if usage is None:
+        ledger.count(c.REQUESTS)
         return
-    ledger.count(c.TOKENS_INPUT, usage.prompt_tokens)
+    counts = [(c.REQUESTS, 1), (c.TOKENS_INPUT, usage.prompt_tokens)]
     if from_store:
         # A stored answer recomputes nothing: its whole prompt and completion are saved.
-        ledger.count(c.TOKENS_READ, usage.prompt_tokens)
-        ledger.count(c.RESPONSE_TOKENS_SAVED, usage.prompt_tokens + usage.completion_tokens)
-        return
-    cached = usage.cached_tokens or 0
-    ledger.count(c.TOKENS_READ, cached)
-    ledger.count(c.TOKENS_REUSED, cached)
-    ledger.count(c.TOKENS_CREATED, max(0, usage.prompt_tokens - cached))
-    if usage.cached_tokens is None:
-        ledger.count(c.KV_UNREPORTED)
+        counts += [(c.TOKENS_READ, usage.prompt_tokens),
+                   (c.RESPONSE_TOKENS_SAVED, usage.prompt_tokens + usage.completion_tokens)]
+    else:
+        cached = usage.cached_tokens or 0
+        counts += [(c.TOKENS_READ, cached), (c.TOKENS_REUSED, cached),
+                   (c.TOKENS_CREATED, max(0, usage.prompt_tokens - cached))]
+        if usage.cached_tokens is None:
+            counts.append((c.KV_UNREPORTED, 1))
     # kv.hits is layer 1's call: a hit is a reuse of the whole stable prefix, not of any
     # token at all (proxy/prefix/middleware.py).
+    ledger.count_many(counts)
