@@ -265,9 +265,16 @@ def _write_model(out: Path, params: dict[str, int]) -> None:
     model = llama.Model(args)
     weights = dict(tree_flatten(model.parameters()))
     _wire_reply(weights, tokenizer, eos_id, params["num_layers"])
+    save_model_files(out, weights, config, tokenizer)
+
+
+def save_model_files(out: Path, weights: dict[str, Any], config: dict[str, Any],
+                     tokenizer: Any) -> None:
+    """Write a loadable mlx-lm model directory: weights, config, tokenizer and template."""
+    import mlx.core as mx
+
     mx.eval(weights)
     mx.save_safetensors(str(out / "model.safetensors"), weights, {"format": "mlx"})
-
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     tokenizer.save(str(out / "tokenizer.json"))
     tokenizer_config = {

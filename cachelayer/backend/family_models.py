@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cachelayer.backend.demo_model import CHAT_TEMPLATE, EOS_TOKEN, _train_tokenizer
+from cachelayer.backend.demo_model import EOS_TOKEN, _train_tokenizer, save_model_files
 
 MARKER_NAME = ".cachelayer-family-model.json"
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: special_tokens_map.json written, as for the demo model
 _VOCAB = 2048
 _HIDDEN = 64
 
@@ -139,22 +139,7 @@ def _write(out: Path, family: str, seed: int) -> None:
     mx.random.seed(seed)
     model = arch.Model(arch.ModelArgs.from_dict(config))
     weights = dict(tree_flatten(model.parameters()))
-    mx.eval(weights)
-    mx.save_safetensors(str(out / "model.safetensors"), weights, {"format": "mlx"})
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    tokenizer.save(str(out / "tokenizer.json"))
-    tokenizer_config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<|begin|>",
-        "eos_token": EOS_TOKEN,
-        "pad_token": EOS_TOKEN,
-        "unk_token": None,
-        "add_bos_token": False,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": 131072,
-        "chat_template": CHAT_TEMPLATE,
-    }
-    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    save_model_files(out, weights, config, tokenizer)
 
 
 def build_family_model(path: Path, family: str, *, seed: int = 0) -> Path:
