@@ -1,4 +1,18 @@
-"""make_app(settings): the middleware order, the routes, start-up and clean-up, in one place."""
+"""make_app(settings): the middleware order, the routes, start-up and clean-up, in one place.
+
+A completion request goes down, and its answer comes back up, this chain:
+
+1. `request_id_middleware` (telemetry/logs.py) names the request, hides its credentials
+   from every log line; on the way up it times the upstream and writes the access line.
+2. `edge_middleware` (proxy/edge.py) reads and validates the body into one neutral
+   `Exchange`; on the way up it renders any error in the client's API shape.
+3. `prefix_middleware` (proxy/prefix/) rewrites volatile text, moves early system turns
+   up, identifies the prefix; on the way up it accounts usage in the ledger.
+4. `store_middleware` (proxy/store/) replays an exact repeat (HIT) or lets the miss pass;
+   on the way up it stores a completed answer off the request path.
+5. `handle_completion` (proxy/forward/) routes the miss to an upstream and relays its
+   answer chunk by chunk.
+"""
 
 from __future__ import annotations
 
