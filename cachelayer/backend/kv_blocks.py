@@ -31,6 +31,7 @@ import heapq
 import json
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,29 +247,15 @@ class BlockIndex:
     def longest(self, tokens: list[int] | tuple[int, ...]) -> tuple[Block | None, int, int]:
         """The deepest stored point `tokens` follows exactly: (block, tokens used, position)."""
         best: tuple[Block | None, int, int] = (None, 0, 0)
-        stack: list[tuple[dict[bytes, Block], int, int]] = [(self.roots, 0, 0)]
-        while stack:
-            children, parent_matched, base = stack.pop()
-            for child in children.values():
-                if child.cut > parent_matched:
-                    continue
-                start = base + child.cut
-                m = _common(child.tokens, tokens, start)
-                if m == 0:
-                    continue
-                if start + m > best[2]:
-                    best = (child, m, start + m)
-                stack.append((child.children, m, start))
+        for child, start, m in self._followed(tokens, len(tokens)):
+            if start + m > best[2]:
+                best = (child, m, start + m)
         return best
 
-    def nearest(self, tokens: list[int], *, positional_only: bool) -> Match | None:
-        """The longest restorable prefix of `tokens`, leaving at least one token to prefill.
-
-        A model whose layers are all positional can stop anywhere along a chain;
-        one with sliding-window or recurrent layers only at a checkpoint.
-        """
-        limit = len(tokens) - 1
-        best: tuple[int, Block | None, int, Checkpoint | None] = (0, None, 0, None)
+    def _followed(self, tokens: list[int] | tuple[int, ...],
+                  limit: int) -> Iterator[tuple[Block, int, int]]:
+        """Every stored block `tokens` follows: (block, its start, tokens matched there),
+        matching at most up to position `limit`."""
         stack: list[tuple[dict[bytes, Block], int, int]] = [(self.roots, 0, 0)]
         while stack:
             children, parent_matched, base = stack.pop()
@@ -279,15 +266,26 @@ class BlockIndex:
                 m = min(_common(child.tokens, tokens, start), max(0, limit - start))
                 if m == 0:
                     continue
-                if positional_only:
-                    if start + m > best[0]:
-                        best = (start + m, child, m, None)
-                else:
-                    for used, point in child.checkpoints.items():
-                        usable = used if used <= m else (m if point.trimmable else 0)
-                        if usable and start + usable > best[0]:
-                            best = (start + usable, child, usable, point)
+                yield child, start, m
                 stack.append((child.children, m, start))
+
+    def nearest(self, tokens: list[int], *, positional_only: bool) -> Match | None:
+        """The longest restorable prefix of `tokens`, leaving at least one token to prefill.
+
+        A model whose layers are all positional can stop anywhere along a chain;
+        one with sliding-window or recurrent layers only at a checkpoint.
+        """
+        limit = len(tokens) - 1
+        best: tuple[int, Block | None, int, Checkpoint | None] = (0, None, 0, None)
+        for child, start, m in self._followed(tokens, limit):
+            if positional_only:
+                if start + m > best[0]:
+                    best = (start + m, child, m, None)
+            else:
+                for used, point in child.checkpoints.items():
+                    usable = used if used <= m else (m if point.trimmable else 0)
+                    if usable and start + usable > best[0]:
+                        best = (start + usable, child, usable, point)
         n, block, used, ckpt = best
         if block is None:
             return None
