@@ -148,7 +148,7 @@ def secret_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecretRun]:
         for route in ("/metrics", "/cache/stats", "/health", "/v1/models"):
             answer = http.get(url + route, headers=both)
             live[route] = answer.content
-        assert child.stop() == 0
+        child.stop_cleanly()
     yield SecretRun(tmp, child.data_dir, child.metrics_file, live)
 
 

@@ -87,6 +87,7 @@ def start_server(
     """Spawn `argv`, wait for /health; the caller must stop_server() it."""
     child_env = dict(os.environ if env is None else env)
     child_env.setdefault("HF_HUB_OFFLINE", "1")
+    child_env.setdefault("PYTHONFAULTHANDLER", "1")
     log = log_path.open("wb")
     proc = subprocess.Popen(
         list(argv), stdout=log, stderr=subprocess.STDOUT, env=child_env, cwd=cwd
@@ -102,14 +103,23 @@ def start_server(
 
 
 def terminate(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
-    """SIGTERM, then SIGKILL after `timeout`; returns the exit status."""
+    """SIGTERM, then SIGABRT and SIGKILL after `timeout`; returns the exit status.
+
+    The SIGABRT is for the post-mortem: a Python child started with PYTHONFAULTHANDLER=1
+    writes every thread's stack to its stderr before it dies (exit status -6), so a hung
+    shutdown says where it hung instead of only "-9".
+    """
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            proc.send_signal(signal.SIGABRT)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     return int(proc.returncode)
 
 

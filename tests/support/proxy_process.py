@@ -51,6 +51,12 @@ class ProxyProcess:
         """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
         return terminate(self.proc, timeout)
 
+    def stop_cleanly(self, timeout: float = 20.0) -> None:
+        """stop(), failing with the tail of the child's output (its stacks, if it hung)
+        unless it exited 0."""
+        status = self.stop(timeout)
+        assert status == 0, f"exit status {status}:\n{self.output()[-6000:]}"
+
     def kill9(self) -> None:
         """SIGKILL: no clean-up of any kind runs."""
         os.kill(self.pid, signal.SIGKILL)
@@ -71,7 +77,8 @@ def spawn_proxy(tmp: Path, upstream_url: str | None, *extra: str, name: str = "p
             "--port", str(port), "--data-dir", str(data_dir),
             "--metrics-file", str(metrics_file), "--metrics-interval", "0.5",
             "--connect-timeout", "2", "--read-timeout", "10", *extra]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1",
+           "PYTHONFAULTHANDLER": "1"}
     env.pop("CACHELAYER_ADMIN_TOKEN", None)
     with stdout_path.open("ab") as out, stderr_path.open("ab") as err:
         proc = subprocess.Popen(args, stdout=out, stderr=err, env=env, cwd=str(tmp),
