@@ -8,7 +8,6 @@ per-layer numbers sit beside them under `layers`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -21,6 +20,7 @@ from aiohttp import web
 
 from cachelayer.backend.kv_files import kv_stats
 from cachelayer.fs import write_atomic
+from cachelayer.periodic import Periodic
 from cachelayer.proxy.prefix.ledger import (
     WARM_WINDOW_S,
     PrefixRecord,
@@ -189,11 +189,11 @@ async def export_cycle(app: web.Application) -> None:
 
 async def export_ctx(app: web.Application) -> AsyncIterator[None]:
     """Cleanup context: export every few seconds, and once more on the way out."""
-    exporter = asyncio.create_task(_export_loop(app))
+    exporter = Periodic(lambda: _export_tick(app), app[SETTINGS].metrics_interval_s,
+                        name="metrics export")
+    exporter.start()
     yield
-    exporter.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await exporter
+    await exporter.stop()
 
 
 async def final_export(app: web.Application) -> None:
@@ -204,11 +204,9 @@ async def final_export(app: web.Application) -> None:
         log.error("could not write the metrics file at shutdown: %s", exc)
 
 
-async def _export_loop(app: web.Application) -> None:
-    """Flush the ledger (to Redis too) and rewrite the metrics file every few seconds."""
-    while True:
-        await asyncio.sleep(app[SETTINGS].metrics_interval_s)
-        try:
-            await export_cycle(app)
-        except OSError as exc:
-            log.warning("could not write the metrics file: %s", exc)
+async def _export_tick(app: web.Application) -> None:
+    """One periodic export; a disk that refuses is logged, and tried again next time."""
+    try:
+        await export_cycle(app)
+    except OSError as exc:
+        log.warning("could not write the metrics file: %s", exc)

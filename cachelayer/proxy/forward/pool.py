@@ -11,7 +11,6 @@ every `health_interval_s`, bring it back when it answers again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -123,13 +122,6 @@ class UpstreamPool:
             log.warning("upstream %s is back in the ring", backend.url)
         elif not alive:
             self.failed(backend, reason)
-
-    async def watch(self, session: aiohttp.ClientSession) -> None:
-        """Check every backend every interval, for the proxy's whole life."""
-        while True:
-            with contextlib.suppress(Exception):
-                await self.check(session)
-            await asyncio.sleep(self.interval_s)
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every backend's numbers."""

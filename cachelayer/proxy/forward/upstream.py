@@ -6,8 +6,6 @@ along (the upstream may need it); nothing else from the client's headers does.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -15,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from cachelayer.errors import BackendDown, UpstreamStatusError
+from cachelayer.periodic import Periodic
 from cachelayer.protocol.chat import Kind
 from cachelayer.protocol.openai import upstream_body
 from cachelayer.proxy.forward.errors import (
@@ -75,9 +74,9 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
                                      cookie_jar=aiohttp.DummyCookieJar()) as session:
         app[UPSTREAM] = session
         # Health checks only when there is a choice of backend to make.
-        checks = asyncio.create_task(pool.watch(session)) if pool.routed else None
+        checks = Periodic(lambda: pool.check(session), pool.interval_s,
+                          name="upstream health checks", immediately=True)
+        if pool.routed:
+            checks.start()
         yield
-        if checks is not None:
-            checks.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await checks
+        await checks.stop()

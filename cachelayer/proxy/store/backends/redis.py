@@ -16,7 +16,6 @@ pass-through), `degraded` says why, and the same poll notices when Redis is back
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import struct
@@ -31,6 +30,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from cachelayer.config import Settings, check_store_url, redact_url
 from cachelayer.errors import StoreUnavailable
+from cachelayer.periodic import Periodic
 from cachelayer.protocol.chat import ChatResult
 from cachelayer.proxy.prefix.ledger import PrefixRecord
 from cachelayer.proxy.store.backends.disk import HotAnswers, PutOutcome, StoredAnswer
@@ -89,13 +89,15 @@ class RedisStore:
         self._generation: bytes | None = None
         self._stats: dict[str, Any] = {}
         self._foreign = 0
-        self._watcher: asyncio.Task[None] | None = None
+        self._watcher = Periodic(self._watch, WATCH_EVERY_S, name="redis watch")
+        self._last_stats = 0.0
 
     async def start(self) -> None:
         """Check Redis once (a failure only marks the store degraded) and start watching."""
         await self.poll()
         await self.refresh_stats()
-        self._watcher = asyncio.create_task(self._watch())
+        self._last_stats = time.monotonic()
+        self._watcher.start()
 
     def _down(self, exc: BaseException) -> None:
         reason = f"redis at {self.label} unavailable: {exc or type(exc).__name__}"
@@ -148,16 +150,13 @@ class RedisStore:
         self.size_limit = self._stats["limitBytes"]
 
     async def _watch(self) -> None:
-        last_stats = time.monotonic()
-        while True:
-            await asyncio.sleep(WATCH_EVERY_S)
-            try:
-                await self.poll()
-                if time.monotonic() - last_stats >= STATS_EVERY_S:
-                    last_stats = time.monotonic()
-                    await self.refresh_stats()
-            except Exception as exc:  # the watch is what brings the store back: never die
-                self._down(exc)
+        try:
+            await self.poll()
+            if time.monotonic() - self._last_stats >= STATS_EVERY_S:
+                self._last_stats = time.monotonic()
+                await self.refresh_stats()
+        except Exception as exc:  # the watch is what brings the store back: never die
+            self._down(exc)
 
     def _fresh(self, answer: StoredAnswer) -> bool:
         return time.time() - answer.stored_at <= self.ttl_s
@@ -243,10 +242,7 @@ class RedisStore:
 
     async def aclose(self) -> None:
         """Stop watching and close the connection pool."""
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        await self._watcher.stop()
         await self.client.aclose()
 
 

@@ -1,0 +1,155 @@
+"""Periodic: ticks on its interval, survives a failing tick, lets a running tick finish
+when stopped, and stops in bounded time even when a tick swallows the cancel (as
+redis-py's asyncio client sometimes does mid-command)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from cachelayer.periodic import Periodic
+
+
+async def test_ticks_every_interval_until_stopped() -> None:
+    ticks: list[float] = []
+
+    async def tick() -> None:
+        ticks.append(time.monotonic())
+
+    loop = Periodic(tick, 0.01, name="counter")
+    loop.start()
+    await asyncio.sleep(0.1)
+    await loop.stop()
+    seen = len(ticks)
+    assert seen >= 3
+    assert not loop.running
+    await asyncio.sleep(0.05)
+    assert len(ticks) == seen  # nothing after stop()
+
+
+async def test_first_tick_waits_an_interval_unless_immediately() -> None:
+    waited: list[str] = []
+    at_once: list[str] = []
+
+    async def tick_waited() -> None:
+        waited.append("tick")
+
+    async def tick_at_once() -> None:
+        at_once.append("tick")
+
+    later, now = (Periodic(tick_waited, 10.0, name="later"),
+                  Periodic(tick_at_once, 10.0, name="now", immediately=True))
+    later.start()
+    now.start()
+    await asyncio.sleep(0.05)
+    await later.stop()
+    await now.stop()
+    assert waited == [] and at_once == ["tick"]
+
+
+async def test_stop_lets_a_running_tick_finish_instead_of_cancelling_it() -> None:
+    events: list[str] = []
+
+    async def slow_tick() -> None:
+        events.append("began")
+        try:
+            await asyncio.sleep(0.1)
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+        events.append("ended")
+
+    loop = Periodic(slow_tick, 0.001, name="slow")
+    loop.start()
+    while not events:
+        await asyncio.sleep(0.001)
+    await loop.stop(grace_s=2.0)
+    assert events == ["began", "ended"]
+    assert not loop.running
+
+
+async def test_stop_wakes_a_loop_waiting_out_a_long_interval() -> None:
+    async def tick() -> None:
+        raise AssertionError("never reached: the first wait is an hour")
+
+    loop = Periodic(tick, 3600.0, name="hourly")
+    loop.start()
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await loop.stop()
+    assert time.monotonic() - started < 0.5
+    assert not loop.running
+
+
+async def test_stop_cancels_a_tick_still_running_after_the_grace() -> None:
+    events: list[str] = []
+
+    async def endless_tick() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+
+    loop = Periodic(endless_tick, 0.0, name="endless", immediately=True)
+    loop.start()
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await loop.stop(grace_s=0.1)
+    assert time.monotonic() - started < 1.0
+    assert events == ["cancelled"] and not loop.running
+
+
+async def test_stop_returns_even_when_the_tick_swallows_every_cancel(
+        caplog: pytest.LogCaptureFixture) -> None:
+    release = asyncio.Event()
+
+    async def stubborn_tick() -> None:
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue  # as redis-py sometimes does mid-command
+
+    loop = Periodic(stubborn_tick, 0.0, name="stubborn", immediately=True)
+    loop.start()
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="cachelayer.periodic"):
+        await loop.stop(grace_s=0.1)
+    assert time.monotonic() - started < 2.0
+    assert loop.running and "stubborn did not stop" in caplog.text
+    release.set()  # let it end so the test leaves no task behind
+    await asyncio.sleep(0.01)
+    assert not loop.running
+
+
+async def test_a_failing_tick_is_logged_and_the_loop_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    calls = 0
+
+    async def flaky_tick() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("first tick fails")
+
+    loop = Periodic(flaky_tick, 0.005, name="flaky", immediately=True)
+    with caplog.at_level(logging.ERROR, logger="cachelayer.periodic"):
+        loop.start()
+        await asyncio.sleep(0.05)
+        await loop.stop()
+    assert calls >= 3
+    assert "flaky: a background tick failed" in caplog.text
+
+
+async def test_stop_before_start_is_a_no_op() -> None:
+    async def tick() -> None:
+        raise AssertionError("never runs")
+
+    loop = Periodic(tick, 0.01, name="idle")
+    await loop.stop()
+    assert not loop.running
