@@ -86,6 +86,10 @@ class Settings:
     store_password: str | None = field(default=None, repr=False)
     store_namespace: str = "cachelayer"
     hot_tier_bytes: int = 64 * MiB
+    # Answers may wait this many at once to be written off the request path; past it a
+    # request waits for its own write. Bounds the memory a storm of misses can queue,
+    # and what a crash (kill -9, power) can lose: at most this many answers.
+    max_pending_writes: int = 64
 
     @property
     def responses_dir(self) -> Path:

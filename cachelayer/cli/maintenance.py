@@ -108,6 +108,9 @@ def format_stats(doc: dict[str, Any]) -> str:
              f"{response.get('misses', 0)} / {response.get('bypasses', 0)}"),
         _row("hit rate", f"{response.get('hitRate', 0.0):.2f}%"),
         _row("stored / evictions", f"{response.get('stored', 0)} / {response.get('evictions', 0)}"),
+        # Only when it happened: requests that waited for their own write (queue full).
+        *([_row("writes waited for", response["write_waits"])]
+          if response.get("write_waits") else []),
         _row("tokens saved by hits", response.get("tokens_saved", 0)),
         _row("entries / bytes", f"{response.get('entries', '?')} / {response.get('bytes', '?')}"),
         "kv cache (layer 3)",

@@ -56,6 +56,9 @@ class Background:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    def __len__(self) -> int:
+        return len(self.tasks)
+
     async def drain(self) -> None:
         """Wait for every background write to finish."""
         while self.tasks:

@@ -18,6 +18,7 @@ RESPONSE_EXPIRED = "response.expired"
 RESPONSE_BYPASSES = "response.bypasses"
 RESPONSE_STORED = "response.stored"
 RESPONSE_NOT_STORED = "response.not_stored"
+RESPONSE_WRITE_WAITS = "response.write_waits"
 RESPONSE_EVICTIONS = "response.evictions"
 RESPONSE_ERRORS = "response.errors"
 RESPONSE_TOKENS_SAVED = "response.tokens_saved"
@@ -40,8 +41,8 @@ PREFIX_REORDERED = "prefix.reordered_requests"
 RESPONSE_COUNTERS = {
     name.split(".", 1)[1]: name
     for name in (RESPONSE_HITS, RESPONSE_COALESCED, RESPONSE_MISSES, RESPONSE_BYPASSES,
-                 RESPONSE_EXPIRED, RESPONSE_STORED, RESPONSE_NOT_STORED, RESPONSE_EVICTIONS,
-                 RESPONSE_ERRORS, RESPONSE_TOKENS_SAVED)
+                 RESPONSE_EXPIRED, RESPONSE_STORED, RESPONSE_NOT_STORED, RESPONSE_WRITE_WAITS,
+                 RESPONSE_EVICTIONS, RESPONSE_ERRORS, RESPONSE_TOKENS_SAVED)
 }
 # What the store layer counts for each lookup outcome that goes on to the upstream.
 LOOKUP_COUNTERS = {"MISS": RESPONSE_MISSES, "EXPIRED": RESPONSE_EXPIRED,
@@ -111,6 +112,8 @@ PROMETHEUS_COUNTERS = (
                 "Requests not looked up."),
     CounterSpec(RESPONSE_STORED, "cachelayer_response_stored_total",
                 "Answers written to the store."),
+    CounterSpec(RESPONSE_WRITE_WAITS, "cachelayer_response_write_waits_total",
+                "Answers whose request waited for its own write (write queue full)."),
     CounterSpec(RESPONSE_EVICTIONS, "cachelayer_response_evictions_total",
                 "Entries evicted or expired."),
     CounterSpec(RESPONSE_ERRORS, "cachelayer_response_errors_total",

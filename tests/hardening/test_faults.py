@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from cachelayer.config import Settings
 from cachelayer.proxy.state import STORE
 from cachelayer.proxy.store.backends.disk import ResponseStore
 from cachelayer.telemetry.ledger import Ledger
@@ -508,8 +509,11 @@ def test_kill_9_during_a_write_storm_leaves_a_clean_store_that_replays_byte_iden
                    f"byte-identical ({mismatched} differed), {lost} lost (write not landed)")
     assert mismatched == 0
     assert hits <= entries
-    # Writes land off the request path; only those still queued at the kill may be lost.
-    assert lost <= 64, f"{lost} of {len(served)} served answers were never stored"
+    # Writes land off the request path; only those still queued at the kill may be lost:
+    # the queue holds at most max_pending_writes, and past it each of the 16 clients waits
+    # for its own write (whose streamed answer it may already have).
+    bound = Settings().max_pending_writes + 16
+    assert lost <= bound, f"{lost} of {len(served)} served answers were never stored"
 
 
 def test_restart_after_kill_9_needs_no_repair_step(upstream: Upstream, tmp_path: Path) -> None:

@@ -149,7 +149,14 @@ async def store_middleware(request: web.Request, handler: Handler) -> web.Stream
             result, store_truncated=settings.store_truncated)
         if reason is None:
             store.stage(key, result)
-            app[BACKGROUND].spawn(_put(store, ledger, key, result))
+            background = app[BACKGROUND]
+            if len(background) < settings.max_pending_writes:
+                background.spawn(_put(store, ledger, key, result))
+            else:
+                # Backpressure: the queue of writes is full, so this request pays for its
+                # own (a non-streamed answer leaves once it is stored).
+                ledger.count(c.RESPONSE_WRITE_WAITS)
+                await _put(store, ledger, key, result)
         else:
             ledger.count(c.RESPONSE_NOT_STORED)
             log.debug("not storing answer: %s", reason)

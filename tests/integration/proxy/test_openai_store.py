@@ -140,3 +140,24 @@ def test_model_map_renames_the_model_sent_upstream(
         _client(proxy).chat.completions.create(model="gpt-4o", messages=MESSAGES)
         _client(proxy).chat.completions.create(model="other", messages=MESSAGES)
     assert [call["model"] for call in fake.calls] == ["local/qwen", "other"]
+
+
+@pytest.mark.parametrize(("max_pending", "waits"), [(0, 3), (64, 0)])
+def test_a_full_write_queue_makes_the_request_wait_for_its_own_write(
+    start_proxy: ProxyFactory, upstream: tuple[FakeUpstream, RunningServer],
+    max_pending: int, waits: int,
+) -> None:
+    from cachelayer.proxy.state import LEDGER, STORE
+
+    with start_proxy(upstream=upstream[1].url, max_pending_writes=max_pending) as proxy:
+        for n in range(3):
+            body = {"model": "m", "messages": [{"role": "user", "content": f"q{n}"}]}
+            answer = httpx.post(proxy.url + "/v1/chat/completions", json=body)
+            assert answer.headers["X-Cache-Status"] == "MISS"
+            if waits:  # the answer left only once it was on disk
+                assert len(proxy.app[STORE]) == n + 1
+        _wait_for_writes(proxy)
+        assert len(proxy.app[STORE]) == 3
+        totals = proxy.app[LEDGER].totals()
+        assert totals.get("response.write_waits", 0) == waits
+        assert totals["response.stored"] == 3
