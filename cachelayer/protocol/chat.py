@@ -7,14 +7,14 @@ how the answer is rendered. One stored ChatResult replays as either API, streame
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 
 Kind = Literal["chat", "text"]
-ClientApi = Literal["openai", "anthropic"]
+ClientApi = Literal["openai", "anthropic", "responses"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,10 @@ class ChatRequest:
     client_api: ClientApi = "openai"
     include_usage: bool = False
     client_model: str = ""
+    # What the client's API needs besides the neutral body to answer (Responses: the
+    # fields a response object echoes, previous_response_id, store); never sent upstream
+    # and never part of a key.
+    extra: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

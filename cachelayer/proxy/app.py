@@ -6,6 +6,9 @@ A completion request goes down, and its answer comes back up, this chain:
    from every log line; on the way up it times the upstream and writes the access line.
 2. `edge_middleware` (proxy/edge.py) reads and validates the body into one neutral
    `Exchange`; on the way up it renders any error in the client's API shape.
+   `responses_middleware` (proxy/responses/) puts a Responses request's stored
+   conversation (previous_response_id) in front of it; on the way up it stores the
+   response under its id when the request asked to.
 3. `prefix_middleware` (proxy/prefix/) rewrites volatile text, moves early system turns
    up, identifies the prefix; on the way up it accounts usage in the ledger.
 4. `store_middleware` (proxy/store/) replays an exact repeat (HIT) or lets the miss pass;
@@ -26,12 +29,14 @@ from cachelayer.config import Settings
 from cachelayer.protocol.anthropic import AnthropicCodec
 from cachelayer.protocol.codec import Codec
 from cachelayer.protocol.openai import OpenAICodec
+from cachelayer.protocol.responses_codec import ResponsesCodec
 from cachelayer.proxy.edge import edge_middleware, setup_edge
 from cachelayer.proxy.embedded import backend_ctx
 from cachelayer.proxy.forward.handler import handle_completion
 from cachelayer.proxy.forward.upstream import upstream_ctx
 from cachelayer.proxy.prefix.middleware import prefix_middleware, setup_prefix_layer
 from cachelayer.proxy.prefix.rules import compile_rules
+from cachelayer.proxy.responses.middleware import responses_middleware, setup_responses
 from cachelayer.proxy.routes import admin
 from cachelayer.proxy.routes.count_tokens import count_tokens
 from cachelayer.proxy.state import (
@@ -59,7 +64,8 @@ log = logging.getLogger(__name__)
 
 def make_codecs(settings: Settings) -> dict[str, Codec]:
     """The client APIs this proxy speaks, keyed by name."""
-    return {"openai": OpenAICodec(settings.model_map), "anthropic": AnthropicCodec(settings)}
+    return {"openai": OpenAICodec(settings.model_map), "anthropic": AnthropicCodec(settings),
+            "responses": ResponsesCodec(settings)}
 
 
 def open_store(settings: Settings) -> tuple[AnswerStore, SharedLedger | None]:
@@ -108,8 +114,8 @@ def make_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes,
         # Outermost first: request ids and access log, the edge (parse, errors in the
         # client's shape), layer 1 (prefix), layer 2 (store); the handler is layer 3.
-        middlewares=[request_id_middleware, edge_middleware, prefix_middleware,
-                     store_middleware],
+        middlewares=[request_id_middleware, edge_middleware, responses_middleware,
+                     prefix_middleware, store_middleware],
         handler_args={"max_field_size": 65536},
     )
     app[SETTINGS] = settings
@@ -126,6 +132,8 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/chat/completions", handle_completion)
     app.router.add_post("/v1/completions", handle_completion)
     app.router.add_post("/v1/messages", handle_completion)
+    app.router.add_post("/v1/responses", handle_completion)
+    setup_responses(app)
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/v1/models", admin.models)
     app.router.add_get("/health", admin.health)

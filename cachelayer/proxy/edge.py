@@ -33,6 +33,7 @@ API_ROUTES: dict[str, tuple[ClientApi, Kind]] = {
     "/v1/chat/completions": ("openai", "chat"),
     "/v1/completions": ("openai", "text"),
     "/v1/messages": ("anthropic", "chat"),
+    "/v1/responses": ("responses", "chat"),
 }
 CODECS = web.AppKey("codecs", dict[str, Codec])
 PARSE_MEMO = web.AppKey("parse_memo", Memo[ChatRequest])

@@ -20,6 +20,7 @@ from cachelayer.errors import (
 )
 from cachelayer.protocol.openai import parse_response
 from cachelayer.protocol.sse import replay_stream
+from cachelayer.proxy.conversation import conversation_of
 from cachelayer.proxy.forward.errors import UPSTREAM_FAILURES, upstream_error
 from cachelayer.proxy.forward.pool import Backend
 from cachelayer.proxy.forward.relay import relay_stream
@@ -27,9 +28,12 @@ from cachelayer.proxy.forward.upstream import open_completion
 from cachelayer.proxy.state import EXCHANGE, POOL, Exchange
 
 
-def routing_key(exchange: Exchange) -> str:
-    """What picks the backend: layer 1's prefix id (tools + system), so a conversation
-    keeps landing where its KV cache is; a text completion goes by its body."""
+def routing_key(exchange: Exchange, conversation: str | None = None) -> str:
+    """What picks the backend: the client's conversation key when it sends one
+    (proxy/conversation.py), else layer 1's prefix id (tools + system), so a
+    conversation keeps landing where its KV cache is; a text completion goes by its body."""
+    if conversation:
+        return "c:" + conversation
     if exchange.prefix is not None:
         return exchange.prefix.prefix_id
     return exchange.fingerprint or ""
@@ -40,7 +44,7 @@ async def open_routed(request: web.Request, exchange: Exchange
     """Open the upstream answer on the chosen backend, or on the next one while backends
     refuse connections (a request is never sent twice to a backend that took it)."""
     pool = request.app[POOL]
-    candidates = pool.candidates(routing_key(exchange))
+    candidates = pool.candidates(routing_key(exchange, conversation_of(request)))
     for n, backend in enumerate(candidates):
         try:
             upstream, url = await open_completion(request, exchange, backend.url)

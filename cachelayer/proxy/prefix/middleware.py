@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from cachelayer.protocol.chat import ChatRequest
+from cachelayer.proxy.conversation import conversation_of
 from cachelayer.proxy.identity import tenant_id
 from cachelayer.proxy.memo import Memo
 from cachelayer.proxy.prefix.ledger import HIT, MISS, PARTIAL
@@ -46,7 +47,11 @@ def client_of(request: web.Request, *, subagent: bool = False) -> str:
     session = request.headers.get(SESSION_HEADER)
     if session:
         return "s:" + session[:128] + (":sub" if subagent else "")
-    return tenant_id(request.headers.get("Authorization"), request.headers.get("x-api-key"))
+    tenant = tenant_id(request.headers.get("Authorization"), request.headers.get("x-api-key"))
+    conversation = conversation_of(request)
+    if conversation:
+        return f"c:{tenant}:{conversation}"
+    return tenant
 
 
 def is_subagent(stable: Stable) -> bool:
@@ -97,7 +102,9 @@ def stabilize_exchange(app: web.Application, exchange: Exchange) -> Stable:
     memo, fp = app[PREFIX_MEMO], exchange.fingerprint
     stable = memo.get(fp) if fp else None
     if stable is None:
-        hoist = (exchange.chat.client_api == "anthropic"
+        # Codex sends its instructions as two developer turns; Claude Code's second
+        # system turn comes after the first user message: both are hoisted.
+        hoist = (exchange.chat.client_api in ("anthropic", "responses")
                  and not app[SETTINGS].keep_system_order)
         stable = stabilize_chat(exchange.chat, app[VOLATILE_RULES], hoist=hoist)
         if fp:

@@ -1,0 +1,108 @@
+"""Stored responses: each stored response's conversation and object, per tenant.
+
+`store: true` (the Responses API's default) keeps, under the response's id, the chat
+messages of its whole conversation (without the request's instructions, which the API
+does not carry over) and the response object `GET /v1/responses/{id}` returns. A
+request naming it as `previous_response_id` is that conversation plus its new input,
+so it has the same prefix, and the backend reuses the same KV.
+
+Entries are keyed by tenant and id: another tenant's id is simply not there (404). A
+diskcache under the data dir holds them (size-bounded, oldest dropped first, kept for
+`TTL_S`); writes go to memory at once, so a chained request right after a stream finds
+its predecessor, and to disk in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import diskcache
+import orjson
+
+from cachelayer.fs import ensure_private_dir
+
+log = logging.getLogger(__name__)
+TTL_S = 30 * 24 * 3600
+SIZE_LIMIT = 512 * 1024 * 1024
+ENTRY_LIMIT = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """One stored response: its conversation as chat messages, and its object."""
+
+    messages: list[dict[str, Any]]
+    response: dict[str, Any]
+
+    def to_bytes(self) -> bytes:
+        """Serialise for the store."""
+        return orjson.dumps({"messages": self.messages, "response": self.response})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> StoredResponse | None:
+        """Rebuild an entry; None (logged) when it is unreadable."""
+        try:
+            raw = orjson.loads(data)
+            return cls(list(raw["messages"]), dict(raw["response"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            log.warning("dropping an unreadable stored response: %s", exc)
+            return None
+
+
+def _key(tenant: str, response_id: str) -> str:
+    return f"{tenant}\x00{response_id}"
+
+
+class ResponseStates:
+    """Stored responses by (tenant, id), on disk with the latest writes in memory."""
+
+    def __init__(self, directory: Path) -> None:
+        ensure_private_dir(directory)
+        self._cache = diskcache.Cache(str(directory), size_limit=SIZE_LIMIT,
+                                      eviction_policy="least-recently-stored")
+        self._staged: dict[str, bytes] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def get(self, tenant: str, response_id: str) -> StoredResponse | None:
+        """The stored response, or None (unknown, deleted, expired or another tenant's)."""
+        key = _key(tenant, response_id)
+        data = self._staged.get(key)
+        if data is None:
+            value = self._cache.get(key)
+            data = value if isinstance(value, bytes) else None
+        return StoredResponse.from_bytes(data) if data is not None else None
+
+    def put(self, tenant: str, response_id: str, entry: StoredResponse) -> bool:
+        """Keep an entry: visible at once, on disk shortly. False when it is too large."""
+        data = entry.to_bytes()
+        if len(data) > ENTRY_LIMIT:
+            return False
+        key = _key(tenant, response_id)
+        self._staged[key] = data
+        task = asyncio.ensure_future(asyncio.to_thread(self._write, key, data))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    def _write(self, key: str, data: bytes) -> None:
+        self._cache.set(key, data, expire=TTL_S)
+        if self._staged.get(key) is data:
+            del self._staged[key]
+
+    async def delete(self, tenant: str, response_id: str) -> bool:
+        """Forget an entry (after any write of it still running); False when none."""
+        key = _key(tenant, response_id)
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        staged = self._staged.pop(key, None) is not None
+        return bool(await asyncio.to_thread(self._cache.delete, key)) or staged
+
+    async def aclose(self) -> None:
+        """Wait for pending writes, then close the cache."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        self._cache.close()
