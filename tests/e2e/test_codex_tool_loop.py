@@ -1,0 +1,63 @@
+"""The tool loop with the real Codex CLI: a scripted chat-completions upstream (no
+/v1/responses, like stock mlx_lm.server) answers with a streamed exec_command call,
+Codex runs the command, its output comes back through cachelayer as a
+function_call_output, and the final answer arrives."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.claude_cli import stats
+from tests.e2e.codex_cli import codex, require_codex
+from tests.support.fake_upstream import FakeUpstream, Reply
+from tests.support.proxy_process import running_proxy
+from tests.support.servers import serve_app
+
+pytestmark = pytest.mark.slow
+
+
+def script(body: dict[str, Any]) -> Reply:
+    """First: call exec_command; once its output is back: an answer quoting it."""
+    last = body["messages"][-1]
+    if last["role"] == "tool":
+        seen = "marker-42" in str(last["content"])
+        return Reply(text=f"The command ran (marker seen: {'yes' if seen else 'no'}).")
+    if "again" in str(last["content"]):
+        return Reply(text="Still here.")
+    call = {"id": "call_echo_1", "type": "function",
+            "function": {"name": "exec_command",
+                         "arguments": json.dumps({"cmd": "echo marker-$((40+2))"})}}
+    return Reply(text="", tool_calls=[call], finish_reason="tool_calls", split_arguments=4)
+
+
+def test_codex_runs_a_shell_call_and_sends_its_output_back(tmp_path: Path) -> None:
+    require_codex()
+    home = tmp_path / "home"
+    fake = FakeUpstream(script)
+    with serve_app(fake.make_app) as upstream, running_proxy(
+            tmp_path, upstream.url, "--read-timeout", "60") as proxy:
+        done = codex(proxy.url, home, "please run the echo command")
+        resumed = codex(proxy.url, home, "resume", "--last", "and again?")
+        doc = stats(proxy.url)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "marker seen: yes" in done.stdout
+    assert len(fake.calls) == 3
+    # Codex's tools arrive as chat function tools; its hosted ones (web_search, the
+    # multi-agent namespace) do not reach the upstream
+    names = {t["function"]["name"] for t in fake.calls[0]["tools"]}
+    assert "exec_command" in names and all(t["type"] == "function"
+                                           for t in fake.calls[0]["tools"])
+    second = fake.calls[1]["messages"]
+    assert second[-2]["tool_calls"][0]["id"] == "call_echo_1"
+    assert second[-1]["role"] == "tool" and "marker-42" in second[-1]["content"]
+    # resume --last continues the same conversation: the earlier turns, then the new one
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Still here." in resumed.stdout
+    third = fake.calls[2]["messages"]
+    assert third[:len(second)] == second
+    assert third[-1]["role"] == "user" and "and again?" in third[-1]["content"]
+    assert doc["layers"]["prefix"]["uniquePrefixes"] == 1
