@@ -101,6 +101,10 @@ class ResponseStates:
         staged = self._staged.pop(key, None) is not None
         return bool(await asyncio.to_thread(self._cache.delete, key)) or staged
 
+    def __len__(self) -> int:
+        """Entries kept (those still being written count once they land)."""
+        return len(self._cache) + sum(1 for key in list(self._staged) if key not in self._cache)
+
     async def aclose(self) -> None:
         """Wait for pending writes, then close the cache."""
         while self._tasks:
