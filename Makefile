@@ -6,6 +6,8 @@ ARGS ?=
 
 CLAUDE_CODE_VERSION ?= 2.1.197
 CLAUDE := .e2e/node_modules/.bin/claude
+CODEX_VERSION ?= 0.171.0
+CODEX := .e2e-codex/node_modules/.bin/codex
 
 .PHONY: serve test lint unit check bench clean system-deps
 
@@ -27,6 +29,12 @@ $(CLAUDE):
 	npm install --prefix .e2e --no-audit --no-fund --loglevel=error \
 		@anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
 
+# The Codex end-to-end tests drive the real Codex CLI from npm (a native binary per
+# platform, pulled in as an optional dependency of @openai/codex).
+$(CODEX):
+	npm install --prefix .e2e-codex --no-audit --no-fund --loglevel=error \
+		@openai/codex@$(CODEX_VERSION)
+
 # The scale-out tests run a real redis-server and its benchmark uses wrk (Debian packages).
 system-deps:
 	@if ! command -v redis-server >/dev/null || ! command -v wrk >/dev/null; then \
@@ -35,7 +43,7 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server wrk >/dev/null; \
 	fi
 
-test: $(BIN)/.installed $(CLAUDE) system-deps lint  ## create the virtualenv, install, lint, run every test
+test: $(BIN)/.installed $(CLAUDE) $(CODEX) system-deps lint  ## create the virtualenv, install, lint, run every test
 	$(BIN)/pytest
 
 unit: $(BIN)/.installed  ## the quick loop (under a minute): lint, then every test not marked slow
@@ -49,4 +57,4 @@ bench: $(BIN)/.installed
 	$(BIN)/python tools/bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) .e2e .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .e2e .e2e-codex .pytest_cache .mypy_cache .ruff_cache
