@@ -1,0 +1,69 @@
+"""The conversation key clients already send routes a conversation to one backend:
+Codex's prompt_cache_key on /v1/responses, opencode's x-session-id (or
+x-session-affinity) on chat completions; and it names the client in the ledger."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from aiohttp.test_utils import make_mocked_request
+
+from cachelayer.proxy.conversation import CONVERSATION, conversation_of
+from cachelayer.proxy.prefix.middleware import client_of
+from tests.integration.conftest import ProxyFactory
+from tests.support import http
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.servers import RunningServer, serve_app
+
+
+@pytest.fixture
+def three() -> Iterator[list[tuple[FakeUpstream, RunningServer]]]:
+    """Three scripted backends."""
+    fakes = [FakeUpstream() for _ in range(3)]
+    with serve_app(fakes[0].make_app) as a, serve_app(fakes[1].make_app) as b, \
+            serve_app(fakes[2].make_app) as c:
+        yield list(zip(fakes, (a, b, c), strict=True))
+
+
+def _served_by(backends: list[tuple[FakeUpstream, RunningServer]]) -> list[int]:
+    return [len(fake.calls) for fake, _ in backends]
+
+
+def test_prompt_cache_key_keeps_a_conversation_on_one_backend_whatever_its_prefix(
+    three: list[tuple[FakeUpstream, RunningServer]], start_proxy: ProxyFactory
+) -> None:
+    with start_proxy(upstreams=tuple(s.url for _, s in three)) as proxy:
+        for i in range(12):
+            answer = http.post(proxy.url + "/v1/responses", json={
+                "model": "m", "instructions": f"System prompt number {i}.",
+                "input": f"turn {i}", "prompt_cache_key": "codex-conversation-1"})
+            assert answer.status == 200, answer.content
+    assert sorted(_served_by(three)) == [0, 0, 12]
+
+
+def test_opencode_session_header_keeps_chat_completions_on_one_backend(
+    three: list[tuple[FakeUpstream, RunningServer]], start_proxy: ProxyFactory
+) -> None:
+    with start_proxy(upstreams=tuple(s.url for _, s in three)) as proxy:
+        for i in range(12):
+            header = "x-session-id" if i % 2 else "x-session-affinity"
+            answer = http.post(proxy.url + "/v1/chat/completions", json={
+                "model": "m", "messages": [{"role": "system", "content": f"Prompt {i}."},
+                                           {"role": "user", "content": "hi"}]},
+                headers={header: "opencode-session-7"})
+            assert answer.status == 200, answer.content
+    assert sorted(_served_by(three)) == [0, 0, 12]
+
+
+def test_the_ledger_names_the_client_by_its_conversation_within_its_tenant() -> None:
+    plain = make_mocked_request("POST", "/v1/chat/completions",
+                                headers={"Authorization": "Bearer k"})
+    opencode = make_mocked_request("POST", "/v1/chat/completions",
+                                   headers={"Authorization": "Bearer k", "x-session-id": "s1"})
+    codex = make_mocked_request("POST", "/v1/responses", headers={"Authorization": "Bearer k"})
+    codex[CONVERSATION] = "conv-9"
+    assert conversation_of(plain) is None and conversation_of(opencode) == "s1"
+    assert client_of(plain).startswith("t-")
+    assert client_of(opencode) == client_of(plain).join(["c:", ":s1"])
+    assert client_of(codex).endswith(":conv-9")
