@@ -32,16 +32,17 @@ def require_codex() -> None:
     assert CODEX.exists(), f"Codex CLI not installed at {CODEX}: run `make test`"
 
 
-def write_config(home: Path, url: str, model: str = "demo") -> None:
-    """The ~/.codex/config.toml of docs/codex.md, pointing at `url`."""
+def write_config(home: Path, url: str, model: str = "demo", top: str = "") -> None:
+    """The ~/.codex/config.toml of docs/codex.md, pointing at `url` (`top`: more
+    top-level settings)."""
     (home / ".codex").mkdir(parents=True, exist_ok=True)
-    (home / ".codex" / "config.toml").write_text(CONFIG.format(url=url, model=model))
+    (home / ".codex" / "config.toml").write_text(top + CONFIG.format(url=url, model=model))
 
 
-def codex(url: str, home: Path, *args: str, cwd: Path | None = None,
+def codex(url: str, home: Path, *args: str, cwd: Path | None = None, config: str = "",
           timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """`codex exec --skip-git-repo-check ARGS...` against `url`, in `home`."""
-    write_config(home, url)
+    write_config(home, url, top=config)
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home),
            "CACHELAYER_API_KEY": "local-dummy-key", "NO_COLOR": "1"}
     workdir = cwd or home

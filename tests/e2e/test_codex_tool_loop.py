@@ -61,3 +61,29 @@ def test_codex_runs_a_shell_call_and_sends_its_output_back(tmp_path: Path) -> No
     assert third[:len(second)] == second
     assert third[-1]["role"] == "user" and "and again?" in third[-1]["content"]
     assert doc["layers"]["prefix"]["uniquePrefixes"] == 1
+
+
+def compaction_script(body: dict[str, Any]) -> Reply:
+    """Every answer reports a prompt near Codex's limit, so it compacts before the next
+    turn; the compaction request gets a summary."""
+    last = str(body["messages"][-1]["content"])
+    text = "Summary: the user said hi." if "CONTEXT CHECKPOINT COMPACTION" in last else "Hi."
+    return Reply(text=text, prompt_tokens=90_000)
+
+
+def test_codex_compacts_its_context_through_cachelayer(tmp_path: Path) -> None:
+    require_codex()
+    home = tmp_path / "home"
+    fake = FakeUpstream(compaction_script)
+    config = "model_auto_compact_token_limit = 2000\n"
+    with serve_app(fake.make_app) as upstream, running_proxy(
+            tmp_path, upstream.url, "--read-timeout", "60") as proxy:
+        first = codex(proxy.url, home, "say hi", config=config)
+        resumed = codex(proxy.url, home, "resume", "--last", "more", config=config)
+    assert first.returncode == 0 and resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "context compacted" in resumed.stderr
+    # compaction is an ordinary /v1/responses request; the turn after it carries the summary
+    compaction = [c for c in fake.calls
+                  if "CONTEXT CHECKPOINT COMPACTION" in str(c["messages"][-1]["content"])]
+    assert len(compaction) == 1
+    assert "Summary: the user said hi." in json.dumps(fake.calls[-1]["messages"])
