@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 TTL_S = 30 * 24 * 3600
 SIZE_LIMIT = 512 * 1024 * 1024
 ENTRY_LIMIT = 16 * 1024 * 1024
+# Entries kept in memory when the disk refuses writes (full, read-only), newest kept.
+MEMORY_ENTRIES = 1024
 
 
 @dataclass(frozen=True)
@@ -61,11 +66,23 @@ class ResponseStates:
     """Stored responses by (tenant, id), on disk with the latest writes in memory."""
 
     def __init__(self, directory: Path) -> None:
-        ensure_private_dir(directory)
-        self._cache = diskcache.Cache(str(directory), size_limit=SIZE_LIMIT,
-                                      eviction_policy="least-recently-stored")
+        self.degraded: str | None = None
+        try:
+            self._cache = self._open(ensure_private_dir(directory))
+        except (OSError, sqlite3.Error) as exc:
+            # A read-only data dir must not stop the proxy: keep this process's responses.
+            self.degraded = f"cannot open the stored responses in {directory}: {exc}"
+            log.error("%s; keeping them in a temporary directory until restart",
+                      self.degraded)
+            self._cache = self._open(Path(tempfile.mkdtemp(prefix="cachelayer-responses-")))
         self._staged: dict[str, bytes] = {}
+        self._lock = threading.Lock()  # _staged is also changed by the writer threads
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @staticmethod
+    def _open(directory: Path) -> diskcache.Cache:
+        return diskcache.Cache(str(directory), size_limit=SIZE_LIMIT,
+                               eviction_policy="least-recently-stored")
 
     def get(self, tenant: str, response_id: str) -> StoredResponse | None:
         """The stored response, or None (unknown, deleted, expired or another tenant's)."""
@@ -82,28 +99,41 @@ class ResponseStates:
         if len(data) > ENTRY_LIMIT:
             return False
         key = _key(tenant, response_id)
-        self._staged[key] = data
+        with self._lock:
+            self._staged[key] = data
         task = asyncio.ensure_future(asyncio.to_thread(self._write, key, data))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
 
     def _write(self, key: str, data: bytes) -> None:
-        self._cache.set(key, data, expire=TTL_S)
-        if self._staged.get(key) is data:
-            del self._staged[key]
+        try:
+            self._cache.set(key, data, expire=TTL_S)
+        except (OSError, sqlite3.Error) as exc:
+            # Stays in memory (the newest MEMORY_ENTRIES) so chaining still works here.
+            log.warning("cannot write a stored response to disk: %s", exc)
+            with self._lock:
+                while len(self._staged) > MEMORY_ENTRIES:
+                    self._staged.pop(next(iter(self._staged)))
+            return
+        with self._lock:
+            if self._staged.get(key) is data:
+                del self._staged[key]
 
     async def delete(self, tenant: str, response_id: str) -> bool:
         """Forget an entry (after any write of it still running); False when none."""
         key = _key(tenant, response_id)
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        staged = self._staged.pop(key, None) is not None
+        with self._lock:
+            staged = self._staged.pop(key, None) is not None
         return bool(await asyncio.to_thread(self._cache.delete, key)) or staged
 
     def __len__(self) -> int:
         """Entries kept (those still being written count once they land)."""
-        return len(self._cache) + sum(1 for key in list(self._staged) if key not in self._cache)
+        with self._lock:
+            staged = list(self._staged)
+        return len(self._cache) + sum(1 for key in staged if key not in self._cache)
 
     async def aclose(self) -> None:
         """Wait for pending writes, then close the cache."""
