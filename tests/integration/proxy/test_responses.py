@@ -184,3 +184,19 @@ def test_the_same_conversation_over_chat_completions_is_the_same_stored_answer(
     assert chat.headers["X-Cache-Status"] == "HIT"
     assert chat.parse().choices[0].message.content == response.output_text
     assert len(fake.calls) == 1
+
+
+def test_a_stream_cut_by_the_upstream_ends_with_response_failed_and_is_not_kept(
+    start_proxy: ProxyFactory
+) -> None:
+    fake = FakeUpstream(lambda body: Reply(text="one two three four five", cut_after=2))
+    with serve_app(fake.make_app) as up, start_proxy(upstream=up.url) as proxy:
+        client = _client(proxy)
+        events = list(client.responses.create(model="m", input="go", stream=True))
+        assert events[-1].type == "response.failed"
+        failed = events[-1].response  # type: ignore[union-attr]
+        assert failed.error is not None and "[DONE]" in failed.error.message
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(failed.id)
+        again = client.responses.with_raw_response.create(model="m", input="go")
+        assert again.headers["X-Cache-Status"] == "MISS"
