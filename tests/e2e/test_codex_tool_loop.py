@@ -87,3 +87,31 @@ def test_codex_compacts_its_context_through_cachelayer(tmp_path: Path) -> None:
                   if "CONTEXT CHECKPOINT COMPACTION" in str(c["messages"][-1]["content"])]
     assert len(compaction) == 1
     assert "Summary: the user said hi." in json.dumps(fake.calls[-1]["messages"])
+
+
+def thinking_script(body: dict[str, Any]) -> Reply:
+    """A thinking model: reasoning first, then the answer."""
+    return Reply(text=f"Answer {len(body['messages'])}.", reasoning="Let me think it over.")
+
+
+def test_codex_takes_a_local_models_reasoning_and_sends_the_next_turn(
+    tmp_path: Path
+) -> None:
+    require_codex()
+    home = tmp_path / "home"
+    fake = FakeUpstream(thinking_script)
+    with serve_app(fake.make_app) as upstream, running_proxy(
+            tmp_path, upstream.url, "--read-timeout", "60") as proxy:
+        raw = "show_raw_agent_reasoning = true\n"
+        first = codex(proxy.url, home, "think, then say hi", config=raw)
+        resumed = codex(proxy.url, home, "resume", "--last", "again", config=raw)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Let me think it over." in first.stderr  # shown as the model's reasoning
+    # Codex kept it in its session as a reasoning item (and sends it back each turn)
+    rollout = "".join(p.read_text() for p in (home / ".codex" / "sessions").rglob("*.jsonl"))
+    assert '"type":"reasoning"' in rollout and "Let me think it over." in rollout
+    # the reasoning item Codex sent back is dropped: the history holds the answer only
+    history = fake.calls[1]["messages"]
+    assert history[-2] == {"role": "assistant", "content": "Answer 4."}
+    assert "Let me think it over." not in json.dumps(history)

@@ -30,6 +30,7 @@ class Reply:
     cached_tokens: int | None = 0
     completion_tokens: int = 7
     split_arguments: int = 1  # stream: send each tool call's arguments in this many chunks
+    reasoning: str = ""  # a thinking model's reasoning, sent before the text (mlx-lm's field)
 
 
 def default_reply(body: dict[str, Any]) -> Reply:
@@ -97,6 +98,8 @@ class FakeUpstream:
             return await self._stream(request, body, reply, chat, ident)
         if chat:
             message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
+            if reply.reasoning:
+                message["reasoning"] = reply.reasoning
             if reply.tool_calls:
                 message["tool_calls"] = reply.tool_calls
             choice: dict[str, Any] = {"index": 0, "message": message,
@@ -116,6 +119,9 @@ class FakeUpstream:
         head = {"id": ident, "object": "chat.completion.chunk", "created": 1700000000,
                 "model": body.get("model", "fake-model")}
         chunks: list[dict[str, Any]] = []
+        if reply.reasoning and chat:
+            chunks.append({**head, "choices": [{"index": 0, "finish_reason": None,
+                                                "delta": {"reasoning": reply.reasoning}}]})
         words = [w + " " for w in reply.text.split(" ")] if reply.text else []
         if words:
             words[-1] = words[-1][:-1]

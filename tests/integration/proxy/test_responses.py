@@ -200,3 +200,20 @@ def test_a_stream_cut_by_the_upstream_ends_with_response_failed_and_is_not_kept(
             client.responses.retrieve(failed.id)
         again = client.responses.with_raw_response.create(model="m", input="go")
         assert again.headers["X-Cache-Status"] == "MISS"
+
+
+def test_the_sdks_stream_helper_accumulates_our_events_into_the_final_response(
+    start_proxy: ProxyFactory
+) -> None:
+    fake = FakeUpstream(lambda body: Reply(text="Let me check. ", tool_calls=[
+        {"id": "call_a", "type": "function",
+         "function": {"name": "exec_command", "arguments": '{"cmd": "ls"}'}}],
+        finish_reason="tool_calls", split_arguments=2))
+    with serve_app(fake.make_app) as up, start_proxy(upstream=up.url) as proxy:
+        client = _client(proxy)
+        with client.responses.stream(model="m", input="go", tools=TOOLS) as stream:
+            texts = [e.delta for e in stream if e.type == "response.output_text.delta"]
+            final = stream.get_final_response()
+    assert "".join(texts) == final.output_text == "Let me check. "
+    assert [item.type for item in final.output] == ["message", "function_call"]
+    assert final.output[1].arguments == '{"cmd": "ls"}'  # type: ignore[union-attr]
