@@ -19,6 +19,7 @@ from tests.hardening.helpers import (
     CountingUpstream,
     error_message,
     hardened_settings,
+    wait_for,
     wait_for_writes,
 )
 from tests.support import http
@@ -126,6 +127,7 @@ class Env:
 
     proxy: RunningServer
     fake: CountingUpstream
+    data_dir: Path
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +138,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     with serve_app(fake.make_app) as upstream:
         settings = hardened_settings(tmp, upstream=upstream.url)
         with serve_app(lambda: make_app(settings)) as proxy:
-            yield Env(proxy, fake)
+            yield Env(proxy, fake, settings.data_dir)
 
 
 def _state_size(env: Env) -> int:
@@ -185,3 +187,17 @@ def test_a_large_valid_input_under_the_limit_is_answered(env: Env) -> None:
     answer = http.request("POST", env.proxy.url + PATH, data=items(*many), timeout=60)
     assert answer.status == 200, answer.content[:300]
     assert answer.json()["status"] == "completed"
+
+
+def test_stored_responses_are_owner_only_and_never_hold_the_credential(env: Env) -> None:
+    secret = "sk-responses-secret-4242"
+    made = http.request("POST", env.proxy.url + PATH, data=body(input="keep me"),
+                        headers={"Authorization": f"Bearer {secret}"})
+    assert made.status == 200, made.content
+    state = env.data_dir / "response-state"
+    states = env.proxy.app[RESPONSE_STATES]
+    assert wait_for(lambda: len(states) > 0 and states.pending() == 0)  # on disk now
+    assert state.stat().st_mode & 0o777 == 0o700
+    for path in state.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path

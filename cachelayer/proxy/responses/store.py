@@ -129,6 +129,10 @@ class ResponseStates:
             staged = self._staged.pop(key, None) is not None
         return bool(await asyncio.to_thread(self._cache.delete, key)) or staged
 
+    def pending(self) -> int:
+        """Writes still running in their threads."""
+        return len(self._tasks)
+
     def __len__(self) -> int:
         """Entries kept (those still being written count once they land)."""
         with self._lock:
