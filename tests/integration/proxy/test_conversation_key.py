@@ -11,6 +11,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from cachelayer.proxy.conversation import CONVERSATION, conversation_of
 from cachelayer.proxy.prefix.middleware import client_of
+from cachelayer.proxy.state import LEDGER
 from tests.integration.conftest import ProxyFactory
 from tests.support import http
 from tests.support.fake_upstream import FakeUpstream
@@ -67,3 +68,28 @@ def test_the_ledger_names_the_client_by_its_conversation_within_its_tenant() -> 
     assert client_of(plain).startswith("t-")
     assert client_of(opencode) == client_of(plain).join(["c:", ":s1"])
     assert client_of(codex).endswith(":conv-9")
+
+
+def _miss_reasons(proxy: RunningServer) -> dict[str, int]:
+    totals = proxy.call(lambda: proxy.app[LEDGER].totals())
+    assert isinstance(totals, dict)
+    return {k.removeprefix("prefix.miss."): v for k, v in totals.items()
+            if k.startswith("prefix.miss.")}
+
+
+@pytest.mark.parametrize("with_sessions", [True, False])
+def test_a_second_session_on_one_key_is_a_new_session_not_a_changed_system(
+    proxy: RunningServer, with_sessions: bool
+) -> None:
+    """opencode: two sessions (or a title request and the main prompt) on one API key."""
+    for session, system in (("s-title", "Write a title."), ("s-main", "You are opencode.")):
+        headers = {"x-session-id": session} if with_sessions else {}
+        answer = http.post(proxy.url + "/v1/chat/completions", headers=headers, json={
+            "model": "m", "messages": [{"role": "system", "content": system},
+                                       {"role": "user", "content": "hi"}]})
+        assert answer.status == 200
+    reasons = _miss_reasons(proxy)
+    if with_sessions:
+        assert reasons == {"new_session": 2}
+    else:  # what every header-less client got before: compared with the other session
+        assert reasons == {"new_session": 1, "system_changed": 1}
