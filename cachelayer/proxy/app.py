@@ -30,6 +30,7 @@ from cachelayer.protocol.anthropic import AnthropicCodec
 from cachelayer.protocol.codec import Codec
 from cachelayer.protocol.openai import OpenAICodec
 from cachelayer.protocol.responses_codec import ResponsesCodec
+from cachelayer.proxy.conversation import AFFINITY, Affinity
 from cachelayer.proxy.edge import edge_middleware, setup_edge
 from cachelayer.proxy.embedded import backend_ctx
 from cachelayer.proxy.forward.handler import handle_completion
@@ -124,6 +125,7 @@ def make_app(settings: Settings) -> web.Application:
     setup_edge(app, make_codecs(settings))
     setup_prefix_layer(app, compile_rules(settings.volatile_patterns))
     setup_store_layer(app)
+    app[AFFINITY] = Affinity()
     app.cleanup_ctx.append(backend_ctx)
     app.cleanup_ctx.append(_storage_ctx)
     app.cleanup_ctx.append(export_ctx)

@@ -20,7 +20,7 @@ from cachelayer.errors import (
 )
 from cachelayer.protocol.openai import parse_response
 from cachelayer.protocol.sse import replay_stream
-from cachelayer.proxy.conversation import conversation_of
+from cachelayer.proxy.conversation import AFFINITY, conversation_of
 from cachelayer.proxy.forward.errors import UPSTREAM_FAILURES, upstream_error
 from cachelayer.proxy.forward.pool import Backend
 from cachelayer.proxy.forward.relay import relay_stream
@@ -28,12 +28,10 @@ from cachelayer.proxy.forward.upstream import open_completion
 from cachelayer.proxy.state import EXCHANGE, POOL, Exchange
 
 
-def routing_key(exchange: Exchange, conversation: str | None = None) -> str:
-    """What picks the backend: the client's conversation key when it sends one
-    (proxy/conversation.py), else layer 1's prefix id (tools + system), so a
-    conversation keeps landing where its KV cache is; a text completion goes by its body."""
-    if conversation:
-        return "c:" + conversation
+def routing_key(exchange: Exchange) -> str:
+    """What picks the backend: layer 1's prefix id (tools + system), so a conversation
+    keeps landing where its KV cache is; a text completion goes by its body. A client's
+    conversation key then keeps a conversation where it began (proxy/conversation.py)."""
     if exchange.prefix is not None:
         return exchange.prefix.prefix_id
     return exchange.fingerprint or ""
@@ -44,10 +42,18 @@ async def open_routed(request: web.Request, exchange: Exchange
     """Open the upstream answer on the chosen backend, or on the next one while backends
     refuse connections (a request is never sent twice to a backend that took it)."""
     pool = request.app[POOL]
-    candidates = pool.candidates(routing_key(exchange, conversation_of(request)))
+    candidates = pool.candidates(routing_key(exchange))
+    # With a choice of backend, a conversation the client names stays where it began.
+    conversation = conversation_of(request) if pool.routed else None
+    affinity = request.app[AFFINITY]
+    if conversation:
+        by_url = {b.url: b for b in candidates}
+        healthy = {url for url, b in by_url.items() if b.healthy}
+        candidates = [by_url[u] for u in affinity.order(conversation, list(by_url), healthy)]
     for n, backend in enumerate(candidates):
         try:
             upstream, url = await open_completion(request, exchange, backend.url)
+            affinity.remember(conversation, backend.url)
             return backend, upstream, url
         except BackendDown as exc:
             pool.failed(backend, exc.message)

@@ -1,10 +1,14 @@
-"""The conversation key clients already send routes a conversation to one backend:
+"""The conversation key clients already send keeps a conversation on one backend:
 Codex's prompt_cache_key on /v1/responses, opencode's x-session-id (or
-x-session-affinity) on chat completions; and it names the client in the ledger."""
+x-session-affinity) on chat completions. Its first request is placed by its prefix, so
+new sessions of one agent find the shared prefix warm. It also names the client in the
+ledger."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
@@ -19,16 +23,63 @@ from tests.support.servers import RunningServer, serve_app
 
 
 @pytest.fixture
-def three() -> Iterator[list[tuple[FakeUpstream, RunningServer]]]:
+def stoppable() -> Iterator[list[AbstractContextManager[RunningServer]]]:
+    """The three backends' server contexts (a test may exit one early)."""
+    contexts: list[AbstractContextManager[RunningServer]] = []
+    yield contexts
+    for ctx in contexts:
+        with contextlib.suppress(Exception):
+            ctx.__exit__(None, None, None)
+
+
+@pytest.fixture
+def three(stoppable: list[AbstractContextManager[RunningServer]]
+          ) -> list[tuple[FakeUpstream, RunningServer]]:
     """Three scripted backends."""
-    fakes = [FakeUpstream() for _ in range(3)]
-    with serve_app(fakes[0].make_app) as a, serve_app(fakes[1].make_app) as b, \
-            serve_app(fakes[2].make_app) as c:
-        yield list(zip(fakes, (a, b, c), strict=True))
+    out = []
+    for _ in range(3):
+        fake = FakeUpstream()
+        ctx = serve_app(fake.make_app)
+        out.append((fake, ctx.__enter__()))
+        stoppable.append(ctx)
+    return out
 
 
 def _served_by(backends: list[tuple[FakeUpstream, RunningServer]]) -> list[int]:
     return [len(fake.calls) for fake, _ in backends]
+
+
+def test_new_sessions_of_one_agent_start_where_their_shared_prefix_is(
+    three: list[tuple[FakeUpstream, RunningServer]], start_proxy: ProxyFactory
+) -> None:
+    with start_proxy(upstreams=tuple(s.url for _, s in three)) as proxy:
+        for i in range(9):
+            answer = http.post(proxy.url + "/v1/responses", json={
+                "model": "m", "instructions": "The same agent prompt.", "input": f"hi {i}",
+                "prompt_cache_key": f"session-{i}"})
+            assert answer.status == 200, answer.content
+    assert sorted(_served_by(three)) == [0, 0, 9]
+
+
+def test_a_conversation_whose_backend_went_away_continues_on_another(
+    three: list[tuple[FakeUpstream, RunningServer]], start_proxy: ProxyFactory,
+    stoppable: list[AbstractContextManager[RunningServer]]
+) -> None:
+    fakes = [fake for fake, _ in three]
+    with start_proxy(upstreams=tuple(s.url for _, s in three)) as proxy:
+        def turn(i: int) -> None:
+            answer = http.post(proxy.url + "/v1/responses", json={
+                "model": "m", "instructions": f"Prompt {i}.", "input": "hi",
+                "prompt_cache_key": "conversation-x"})
+            assert answer.status == 200, answer.content
+        turn(0)
+        first = next(i for i, f in enumerate(fakes) if f.calls)
+        stoppable.pop(first).__exit__(None, None, None)  # connections refused from now on
+        for i in range(1, 5):
+            turn(i)
+    served = [len(f.calls) for f in fakes]
+    assert served[first] == 1 and sum(served) == 5
+    assert sorted(served)[-1] == 4  # the rest stayed together on one other backend
 
 
 def test_prompt_cache_key_keeps_a_conversation_on_one_backend_whatever_its_prefix(
