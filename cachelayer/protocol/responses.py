@@ -29,8 +29,9 @@ from typing import Any
 from cachelayer.errors import InvalidRequest
 from cachelayer.protocol.validate import check_openai_messages, field_error
 
-# Request fields that change nothing a local model does, accepted and echoed or dropped.
-IGNORED_FIELDS = frozenset({
+# Request fields this edge knows: translated, echoed, or (changing nothing a local model
+# does) accepted and dropped. Any other field is dropped and counted as field:other.
+KNOWN_FIELDS = frozenset({
     "store", "include", "prompt_cache_key", "metadata", "client_metadata", "user",
     "safety_identifier", "service_tier", "truncation", "stream_options", "reasoning",
     "top_logprobs", "prompt_cache_retention", "max_tool_calls", "previous_response_id",
@@ -273,7 +274,7 @@ def translate(body: dict[str, Any], model: str) -> tuple[dict[str, Any], Counter
     check_types(body)
     items = ItemTranslator(chained=body.get("previous_response_id") is not None)
     items.dropped.update("field:other" for k in body
-                         if k not in IGNORED_FIELDS and k not in REFUSED_FIELDS)
+                         if k not in KNOWN_FIELDS and k not in REFUSED_FIELDS)
     raw_input = body.get("input")
     if isinstance(raw_input, str):
         if not raw_input and not body.get("instructions"):
