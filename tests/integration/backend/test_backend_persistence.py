@@ -63,17 +63,36 @@ def test_first_request_after_restart_reuses_the_prefix_from_disk(
     assert stats["disk_hits"] == 1 and stats["blocks"] >= 1
 
 
+def _tokens_and_logprobs(response: Any) -> list[tuple[str, float, list[tuple[str, float]]]]:
+    """Greedy tokens with their logprobs and top logprobs: a wrong restore moves these."""
+    return [
+        (t.token, t.logprob, [(top.token, top.logprob) for top in t.top_logprobs])
+        for t in response.choices[0].logprobs.content
+    ]
+
+
 def test_an_answer_from_a_restored_cache_equals_the_cold_answer(
-    demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any
+    family_model_dir: Callable[[str], Path], tmp_path: Path, start_backend: StartBackend,
+    api: Any,
 ) -> None:
-    kv = tmp_path / "kv"
-    first = start_backend(demo_model, kv)
-    cold = api.chat(first, "Same question twice.", max_tokens=12)
-    stop_server(first)
-    second = start_backend(demo_model, kv)
-    warm = api.chat(second, "Same question twice.", max_tokens=12)
+    # A family model (random weights, undamped layers), not the demo model: the demo
+    # model answers the same text whatever its cache holds, so comparing its text
+    # cannot see a wrong restore. Tokens plus top logprobs can.
+    model = family_model_dir("llama")
+    ask = {"max_tokens": 8, "logprobs": True, "top_logprobs": 3}
+    first = start_backend(model, tmp_path / "kv")
+    api.chat(first, "Same question twice.", **ask)
+    assert stop_server(first) == 0
+    restored = start_backend(model, tmp_path / "kv")
+    warm = api.chat(restored, "Same question twice.", **ask)
+    # All but the last prompt token come from disk (mlx-lm always prefills one).
     assert api.cached_tokens(warm) == warm.usage.prompt_tokens - 1
-    assert warm.choices[0].message.content == cold.choices[0].message.content
+    assert api.get_json(restored, "/v1/cachelayer/kv")["tokens_restored_disk"] == (
+        api.cached_tokens(warm))
+    cold_server = start_backend(model, tmp_path / "kv-cold")
+    cold = api.chat(cold_server, "Same question twice.", **ask)
+    assert api.cached_tokens(cold) == 0
+    assert _tokens_and_logprobs(warm) == _tokens_and_logprobs(cold)
 
 
 def test_streamed_answer_reports_disk_tokens_in_usage(
