@@ -111,6 +111,54 @@ def test_a_flipped_truncated_or_foreign_block_is_dropped_and_the_answer_equals_c
         assert stop_server(server) == 0
 
 
+def _files_written(stats: dict[str, Any]) -> int:
+    return int(stats["blocks_written"]) + int(stats["checkpoints_written"])
+
+
+def _ask_while_turn1_is_written(
+    server: Any, reference: Any, api: Any, system: str, questions: list[str],
+    ask: dict[str, Any],
+) -> list[Any] | None:
+    """Turn 1, then the questions at once; their answers if one of them was looked up
+    while turn 1's write was unfinished (seen by polling the counters), else None."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    # How many files turn 1 alone writes: the same turn on a reference server.
+    ref_base = _files_written(api.get_json(reference, "/v1/cachelayer/kv"))
+    api.chat(reference, TURN1, system=system, **ask)
+    turn1_files = _files_written(api.wait_for_writes(reference)) - ref_base
+    assert turn1_files > 0
+
+    base = api.get_json(server, "/v1/cachelayer/kv")
+    api.chat(server, TURN1, system=system, **ask)
+    turn1_lookups = api.get_json(server, "/v1/cachelayer/kv")["lookups"]
+    samples: list[tuple[int, int]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            stats = api.get_json(server, "/v1/cachelayer/kv")
+            samples.append((stats["lookups"], _files_written(stats)))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(
+                lambda q: api.chat(server, q, system=system, **ask), questions))
+    finally:
+        done.set()
+        sampler.join(30)
+    # A question was looked up (lookups past turn 1's) while fewer files were on disk
+    # than turn 1 alone writes: its write was in flight at that lookup.
+    overlapped = any(
+        lookups > turn1_lookups and written - _files_written(base) < turn1_files
+        for lookups, written in samples
+    )
+    return answers if overlapped else None
+
+
 @pytest.mark.slow
 def test_two_requests_sharing_a_prefix_while_its_write_is_in_flight_answer_as_cold(
     family_model_dir: Callable[[str], Path], tmp_path: Path,
@@ -121,21 +169,29 @@ def test_two_requests_sharing_a_prefix_while_its_write_is_in_flight_answer_as_co
     model = family_model_dir("gpt_oss")  # a sliding window: checkpoints, not just blocks
     ask = {"max_tokens": 6, "logprobs": True, "top_logprobs": 3}
     questions = ["Where is the config?", "Which tests are slow?"]
-    cold_server = start_backend(model, tmp_path / "kv-cold")
-    with ThreadPoolExecutor(2) as pool:
-        cold = [_answer(a) for a in pool.map(lambda q: api.chat(cold_server, q, **ask), questions)]
-    assert stop_server(cold_server) == 0
-
-    server = start_backend(model, tmp_path / "kv")
-    api.chat(server, TURN1, **ask)  # its blocks and checkpoint are queued now
-    with ThreadPoolExecutor(2) as pool:
-        answers = list(pool.map(lambda q: api.chat(server, q, **ask), questions))
-    assert [_answer(a) for a in answers] == cold
+    # 16-token blocks: turn 1's write is ~100 files, so it is still running when the
+    # questions arrive. Each attempt is a new prefix; one seen in flight is required.
+    server = start_backend(model, tmp_path / "kv", "--kv-block-tokens", "16")
+    reference = start_backend(model, tmp_path / "kv-ref", "--kv-block-tokens", "16")
+    for attempt in range(4):
+        system = f"Attempt {attempt}. {api.system}"
+        answers = _ask_while_turn1_is_written(server, reference, api, system, questions, ask)
+        if answers is not None:
+            break
+    assert answers is not None, "turn 1's write was never seen in flight in 4 attempts"
+    assert stop_server(reference) == 0
     assert all(api.cached_tokens(a) > 1000 for a in answers)
     stats = api.wait_for_writes(server)
     assert stats["corrupt_dropped"] == 0 and stats["write_errors"] == 0
     assert stop_server(server) == 0
 
+    cold_server = start_backend(model, tmp_path / "kv-cold")
+    with ThreadPoolExecutor(2) as pool:
+        cold = [_answer(a) for a in pool.map(
+            lambda q: api.chat(cold_server, q, system=system, **ask), questions)]
+    assert [_answer(a) for a in answers] == cold
+    assert stop_server(cold_server) == 0
+
     restarted = start_backend(model, tmp_path / "kv")  # what landed is whole and usable
-    again = api.chat(restarted, questions[0], **ask)
+    again = api.chat(restarted, questions[0], system=system, **ask)
     assert _answer(again) == cold[0] and api.cached_tokens(again) > 1000
