@@ -516,17 +516,53 @@ def test_kill_9_during_a_write_storm_leaves_a_clean_store_that_replays_byte_iden
     assert lost <= bound, f"{lost} of {len(served)} served answers were never stored"
 
 
-def test_restart_after_kill_9_needs_no_repair_step(upstream: Upstream, tmp_path: Path) -> None:
-    """A second kill -9 right after start-up, then a clean start: still opens."""
+def _holds_open(pid: int, path: Path) -> bool:
+    """True when process `pid` has `path` open (read from /proc/<pid>/fd)."""
+    target = str(path.resolve())
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) == target:
+                    return True
+    return False
+
+
+def _kill_mid_start_up(tmp_path: Path, upstream_url: str) -> None:
+    """kill -9 a proxy once its response store's database is open and before its start-up
+    finished (no banner yet: aiohttp prints it after every cleanup context ran). A kill
+    that came too late is retried on a new child; failing that, the test fails."""
+    for attempt in range(5):
+        child = spawn_proxy(tmp_path, upstream_url, name=f"mid-start-{attempt}", wait=False)
+        db = child.data_dir / "responses" / "cache.db"
+        try:
+            assert wait_for(lambda c=child, d=db: _holds_open(c.pid, d), timeout=30), (
+                child.output())
+        except BaseException:
+            child.stop()
+            raise
+        child.kill9()
+        if "cachelayer listening on" not in child.output():
+            return
+    raise AssertionError("every kill came after start-up finished")
+
+
+@pytest.mark.parametrize("stage", ["mid-start-up", "serving"])
+def test_restart_after_kill_9_needs_no_repair_step(
+    upstream: Upstream, tmp_path: Path, stage: str
+) -> None:
+    """A second kill -9 at a verified point (mid-start-up with the response store open,
+    or once /health answers), then a clean start: it opens and replays the entry."""
     _, server = upstream
     child = spawn_proxy(tmp_path, server.url, name="first")
     assert http.post(child.url + CHAT, json=body_for(CHAT, "x")).status == 200
     assert wait_for(lambda: http.get(child.url + "/cache/stats").json()["layers"]["response"][
         "entries"] == 1)
     child.kill9()
-    child = spawn_proxy(tmp_path, server.url, name="second", wait=False)
-    time.sleep(0.3)
-    child.kill9()
+    if stage == "serving":
+        child = spawn_proxy(tmp_path, server.url, name="second")
+        child.kill9()
+    else:
+        _kill_mid_start_up(tmp_path, server.url)
     child = spawn_proxy(tmp_path, server.url, name="third", wait=False)
     try:
         wait_until_up(child)
