@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -535,8 +536,7 @@ def _kill_mid_start_up(tmp_path: Path, upstream_url: str) -> None:
         child = spawn_proxy(tmp_path, upstream_url, name=f"mid-start-{attempt}", wait=False)
         db = child.data_dir / "responses" / "cache.db"
         try:
-            assert wait_for(lambda c=child, d=db: _holds_open(c.pid, d), timeout=30), (
-                child.output())
+            assert wait_for(partial(_holds_open, child.pid, db), timeout=30), child.output()
         except BaseException:
             child.stop()
             raise
