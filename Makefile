@@ -35,12 +35,15 @@ $(CODEX):
 	npm install --prefix .e2e-codex --no-audit --no-fund --loglevel=error \
 		@openai/codex@$(CODEX_VERSION)
 
-# The scale-out tests run a real redis-server and its benchmark uses wrk (Debian packages).
+# The scale-out tests run a real redis-server (TLS certificates made with openssl) and its
+# benchmark uses wrk (Debian packages).
 system-deps:
-	@if ! command -v redis-server >/dev/null || ! command -v wrk >/dev/null; then \
+	@if ! command -v redis-server >/dev/null || ! command -v wrk >/dev/null \
+			|| ! command -v openssl >/dev/null; then \
 		SUDO=""; [ "$$(id -u)" -ne 0 ] && SUDO="sudo"; \
 		$$SUDO apt-get update -qq >/dev/null && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server wrk >/dev/null; \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server wrk openssl \
+			>/dev/null; \
 	fi
 
 test: $(BIN)/.installed $(CLAUDE) $(CODEX) system-deps lint  ## create the virtualenv, install, lint, run every test

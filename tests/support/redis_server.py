@@ -14,6 +14,7 @@ from pathlib import Path
 import redis
 
 from tests.support.processes import free_port, terminate
+from tests.support.tls import TlsFiles
 
 REDIS_SERVER = "redis-server"
 
@@ -25,18 +26,22 @@ class RedisServer:
     directory: Path
     password: str | None = None
     maxmemory: str | None = None
+    # TLS only (`--port 0 --tls-port`): clients must use rediss:// and trust `tls.ca`.
+    tls: TlsFiles | None = None
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
     def url(self, db: int = 0, *, with_password: bool = True) -> str:
-        """redis://[:password@]127.0.0.1:port/db."""
+        """redis://[:password@]127.0.0.1:port/db (rediss:// when TLS only)."""
         auth = f":{self.password}@" if self.password and with_password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/{db}"
 
     def client(self, db: int = 0) -> redis.Redis:
         """A blocking client for assertions."""
+        tls = {"ssl": True, "ssl_ca_certs": str(self.tls.ca)} if self.tls else {}
         return redis.Redis(host="127.0.0.1", port=self.port, db=db, password=self.password,
-                           socket_timeout=5)
+                           socket_timeout=5, **tls)  # type: ignore[arg-type]
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Start (or restart) on the same port and wait until it answers PING."""
@@ -45,9 +50,13 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server; "
                                ".ci/run does it)")
         self.directory.mkdir(parents=True, exist_ok=True)
-        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.directory), "--save", "", "--appendonly", "no",
-                "--daemonize", "no", "--loglevel", "warning"]
+        ports = ["--port", str(self.port)]
+        if self.tls:
+            ports = ["--port", "0", "--tls-port", str(self.port),
+                     "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
+                     "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no"]
+        argv = [binary, *ports, "--bind", "127.0.0.1", "--dir", str(self.directory),
+                "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
         if self.password:
             argv += ["--requirepass", self.password]
         if self.maxmemory:
