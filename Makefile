@@ -9,7 +9,7 @@ CLAUDE := .e2e/node_modules/.bin/claude
 CODEX_VERSION ?= 0.171.0
 CODEX := .e2e-codex/node_modules/.bin/codex
 
-.PHONY: serve test lint unit check bench clean system-deps
+.PHONY: serve test lint unit check bench bench-docs clean system-deps
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ check: unit
 bench: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python tools/bench $(ARGS)
+
+# Re-render the benchmark tables in docs/ from docs/benchmarks/*.json (no benchmark runs).
+bench-docs: $(BIN)/.installed
+	$(BIN)/python tools/render_docs.py
 
 clean:
 	rm -rf $(VENV) .e2e .e2e-codex .pytest_cache .mypy_cache .ruff_cache

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -24,6 +23,9 @@ from typing import Any
 
 # Run from a checkout without installing: make the repository importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib.provenance import stamp
 
 from cachelayer.backend.demo_model import build_demo_model
 from tests.support.processes import (
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "tools/bench_kv.py", *(argv or sys.argv[1:])]),
         "system_prompt_tokens": target,
         "model": "demo llama, hidden 64, 2 layers, 2 heads, float32, random weights",
-        "machine": f"{platform.machine()} {platform.system()}, {platform.processor() or '?'}",
+        "machine": stamp(),  # commit, dirty flag, machine
     }
     # Other jobs on the machine skew single runs; the load average says how much.
     report["loadavg_before"] = [round(x, 2) for x in os.getloadavg()]

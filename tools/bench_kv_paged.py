@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import kv_paged as kp
 from benchlib.kv_families import family_matrix
+from benchlib.provenance import stamp
 
 from cachelayer.backend.paged_store import PagedStore
 
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "tools/bench_kv_paged.py", *(argv or sys.argv[1:])]),
         "geometry": f"{kp.LAYERS} layers x {kp.HEADS} KV heads x {kp.HEAD_DIM} dims, bf16, "
                     f"{kp.BYTES_PER_TOKEN} bytes/token; hidden 64, random weights",
-        "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores",
+        "machine": stamp(),  # commit, dirty flag, machine
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
     }
     print("writes: 10-turn session ...", file=sys.stderr)

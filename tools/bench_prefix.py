@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import statistics
 import sys
@@ -27,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import orjson
 from benchlib import payload
+from benchlib.provenance import stamp
 
 from cachelayer.protocol.openai import parse_request
 from cachelayer.proxy.memo import Memo, fingerprint
@@ -85,8 +85,7 @@ def run(n: int, repeats: int) -> dict[str, Any]:
         "ratio_repeat_to_parse": round(repeat_us / parse_us, 3),
         "target_us": TARGET_US,
         "met": cold_us <= TARGET_US,
-        "machine": f"{platform.processor() or platform.machine()}, Python "
-                   f"{platform.python_version()}",
+        "machine": stamp(),  # commit, dirty flag, machine
     }
 
 

@@ -109,7 +109,8 @@ def main() -> int:
             row.append(f"{mine / ref:.4f}x" if ref else "-")
         print("| " + " | ".join(row) + " |")
     if args.out:
-        args.out.write_text(json.dumps({"tools": args.tools or "all", "turns": TURNS,
+        args.out.write_text(json.dumps({"machine": procs.machine(),
+                                        "tools": args.tools or "all", "turns": TURNS,
                                         "results": results,
                                         "checkouts": {k: str(v) for k, v in checkouts.items()}},
                                        indent=2) + "\n")

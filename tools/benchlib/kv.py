@@ -71,12 +71,16 @@ PAGED_RESULTS = procs.REPO / "docs" / "benchmarks" / "kv-paged.json"
 def paged_summary(path: Path = PAGED_RESULTS) -> list[str]:
     """A paragraph on the paged store at a real KV width, from tools/bench_kv_paged.py's JSON."""
     try:
-        r = json.loads(path.read_text())
-        w, disk = r["writes"], r["restore"]["disk"]
-        ttft = [t for t in r["ttft"] if t.get("cold_over_restart")]
-        last = ttft[-1]
+        return paged_paragraph(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError, IndexError):
         return []
+
+
+def paged_paragraph(r: dict[str, Any]) -> list[str]:
+    """paged_summary's paragraph from the parsed JSON (KeyError/IndexError if incomplete)."""
+    w, disk = r["writes"], r["restore"]["disk"]
+    ttft = [t for t in r["ttft"] if t.get("cold_over_restart")]
+    last = ttft[-1]
     return [
         "### 3b. The paged KV store at a real model's KV width (`tools/bench_kv_paged.py`)", "",
         "The table above uses the demo model, whose KV is about 1 KB per token, so it says "

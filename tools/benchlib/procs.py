@@ -148,15 +148,7 @@ def _version(module: str) -> str | None:
 
 
 def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=str(REPO), check=False).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, cwd=str(REPO), check=False).stdout
-    return {
-        "git_dirty": bool(dirty.strip()),
-        "cores": os.cpu_count(), "ram_gib": _ram_gib(), "cpu_model": _cpu_model(),
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(), "aiohttp": _version("aiohttp"),
-        "mlx": _version("mlx"), "mlx_lm": _version("mlx-lm"), "git_commit": commit or None,
-    }
+    """What the numbers were measured on: commit, dirty flag, machine (provenance.stamp)."""
+    from benchlib.provenance import stamp
+
+    return stamp()

@@ -114,8 +114,9 @@ def miss_section(miss: dict[str, Any]) -> list[str]:
         f"{_f(c['chunks_per_s_p50'], 0)} | - | {_f(s['chunks_per_s_ratio'])}x |", ""]
 
 
-def kv_section(kvr: dict[str, Any]) -> list[str]:
-    """TTFT per prompt size: stock vs cachelayer backend, cold, warm, after restart."""
+def kv_section(kvr: dict[str, Any], *, paged: bool = True) -> list[str]:
+    """TTFT per prompt size: stock vs cachelayer backend, cold, warm, after restart (and,
+    with `paged`, the paragraph on the paged store from its own JSON)."""
     if "sizes" not in kvr:
         return ["## 3. The kv layer", "", f"Not measured: {kvr.get('error') or kvr.get('skipped')}",
                 ""]
@@ -134,7 +135,7 @@ def kv_section(kvr: dict[str, Any]) -> list[str]:
         out.append(f"| {row['tokens']} | {' | '.join(cells)} | "
                    f"{_f(row['ratios']['c_speedup'], 1)}x |")
     return [*out, "", f"Command per size: `{kvr['command_per_size']}`.", "",
-            *kv.paged_summary()]
+            *(kv.paged_summary() if paged else [])]
 
 
 def session_section(session: dict[str, Any]) -> list[str]:

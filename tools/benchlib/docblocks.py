@@ -1,0 +1,184 @@
+"""The tables in docs/ that are rendered from the JSON in docs/benchmarks/, one function each.
+
+Each block is named in the docs by marker comments (`<!-- render:NAME -->` ...
+`<!-- /render:NAME -->`); tools/render_docs.py replaces what lies between them with a
+provenance line (commit, dirty flag, how many commits ago, machine) and the block's
+lines. A number in a block comes from its JSON through this code and nowhere else
+(tests/unit/tools/test_docs_rendered_from_data.py re-renders and compares).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from benchlib import kv, report
+from benchlib.verdicts import (
+    fmt_value,
+    kv_paged_verdicts,
+    prefix_verdicts,
+    scaleout_verdicts,
+)
+
+Data = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Block:
+    """One rendered block: the JSON files it reads (under docs/benchmarks/) and its renderer."""
+
+    sources: tuple[str, ...]
+    render: Callable[..., list[str]]
+
+
+def verdict_table(verdicts: list[dict[str, Any]]) -> list[str]:
+    """Targets as a table: what was measured, the goal, met or missed (computed)."""
+    rows = ["| target | measured | goal | result |", "|---|---:|---:|---|"]
+    rows += [f"| {v['name']} | {fmt_value(v)} | {v['target']} | {v['status']} |"
+             for v in verdicts]
+    return rows
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f}"
+
+
+def kv_paged_writes(r: Data) -> list[str]:
+    """Bytes written per turn: the old whole-context format vs the paged store."""
+    w = r["writes"]
+    rows = ["| turn | context tokens | old format (MB) | paged (MB) | old / paged |",
+            "|---:|---:|---:|---:|---:|"]
+    for t in w["turns"]:
+        if t["turn"] in (1, 2, 5, len(w["turns"])):
+            rows.append(f"| {t['turn']} | {t['context_tokens']} | {_mb(t['old_bytes'])} | "
+                        f"{_mb(t['paged_bytes'])} | {t['old_bytes'] / t['paged_bytes']:.1f}x |")
+    rows.append(f"| **total** | | **{_mb(w['old_total_bytes'])}** | "
+                f"**{_mb(w['paged_total_bytes'])}** | **{w['old_over_paged']:.1f}x** |")
+    rows += ["", f"Paged bytes / the distinct tokens' KV: {w['paged_over_distinct']:.3f}x; "
+             f"old format: {w['old_over_distinct']:.2f}x."]
+    return rows
+
+
+def kv_paged_restore(r: Data) -> list[str]:
+    """Restore after a restart vs the disk's own sequential read of the same files."""
+    rest = r["restore"]
+    rows = [f"{rest['blocks']} block files, {rest['tokens']:,} tokens, "
+            f"{_mb(rest['bytes'])} MB.", "",
+            "| source | restore (s) | read (s) | restore GB/s | read GB/s | restore / read |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for name, label in (("disk", "disk"), ("page_cache", "page cache (warm)")):
+        s = rest[name]
+        rows.append(f"| {label} | {s['restore_s']:.3f} | {s['read_s']:.3f} | "
+                    f"{s['restore_gb_s']:.2f} | {s['read_gb_s']:.2f} | "
+                    f"{s['restore_over_read_bandwidth']:.0%} |")
+    return rows
+
+
+def kv_paged_ttft(r: Data) -> list[str]:
+    """Time to first token, cold vs after a restart, per prefix size."""
+    rows = ["| prefix tokens | cold (s) | after restart (s) | of which restore (s) | speed-up |",
+            "|---:|---:|---:|---:|---:|"]
+    for t in r["ttft"]:
+        cold = "not run" if t.get("cold_s") is None else f"{t['cold_s']:.1f}"
+        ratio = t.get("cold_over_restart")
+        rows.append(f"| {t['prefix_tokens']} | {cold} | {t['restart_s']:.2f} | "
+                    f"{t['restore_s']:.2f} | {'-' if ratio is None else f'{ratio:.1f}x'} |")
+    return rows
+
+
+def kv_paged_families(r: Data) -> list[str]:
+    """The family matrix: reuse in memory and after a restart, answers equal to cold."""
+    rows = ["| family | cache kinds | prompt | reused in memory | reused after restart "
+            "| answer == cold |", "|---|---|---:|---:|---:|---|"]
+    for f in r["families"]:
+        rows.append(f"| {f['family']} | {', '.join(sorted(set(f['kinds'])))} | "
+                    f"{f['prompt_tokens']} | {f['in_memory']} | {f['after_restart']} | "
+                    f"{'yes' if f['equal_to_cold'] else '**no**'} |")
+    return rows
+
+
+def kv_paged_targets(r: Data) -> list[str]:
+    """The paged store's targets, met or missed."""
+    return verdict_table(kv_paged_verdicts(r))
+
+
+def _cell(point: Data, ratio: float) -> str:
+    return (f"{point['rps_median']:,.0f} req/s ({ratio:.2f}x), "
+            f"p50 {point['p50_ms_median']:.2f} ms")
+
+
+def scaleout_store(r: Data) -> list[str]:
+    """Store hits per store and connection count, with the ratio to the ceiling."""
+    hits = r["store_hits"]
+    conns = list(hits["targets"]["ceiling"])
+    rows = ["| target | " + " | ".join(f"{c} connections" for c in conns)
+            + " | upstream calls |", "|---|" + "---:|" * (len(conns) + 1)]
+    for name, points in hits["targets"].items():
+        ratios = hits["vs_ceiling"].get(name, dict.fromkeys(conns, 1.0))
+        calls = sum(points[c].get("upstream_calls", 0) for c in conns)
+        rows.append(f"| {name} | " + " | ".join(_cell(points[c], ratios[c]) for c in conns)
+                    + f" | {calls} |")
+    loads = [x for points in hits["targets"].values() for p in points.values()
+             for x in p.get("loadavg_1m", [])]
+    reps = [max(p["rps_reps"]) / min(p["rps_reps"]) for points in hits["targets"].values()
+            for p in points.values() if p.get("rps_reps")]
+    rows += ["", f"1-minute load average during the cells: {min(loads):.2f}-{max(loads):.2f}; "
+             f"the repetitions of one cell differ by up to {max(reps):.2f}x."]
+    return rows
+
+
+ROUTING_LABELS = {"prefix": "prefix (consistent hashing, bounded load)"}
+
+
+def scaleout_routing(r: Data) -> list[str]:
+    """Prefix routing vs round-robin over three KV-reporting backends."""
+    rows = ["| routing | later turns on the backend holding their prefix | KV tokens reused "
+            "| tokens prefilled |", "|---|---:|---:|---:|"]
+    for mode, m in r["routing"].items():
+        rows.append(f"| {ROUTING_LABELS.get(mode, mode)} | {m['share_on_prefix_backend']:.1%} | "
+                    f"{m['kv_tokens_reused']:,} ({m['reused_share']:.1%}) | "
+                    f"{m['prefilled_tokens']:,} |")
+    return rows
+
+
+def scaleout_targets(store: Data, routing: Data) -> list[str]:
+    """Scale-out targets, met or missed (store hits from the store run, routing from the
+    routing run)."""
+    return verdict_table(scaleout_verdicts(store, routing))
+
+
+def prefix_targets(r: Data) -> list[str]:
+    """Layer 1's budget on a new body, met or missed."""
+    return [*verdict_table(prefix_verdicts(r)), "",
+            f"orjson.loads of the same {r['body_bytes']:,}-byte body: "
+            f"{r['reference_orjson_loads_us']} µs; layer 1 on a byte-identical repeat: "
+            f"{r['layer1_repeat_us']} µs."]
+
+
+def _results(bench: Data) -> Data:
+    return dict(bench["results"])
+
+
+BLOCKS: dict[str, Block] = {
+    "bench-machine": Block(("bench.json",), lambda b: report.machine_section(b["meta"])[2:-1]),
+    "bench-summary": Block(("bench.json",), lambda b: report.summary_table(_results(b))),
+    "bench-store": Block(("bench.json",), lambda b: report.store_section(
+        _results(b)["store"])[2:-1]),
+    "bench-miss": Block(("bench.json",), lambda b: report.miss_section(
+        _results(b)["miss"])[2:-1]),
+    "bench-kv": Block(("bench.json",), lambda b: report.kv_section(
+        _results(b)["kv"], paged=False)[2:-1]),
+    "bench-session": Block(("bench.json",), lambda b: report.session_section(
+        _results(b)["session"])[2:-1]),
+    "kv-paged-summary": Block(("kv-paged.json",), lambda r: kv.paged_paragraph(r)[2:-1]),
+    "kv-paged-writes": Block(("kv-paged.json",), kv_paged_writes),
+    "kv-paged-restore": Block(("kv-paged.json",), kv_paged_restore),
+    "kv-paged-ttft": Block(("kv-paged.json",), kv_paged_ttft),
+    "kv-paged-families": Block(("kv-paged.json",), kv_paged_families),
+    "kv-paged-targets": Block(("kv-paged.json",), kv_paged_targets),
+    "scaleout-store": Block(("scaleout-store.json",), scaleout_store),
+    "scaleout-routing": Block(("scaleout.json",), scaleout_routing),
+    "scaleout-targets": Block(("scaleout-store.json", "scaleout.json"), scaleout_targets),
+    "prefix-targets": Block(("prefix.json",), prefix_targets),
+}
