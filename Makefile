@@ -58,6 +58,7 @@ check: unit
 bench: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python tools/bench $(ARGS)
+	$(BIN)/python tools/render_docs.py
 
 # Re-render the benchmark tables in docs/ from docs/benchmarks/*.json (no benchmark runs).
 bench-docs: $(BIN)/.installed
