@@ -12,6 +12,7 @@ PAGE = {"Origin": "https://page.example"}
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 MESSAGES = {"model": "claude-x", "max_tokens": 16,
             "messages": [{"role": "user", "content": "hi"}]}
+RESPONSES = {"model": "m", "input": "hi"}
 
 
 def _cors(headers: dict[str, str]) -> dict[str, str]:
@@ -19,7 +20,8 @@ def _cors(headers: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(("path", "body"), [("/v1/chat/completions", CHAT),
-                                            ("/v1/messages", MESSAGES)])
+                                            ("/v1/messages", MESSAGES),
+                                            ("/v1/responses", RESPONSES)])
 def test_answers_to_a_page_origin_carry_no_cors_headers(
     proxy: RunningServer, path: str, body: dict[str, object]
 ) -> None:
@@ -36,7 +38,7 @@ def test_read_routes_carry_no_cors_headers(proxy: RunningServer, path: str) -> N
     assert _cors(answer.headers) == {}
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/v1/responses"])
 def test_a_preflight_is_not_granted(proxy: RunningServer, path: str) -> None:
     answer = http.request("OPTIONS", proxy.url + path, headers={
         **PAGE, "Access-Control-Request-Method": "POST",
