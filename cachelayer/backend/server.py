@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from cachelayer.backend.kv_files import model_fingerprint
+from cachelayer.backend.limits import MODEL_ROUTE, ModelLimits, check_request, logits_size
 from cachelayer.backend.models import resolve_model_dir
 from cachelayer.backend.settings import BackendSettings, auto_kv_budget
 from cachelayer.fs import ensure_private_dir
@@ -102,13 +103,16 @@ def count_prompt_tokens(
     return len(prompt)
 
 
-def make_handler_class(settings: BackendSettings) -> type:
+def make_handler_class(settings: BackendSettings, limits: ModelLimits) -> type:
     """An mlx-lm `APIHandler` subclass with the cachelayer routes and one model."""
     from mlx_lm.server import APIHandler
 
     class CachelayerHandler(APIHandler):
         def validate_model_parameters(self) -> None:
-            """mlx-lm's checks, then pin the request to the loaded model."""
+            """Our limits (limits.py), mlx-lm's checks, then pin the request to the
+            loaded model. A ValueError here is answered 400 by mlx-lm."""
+            for name, value in check_request(self.body, limits).items():
+                setattr(self, name, value)
             super().validate_model_parameters()
             # The provider maps this exact string to the loaded model, so no
             # client-chosen name can make the server load something else.
@@ -121,6 +125,8 @@ def make_handler_class(settings: BackendSettings) -> type:
             if self.path == KV_ROUTE:
                 cache: Any = self.response_generator.prompt_cache
                 self._send_json(200, cache.stats())
+            elif self.path == MODEL_ROUTE:
+                self._send_json(200, limits.info(settings.model))
             else:
                 super().do_GET()
 
@@ -194,7 +200,9 @@ class Backend:
         # The layer kinds decide what the disk can restore exactly (or nothing).
         self.prompt_cache.set_kinds(make_prompt_cache(provider.model))
         self.prompt_cache.export_stats()
-        handler = make_handler_class(settings)
+        self.limits = ModelLimits(vocab_size=logits_size(provider.model, model_dir),
+                                  vision=provider.processor is not None)
+        handler = make_handler_class(settings, self.limits)
         self.httpd: ThreadingHTTPServer = ThreadingHTTPServer(
             (settings.host, settings.port),
             lambda *a, **kw: handler(self.generator, *a, **kw),

@@ -21,6 +21,7 @@ from cachelayer.errors import CachelayerError, InvalidRequest
 from cachelayer.protocol.anthropic_stream import AnthropicStream, error_dict, render_message
 from cachelayer.protocol.chat import ChatRequest, ChatResult, ClientApi, Kind
 from cachelayer.protocol.openai import load_json_object
+from cachelayer.protocol.sampling import SamplingError, check_sampling
 from cachelayer.protocol.validate import field_error
 
 log = logging.getLogger(__name__)
@@ -268,8 +269,8 @@ def _sampling(body: dict[str, Any], out: dict[str, Any]) -> None:
     for name in ("temperature", "top_p"):
         value = body.get(name)
         if value is not None:
-            if not _is_number(value) or value < 0:
-                raise InvalidRequest(f"'{name}' must be a non-negative number")
+            if not _is_number(value) or not 0 <= value <= 1:
+                raise InvalidRequest(f"'{name}' must be a number between 0 and 1", param=name)
             out[name] = value
     top_k = body.get("top_k")
     if top_k is not None:
@@ -334,6 +335,11 @@ def translate(
         else:
             dropped["field:tool_choice"] += 1
     _sampling(body, out)
+    try:  # the rules every field reaching the model follows, whatever the client API
+        check_sampling(out)
+    except SamplingError as exc:
+        name = {"stop": "stop_sequences"}.get(exc.field, exc.field)
+        raise field_error(name, exc.problem) from exc
     return out, dropped
 
 

@@ -25,12 +25,15 @@ from cachelayer.protocol.chat import (
     Usage,
     UsageReport,
 )
-from cachelayer.protocol.validate import check_openai_messages
+from cachelayer.protocol.sampling import SamplingError, check_sampling
+from cachelayer.protocol.validate import (
+    check_openai_messages,
+    check_part_type,
+    check_tool_choice,
+    field_error,
+)
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-_NUMBER_FIELDS = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
-                  "repetition_penalty")
-_POSITIVE_INT_FIELDS = ("max_tokens", "max_completion_tokens", "n")
 SSE_DONE = b"data: [DONE]\n\n"
 
 
@@ -50,29 +53,15 @@ def load_json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _check_common(body: Mapping[str, Any]) -> None:
     if "model" in body and not isinstance(body["model"], str):
         raise InvalidRequest("'model' must be a string")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise InvalidRequest("'stream' must be a boolean")
-    for name in _NUMBER_FIELDS:
-        if body.get(name) is not None and not _is_number(body[name]):
-            raise InvalidRequest(f"'{name}' must be a number")
-    for name in _POSITIVE_INT_FIELDS:
-        value = body.get(name)
-        if value is not None and (
-            not isinstance(value, int) or isinstance(value, bool) or value < 1
-        ):
-            raise InvalidRequest(f"'{name}' must be a positive integer")
-    stop = body.get("stop")
-    if stop is not None and not (
-        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
-    ):
-        raise InvalidRequest("'stop' must be a string or a list of strings")
+    try:
+        check_sampling(body)
+    except SamplingError as exc:
+        raise field_error(exc.field, exc.problem) from exc
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise InvalidRequest("'stream_options' must be an object")
@@ -95,6 +84,7 @@ def _check_messages(messages: Any) -> None:
                 if not isinstance(part, dict) or not isinstance(part.get("type", ""), str):
                     raise InvalidRequest(f"messages[{i}].content[{j}] must be an object "
                                          "with a string 'type'")
+                check_part_type(part.get("type"), f"messages[{i}].content[{j}]")
                 if part.get("type") == "text" and not isinstance(part.get("text"), str):
                     raise InvalidRequest(f"messages[{i}].content[{j}].text must be a string")
     check_openai_messages(messages)
@@ -111,9 +101,7 @@ def parse_request(kind: Kind, raw: bytes) -> ChatRequest:
             isinstance(tools, list) and all(isinstance(t, dict) for t in tools)
         ):
             raise InvalidRequest("'tools' must be a list of objects")
-        choice = body.get("tool_choice")
-        if choice is not None and not isinstance(choice, (str, dict)):
-            raise InvalidRequest("'tool_choice' must be a string or an object")
+        check_tool_choice(body.get("tool_choice"), tools)
     else:
         prompt = body.get("prompt")
         if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not prompt):

@@ -86,3 +86,40 @@ def check_openai_messages(messages: Sequence[dict[str, Any]]) -> None:
                 raise field_error(f"{where}.tool_call_id",
                                   f"{call_id!r} answers no tool call of an earlier "
                                   "assistant message")
+
+
+# Content part types a model may take: text, and images (for a model that takes them;
+# the edge checks that against the backend, proxy/model_info.py).
+KNOWN_PARTS = frozenset({"text", "image_url", "input_image", "image"})
+_TOOL_CHOICE_MODES = frozenset({"none", "auto", "required"})
+
+
+def check_part_type(kind: Any, where: str) -> None:
+    """A content part of a type no model here takes is a 400 that says so."""
+    if kind not in KNOWN_PARTS:
+        raise field_error(f"{where}.type", f"content part type {kind!r} is not supported "
+                                           f"(supported: {', '.join(sorted(KNOWN_PARTS))})")
+
+
+def check_tool_choice(choice: Any, tools: Any) -> None:
+    """OpenAI's tool_choice: a mode, or a function that must be one of `tools`."""
+    if choice is None:
+        return
+    if isinstance(choice, str):
+        if choice not in _TOOL_CHOICE_MODES:
+            raise field_error("tool_choice", f"must be one of {sorted(_TOOL_CHOICE_MODES)} "
+                                             "or a function")
+        return
+    if not isinstance(choice, dict):
+        raise field_error("tool_choice", "must be a string or an object")
+    if choice.get("type") != "function":
+        raise field_error("tool_choice.type", "must be 'function'")
+    function = choice.get("function")
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str) or not name:
+        raise field_error("tool_choice.function.name", "must be a non-empty string")
+    names = {t.get("function", {}).get("name") for t in tools or ()
+             if isinstance(t, dict) and isinstance(t.get("function"), dict)}
+    if name not in names:
+        raise field_error("tool_choice.function.name",
+                          f"{name!r} is not one of the request's tools")

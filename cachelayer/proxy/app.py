@@ -35,6 +35,7 @@ from cachelayer.proxy.edge import edge_middleware, setup_edge
 from cachelayer.proxy.embedded import backend_ctx
 from cachelayer.proxy.forward.handler import handle_completion
 from cachelayer.proxy.forward.upstream import upstream_ctx
+from cachelayer.proxy.model_info import MODEL_INFO, ModelInfo
 from cachelayer.proxy.prefix.middleware import prefix_middleware, setup_prefix_layer
 from cachelayer.proxy.prefix.rules import compile_rules
 from cachelayer.proxy.responses.middleware import responses_middleware, setup_responses
@@ -123,6 +124,7 @@ def make_app(settings: Settings) -> web.Application:
     app[UPSTREAM_LATENCY] = Histogram()
     app[REQUEST_IDS] = RequestIds()
     setup_edge(app, make_codecs(settings))
+    app[MODEL_INFO] = ModelInfo(settings.backend_urls)
     setup_prefix_layer(app, compile_rules(settings.volatile_patterns))
     setup_store_layer(app)
     app[AFFINITY] = Affinity()

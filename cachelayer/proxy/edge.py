@@ -25,7 +25,8 @@ from cachelayer.errors import (
 from cachelayer.protocol.chat import ChatRequest, ClientApi, Kind
 from cachelayer.protocol.codec import Codec
 from cachelayer.proxy.memo import MAX_MEMO_BODY, Memo, fingerprint
-from cachelayer.proxy.state import EXCHANGE, SETTINGS, Exchange
+from cachelayer.proxy.model_info import check_against_model
+from cachelayer.proxy.state import EXCHANGE, SETTINGS, UPSTREAM, Exchange
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     codec = codecs[route[0] if route else client_api_for(request.path)]
     try:
         if route is not None and request.method == "POST":
-            request[EXCHANGE] = await read_exchange(request, codec, route[1])
+            request[EXCHANGE] = exchange = await read_exchange(request, codec, route[1])
+            await check_against_model(request.app, exchange.chat, request.app[UPSTREAM])
         return await handler(request)
     except CachelayerError as error:
         level = logging.INFO if isinstance(error, ClientError) else logging.WARNING
