@@ -2,6 +2,8 @@
 
     CachelayerError                  500  api_error
     ├── StoreUnavailable             503  api_error      (the shared Redis store is down)
+    ├── BackendUnavailable           503  api_error      (the embedded backend restarts;
+    │                                                     answered with Retry-After)
     ├── ClientError                  400  invalid_request_error
     │   ├── InvalidRequest           400  invalid_request_error
     │   ├── AuthenticationRequired   401  authentication_error
@@ -96,6 +98,16 @@ class StoreUnavailable(CachelayerError):
     """An admin action needs the shared store (Redis), and it does not answer."""
 
     status = 503
+
+
+class BackendUnavailable(CachelayerError):
+    """The embedded backend is down and being restarted; try again after `retry_after_s`."""
+
+    status = 503
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class UpstreamError(CachelayerError):

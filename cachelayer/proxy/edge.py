@@ -15,6 +15,7 @@ from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestPayloadError
 
 from cachelayer.errors import (
+    BackendUnavailable,
     CachelayerError,
     ClientError,
     InvalidRequest,
@@ -53,8 +54,11 @@ def client_api_for(path: str) -> ClientApi:
 
 def error_response(codec: Codec, error: CachelayerError) -> web.Response:
     """An error answer in the client's API shape with the error's own status."""
-    return web.Response(status=error.status, body=codec.render_error(error),
-                        content_type="application/json")
+    response = web.Response(status=error.status, body=codec.render_error(error),
+                            content_type="application/json")
+    if isinstance(error, BackendUnavailable):
+        response.headers["Retry-After"] = str(error.retry_after_s)
+    return response
 
 
 async def read_body(request: web.Request) -> bytes:

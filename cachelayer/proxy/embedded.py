@@ -3,7 +3,8 @@
 The backend (mlx-lm with persistent prompt caches) runs as a child process so the proxy
 never imports mlx; the demo model is built, once and offline, by a child process too.
 Both live inside the app's cleanup context: started before the proxy accepts requests,
-stopped (SIGTERM, then SIGKILL after a grace period) when it shuts down.
+restarted if the backend dies (supervisor.py), stopped (SIGTERM, then SIGKILL after a
+grace period) when it shuts down.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from cachelayer.config import Settings
 from cachelayer.proxy.state import SETTINGS
+from cachelayer.proxy.supervisor import SUPERVISOR, Supervisor
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 300.0
@@ -95,16 +97,13 @@ async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
     if model == demo_model_dir(settings.data_dir):
         await build_demo_model(model)
     _say(f"starting the backend on {model} ...")
-    process = await asyncio.create_subprocess_exec(
-        *backend_command(model, settings.backend_port, settings.kv_dir,
-                         "--host", "127.0.0.1", "--log-level", settings.log_level.upper())
-    )
-    try:
-        await wait_until_ready(settings.upstream_url, process)
-    except BaseException:
-        await stop(process)
-        raise
+    supervisor = Supervisor(
+        backend_command(model, settings.backend_port, settings.kv_dir,
+                        "--host", "127.0.0.1", "--log-level", settings.log_level.upper()),
+        settings.upstream_url, wait_until_ready, stop)
+    await supervisor.start()
+    app[SUPERVISOR] = supervisor
     try:
         yield
     finally:
-        await stop(process)
+        await supervisor.close()

@@ -26,6 +26,7 @@ from cachelayer.proxy.forward.pool import Backend
 from cachelayer.proxy.forward.relay import relay_stream
 from cachelayer.proxy.forward.upstream import open_completion
 from cachelayer.proxy.state import EXCHANGE, POOL, Exchange
+from cachelayer.proxy.supervisor import SUPERVISOR, unavailable
 
 
 def routing_key(exchange: Exchange) -> str:
@@ -70,7 +71,16 @@ async def handle_completion(request: web.Request) -> web.StreamResponse:
     """The innermost handler: a miss (or bypass) goes to the upstream."""
     exchange = request[EXCHANGE]
     started = time.perf_counter()
-    backend, upstream, url = await open_routed(request, exchange)
+    supervisor = request.app.get(SUPERVISOR)
+    if supervisor is not None and not supervisor.up:
+        raise unavailable(supervisor)
+    try:
+        backend, upstream, url = await open_routed(request, exchange)
+    except UpstreamUnreachable as exc:
+        if supervisor is None:
+            raise
+        # Our own backend refused the connection: it died, and is being restarted.
+        raise unavailable(supervisor) from exc
     backend.in_flight += 1
     try:
         is_sse = upstream.content_type == "text/event-stream"

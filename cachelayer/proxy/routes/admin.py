@@ -22,6 +22,7 @@ from cachelayer.errors import (
 )
 from cachelayer.proxy.forward.errors import UPSTREAM_FAILURES, upstream_error
 from cachelayer.proxy.state import LEDGER, POOL, SETTINGS, SHARED, STORE, UPSTREAM
+from cachelayer.proxy.supervisor import SUPERVISOR
 from cachelayer.telemetry.export import metrics_document, routing_stats, sync_ledger
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,15 @@ async def health(request: web.Request) -> web.Response:
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         upstream["ok"] = False
         upstream["error"] = str(exc) or type(exc).__name__
-    return _json(_health_body(app, upstream))
+    body = _health_body(app, upstream)
+    supervisor = app.get(SUPERVISOR)
+    if supervisor is not None:
+        body["backend"] = supervisor.status()
+        if not supervisor.up:  # our own backend is down: say so, and why
+            body["status"] = "degraded"
+            body["reason"] = supervisor.reason
+            return _json(body, status=503)
+    return _json(body)
 
 
 def _health_body(app: web.Application, upstream: dict[str, Any]) -> dict[str, Any]:
