@@ -90,6 +90,10 @@ class Settings:
     # request waits for its own write. Bounds the memory a storm of misses can queue,
     # and what a crash (kill -9, power) can lose: at most this many answers.
     max_pending_writes: int = 64
+    # The backend's prompt-KV reuse is scoped by credential (X-Cachelayer-Tenant), so one
+    # client cannot time or count another's cached prompt. True shares prefixes across
+    # credentials: for a single-user machine whose clients use several keys.
+    share_kv: bool = False
 
     @property
     def responses_dir(self) -> Path:

@@ -57,6 +57,20 @@ def pack_tokens(tokens: tuple[int, ...] | list[int]) -> bytes:
     return struct.pack(f"<{len(tokens)}I", *tokens)
 
 
+def chain_seed(fingerprint: str, variant: str = "", tenant: str = "") -> str:
+    """What every chain hash of a store is seeded with: the model fingerprint, plus what
+    changes what a block means (`variant`: KV quantization, an adapter, a draft model's
+    layers) and whose it is (`tenant`). Both empty: the bare fingerprint, so the
+    blocks of a plain model stay where they were."""
+    if not variant and not tenant:
+        return fingerprint
+    h = xxhash.xxh3_64()
+    for part in (variant, tenant):
+        h.update(struct.pack("<Q", len(part)))
+        h.update(part.encode())
+    return f"{fingerprint}-{h.hexdigest()}"
+
+
 def chain_hash(parent: bytes, cut: int, tokens: tuple[int, ...], fingerprint: str) -> bytes:
     """A block's address: xxh3-128 of parent hash, cut, model fingerprint and token ids."""
     h = xxhash.xxh3_128()
@@ -130,6 +144,9 @@ class Block:
     last_used: float
     children: dict[bytes, Block] = field(default_factory=dict)
     checkpoints: dict[int, Checkpoint] = field(default_factory=dict)
+    # Whose prompt this is (the proxy's tenant salt; "" when shared): in the chain seed,
+    # and lookups follow only the asking tenant's chains.
+    tenant: str = ""
 
 
 @dataclass(frozen=True)
@@ -152,6 +169,7 @@ def block_header(block: Block, fingerprint: str) -> dict[str, Any]:
         "cut": block.cut,
         "start": block.start,
         "tokens": base64.b64encode(pack_tokens(block.tokens)).decode("ascii"),
+        **({"tenant": block.tenant} if block.tenant else {}),
     }
 
 
@@ -168,8 +186,10 @@ def block_from_header(header: dict[str, Any], path: Path, nbytes: int, mtime: fl
         path=path,
         nbytes=nbytes,
         last_used=mtime,
+        tenant=str(header.get("tenant", "")),
     )
-    address = chain_hash(block.parent, block.cut, tokens, header["fingerprint"])
+    seed = chain_seed(header["fingerprint"], "", block.tenant)
+    address = chain_hash(block.parent, block.cut, tokens, seed)
     if not tokens or address != block.hash:
         raise BadFile("block address does not match its content")
     return block
@@ -244,23 +264,24 @@ class BlockIndex:
             self.nbytes -= ckpt.nbytes
             self.n_checkpoints -= 1
 
-    def longest(self, tokens: list[int] | tuple[int, ...]) -> tuple[Block | None, int, int]:
+    def longest(self, tokens: list[int] | tuple[int, ...],
+                tenant: str = "") -> tuple[Block | None, int, int]:
         """The deepest stored point `tokens` follows exactly: (block, tokens used, position)."""
         best: tuple[Block | None, int, int] = (None, 0, 0)
-        for child, start, m in self._followed(tokens, len(tokens)):
+        for child, start, m in self._followed(tokens, len(tokens), tenant):
             if start + m > best[2]:
                 best = (child, m, start + m)
         return best
 
     def _followed(self, tokens: list[int] | tuple[int, ...],
-                  limit: int) -> Iterator[tuple[Block, int, int]]:
-        """Every stored block `tokens` follows: (block, its start, tokens matched there),
-        matching at most up to position `limit`."""
+                  limit: int, tenant: str = "") -> Iterator[tuple[Block, int, int]]:
+        """Every stored block of `tenant` that `tokens` follows: (block, its start, tokens
+        matched there), matching at most up to position `limit`."""
         stack: list[tuple[dict[bytes, Block], int, int]] = [(self.roots, 0, 0)]
         while stack:
             children, parent_matched, base = stack.pop()
             for child in children.values():
-                if child.cut > parent_matched:
+                if child.cut > parent_matched or child.tenant != tenant:
                     continue
                 start = base + child.cut
                 m = min(_common(child.tokens, tokens, start), max(0, limit - start))
@@ -269,7 +290,8 @@ class BlockIndex:
                 yield child, start, m
                 stack.append((child.children, m, start))
 
-    def nearest(self, tokens: list[int], *, positional_only: bool) -> Match | None:
+    def nearest(self, tokens: list[int], *, positional_only: bool,
+                tenant: str = "") -> Match | None:
         """The longest restorable prefix of `tokens`, leaving at least one token to prefill.
 
         A model whose layers are all positional can stop anywhere along a chain;
@@ -277,7 +299,7 @@ class BlockIndex:
         """
         limit = len(tokens) - 1
         best: tuple[int, Block | None, int, Checkpoint | None] = (0, None, 0, None)
-        for child, start, m in self._followed(tokens, limit):
+        for child, start, m in self._followed(tokens, limit, tenant):
             if positional_only:
                 if start + m > best[0]:
                     best = (start + m, child, m, None)

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cachelayer.backend.tenants import TENANT_HEADER
 from cachelayer.protocol.sampling import check_sampling
 
 logger = logging.getLogger(__name__)
 
 MODEL_ROUTE = "/v1/cachelayer/model"
-TENANT_HEADER = "X-Cachelayer-Tenant"
 # Part types mlx-lm turns into images (server._image_url); "text" is the only other one.
 IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 # Fields mlx-lm insists are floats; a client's 0 or 1 means the same.

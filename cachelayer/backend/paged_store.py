@@ -38,6 +38,7 @@ from cachelayer.backend.kv_blocks import (
     block_from_header,
     block_header,
     chain_hash,
+    chain_seed,
     checkpoint_id,
     encode_header,
     remove_files,
@@ -182,10 +183,13 @@ class PagedStore:
         logger.info("kv index: %d blocks, %d checkpoints, %d bytes in %s (%d dropped)",
                     len(index.blocks), index.n_checkpoints, index.nbytes, self.root, len(bad))
 
-    def nearest(self, tokens: list[int], kinds: tuple[str, ...]) -> Match | None:
-        """The longest stored prefix of `tokens` a cache of `kinds` can be restored at."""
+    def nearest(self, tokens: list[int], kinds: tuple[str, ...],
+                tenant: str = "") -> Match | None:
+        """The longest stored prefix of `tenant`'s `tokens` a cache of `kinds` can be
+        restored at."""
         with self._lock:
-            return self.index.nearest(tokens, positional_only=set(kinds) <= {"kv"})
+            return self.index.nearest(tokens, positional_only=set(kinds) <= {"kv"},
+                                      tenant=tenant)
 
     def load(self, match: Match, kinds: tuple[str, ...]) -> list[Any] | None:
         """Restore the cache of `match`; None (chain cut, counted) if a file fails its checks."""
@@ -246,24 +250,26 @@ class PagedStore:
                      time.monotonic() - started)
         return caches
 
-    def save(self, tokens: tuple[int, ...], snapshot: list[Any], kinds: tuple[str, ...]) -> int:
-        """Write the blocks past the longest stored prefix and, for stateful layers, a
-        checkpoint at the end; returns the bytes written."""
+    def save(self, tokens: tuple[int, ...], snapshot: list[Any], kinds: tuple[str, ...],
+             tenant: str = "") -> int:
+        """Write the blocks past `tenant`'s longest stored prefix and, for stateful layers,
+        a checkpoint at the end; returns the bytes written."""
         n = len(tokens)
         if n < self.min_tokens:
             return 0
         with self._lock:
-            block, used, pos = self.index.longest(tokens)
+            block, used, pos = self.index.longest(tokens, tenant)
             if block is not None:
                 block.last_used = time.time()
         written = 0
         parent, cut = (block.hash, used) if block is not None else (ROOT, 0)
+        seed = chain_seed(self.fingerprint, "", tenant)
         kv_layers = [i for i, k in enumerate(kinds) if k == "kv"]
         views = kv_views(snapshot, kv_layers)
         while pos < n:
             end = min(n, (pos // self.block_tokens + 1) * self.block_tokens)
-            new = Block(chain_hash(parent, cut, tokens[pos:end], self.fingerprint), parent, cut,
-                        pos, tokens[pos:end], Path(), 0, time.time())
+            new = Block(chain_hash(parent, cut, tokens[pos:end], seed), parent, cut,
+                        pos, tokens[pos:end], Path(), 0, time.time(), tenant=tenant)
             written += self._write_block(new, views)
             parent, cut, pos, block, used = new.hash, end - pos, end, new, end - pos
         stateful = [i for i, k in enumerate(kinds) if k != "kv"]

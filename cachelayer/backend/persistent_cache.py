@@ -27,6 +27,7 @@ from mlx_lm.models.cache import LRUPromptCache
 from cachelayer.backend.kv_codec import cache_tokens, layer_kinds
 from cachelayer.backend.kv_files import STATS_NAME, write_json_atomic
 from cachelayer.backend.paged_store import PagedStore
+from cachelayer.backend.tenants import TenantRegistry, scoped
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +51,12 @@ class PersistentPromptCache(LRUPromptCache):
         model_name: str = "",
         family: str = "",
         kinds: tuple[str, ...] | None = None,
+        tenants: TenantRegistry | None = None,
     ) -> None:
-        """Wrap `store`; only caches of model key `persist_key` and layer `kinds` go to disk."""
+        """Wrap `store`; only caches of model key `persist_key` and layer `kinds` go to disk.
+        With `tenants`, reuse is scoped by tenant (tenants.py); without, all is shared."""
         super().__init__(max_size=max_size, max_bytes=max_bytes)
+        self.tenants = tenants
         self.store = store
         self.persist_key = persist_key
         self.model_name = model_name
@@ -83,12 +87,14 @@ class PersistentPromptCache(LRUPromptCache):
                            "this model's prompt caches stay in memory only", names)
 
     def fetch_nearest_cache(self, model: Any, tokens: list[int]) -> tuple[Any, list[int]]:
-        """Nearest cache from memory, or from disk when the disk holds a longer prefix."""
-        cache, rest = super().fetch_nearest_cache(model, tokens)
+        """Nearest cache of the asking tenant from memory, or from disk when the disk holds
+        a longer prefix."""
+        tenant = self.tenants.current if self.tenants is not None else ""
+        cache, rest = super().fetch_nearest_cache(scoped(model, tenant), tokens)
         from_memory = len(tokens) - len(rest)
         if model == self.persist_key and self.kinds is not None and len(tokens) > 1:
             for _ in range(3):  # a bad file cuts the chain; the next try finds a shorter one
-                match = self.store.nearest(tokens, self.kinds)
+                match = self.store.nearest(tokens, self.kinds, tenant)
                 if match is None or match.n_tokens <= from_memory:
                     break
                 disk_cache = self.store.load(match, self.kinds)
@@ -121,8 +127,12 @@ class PersistentPromptCache(LRUPromptCache):
         *,
         cache_type: str = "assistant",
     ) -> None:
-        """Insert into memory as mlx-lm does, and queue a disk write if long enough."""
-        super().insert_cache(model, tokens, prompt_cache, cache_type=cache_type)
+        """Insert into memory as mlx-lm does (once per tenant it may be kept for), and
+        queue a disk write if long enough."""
+        owners = self.tenants.owners(tokens) if self.tenants is not None else [""]
+        for tenant in owners:
+            super().insert_cache(scoped(model, tenant), tokens, prompt_cache,
+                                 cache_type=cache_type)
         if model != self.persist_key or self.kinds is None or len(tokens) < self.store.min_tokens:
             return
         kinds = layer_kinds(prompt_cache)
@@ -142,7 +152,8 @@ class PersistentPromptCache(LRUPromptCache):
             if kind == "arrays":
                 c.cache = list(c.cache)  # the live cache assigns into this list
         mx.eval([c.state for c in snapshot])
-        self._queue.put((tuple(tokens[:n]), snapshot))
+        for tenant in owners:
+            self._queue.put((tuple(tokens[:n]), snapshot, tenant))
 
     def flush(self, timeout: float = 60.0) -> bool:
         """Wait until queued writes are on disk and stats exported; False on timeout."""
@@ -208,10 +219,12 @@ class PersistentPromptCache(LRUPromptCache):
                 self.writes_dropped += 1  # dropped whole: none of its blocks is written
                 self._queue.task_done()
             elif item is not None:
-                tokens, snapshot = item
+                tokens, snapshot, tenant = item
                 try:
                     assert self.kinds is not None
-                    if self.store.save(tokens, snapshot, self.kinds):
+                    saved = (self.store.save(tokens, snapshot, self.kinds, tenant) if tenant
+                             else self.store.save(tokens, snapshot, self.kinds))
+                    if saved:
                         self._stats_dirty.set()
                 except Exception:  # the writer must survive anything one file does
                     logger.exception("kv writer failed on a %d-token cache", len(tokens))

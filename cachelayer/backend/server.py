@@ -33,6 +33,12 @@ from cachelayer.backend.kv_files import model_fingerprint
 from cachelayer.backend.limits import MODEL_ROUTE, ModelLimits, check_request, logits_size
 from cachelayer.backend.models import resolve_model_dir
 from cachelayer.backend.settings import BackendSettings, auto_kv_budget
+from cachelayer.backend.tenants import (
+    TENANT_HEADER,
+    TenantRegistry,
+    parse_tenant,
+    tenant_generator_class,
+)
 from cachelayer.fs import ensure_private_dir
 
 logger = logging.getLogger(__name__)
@@ -120,6 +126,18 @@ def make_handler_class(settings: BackendSettings, limits: ModelLimits) -> type:
             self.requested_draft_model = "default_model"
             self.adapter = None
 
+        def handle_chat_completions(self) -> Any:
+            """mlx-lm's request, tagged with the tenant whose KV it may reuse."""
+            return self._with_tenant(super().handle_chat_completions())
+
+        def handle_text_completions(self) -> Any:
+            """mlx-lm's request, tagged with the tenant whose KV it may reuse."""
+            return self._with_tenant(super().handle_text_completions())
+
+        def _with_tenant(self, request: Any) -> Any:
+            request.cachelayer_tenant = parse_tenant(self.headers.get(TENANT_HEADER))
+            return request
+
         def do_GET(self) -> None:
             """Serve /v1/cachelayer/kv; everything else as mlx-lm does."""
             if self.path == KV_ROUTE:
@@ -166,7 +184,7 @@ class Backend:
     def __init__(self, settings: BackendSettings) -> None:
         """Load the model, rebuild the disk index and bind the socket (not serving yet)."""
         from mlx_lm.models.cache import make_prompt_cache
-        from mlx_lm.server import ModelProvider, ResponseGenerator
+        from mlx_lm.server import ModelProvider
 
         from cachelayer.backend.paged_store import PagedStore
         from cachelayer.backend.persistent_cache import PersistentPromptCache
@@ -189,9 +207,10 @@ class Backend:
             max_size=settings.prompt_cache_size,
             model_name=settings.model,
             family=model_family(model_dir),
+            tenants=TenantRegistry(),
         )
         provider = ModelProvider(mlx_cli_args(settings))
-        self.generator = ResponseGenerator(provider, self.prompt_cache)
+        self.generator = tenant_generator_class()(provider, self.prompt_cache)
         # Listen only once the model is loaded, so a successful /health means ready.
         while provider.model_key is None:
             if not self.generator.generation_available():

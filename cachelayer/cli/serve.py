@@ -167,6 +167,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                         "(default: the embedded backend's model; needed for mlx_lm.server)")
     p.add_argument("--max-tokens-cap", type=int, default=DEFAULTS.max_tokens_cap,
                    help="upper bound on max_tokens of Anthropic requests (default: 8192)")
+    p.add_argument("--share-kv", action="store_true",
+                   help="let every credential reuse every cached prompt prefix (a single-user "
+                        "machine; default: KV reuse is scoped by credential)")
     p.add_argument("--log-level", default=DEFAULTS.log_level,
                    choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
@@ -219,6 +222,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Sett
         default_model=args.upstream_model or (str(backend_model) if backend_model else None),
         max_tokens_cap=args.max_tokens_cap,
         log_level=args.log_level,
+        share_kv=args.share_kv,
     )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -25,7 +27,8 @@ def digest(data: bytes) -> str:
 def tenant_id(authorization: str | None, api_key: str | None) -> str:
     """A one-way id for the client's credential; the credential itself is never kept.
 
-    `Authorization: Bearer K` and `x-api-key: K` name the same tenant.
+    `Authorization: Bearer K`, `x-api-key: K` and `api-key: K` (Azure's) name the same
+    tenant.
     """
     credential = api_key or authorization or ""
     if credential.lower().startswith("bearer "):
@@ -34,3 +37,17 @@ def tenant_id(authorization: str | None, api_key: str | None) -> str:
     if not credential:
         return ANONYMOUS_TENANT
     return "t-" + xxhash.xxh3_64_hexdigest(b"cachelayer-tenant\x00" + credential.encode())
+
+
+def request_tenant(headers: Mapping[str, str]) -> str:
+    """The tenant of a request's headers: its Authorization, x-api-key or api-key."""
+    return tenant_id(headers.get("Authorization"),
+                     headers.get("x-api-key") or headers.get("api-key"))
+
+
+@functools.lru_cache(maxsize=1024)
+def kv_salt(tenant: str) -> str:
+    """What the backend is told (X-Cachelayer-Tenant) to scope KV reuse by: a one-way hash
+    of the tenant id, itself a hash of the credential. Written into KV block headers, so
+    it must not reveal even the tenant id."""
+    return hashlib.sha256(b"cachelayer-kv-tenant\x00" + tenant.encode()).hexdigest()[:32]

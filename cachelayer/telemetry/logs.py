@@ -38,7 +38,8 @@ REDACTED = "[redacted]"
 
 def request_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
     """The credential values a request carries (with and without `Bearer `)."""
-    return _secrets_of(headers.get("Authorization", ""), headers.get("x-api-key", ""))
+    return _secrets_of(headers.get("Authorization", ""), headers.get("x-api-key", ""),
+                       headers.get("api-key", ""))
 
 
 @functools.lru_cache(maxsize=256)

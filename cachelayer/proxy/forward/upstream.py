@@ -23,17 +23,23 @@ from cachelayer.proxy.forward.errors import (
     upstream_error,
 )
 from cachelayer.proxy.forward.pool import UpstreamPool
+from cachelayer.proxy.identity import ANONYMOUS_TENANT, kv_salt, request_tenant
 from cachelayer.proxy.state import POOL, SETTINGS, UPSTREAM, Exchange
 
+TENANT_HEADER = "X-Cachelayer-Tenant"
 PATHS: dict[Kind, str] = {"chat": "/v1/chat/completions", "text": "/v1/completions"}
 _ERROR_BODY_LIMIT = 64 * 1024
 
 
 def forwarded_headers(request: web.Request) -> dict[str, str]:
-    """The headers an upstream call carries: JSON, and the client's Authorization if any."""
+    """The headers an upstream call carries: JSON, the client's Authorization if any, and
+    the tenant salt that scopes the backend's KV reuse (unless --share-kv)."""
     headers = {"Content-Type": "application/json"}
     if "Authorization" in request.headers:
         headers["Authorization"] = request.headers["Authorization"]
+    tenant = request_tenant(request.headers)
+    if tenant != ANONYMOUS_TENANT and not request.app[SETTINGS].share_kv:
+        headers[TENANT_HEADER] = kv_salt(tenant)
     return headers
 
 

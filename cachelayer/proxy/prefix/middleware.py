@@ -19,7 +19,7 @@ from aiohttp.typedefs import Handler
 
 from cachelayer.protocol.chat import ChatRequest
 from cachelayer.proxy.conversation import conversation_of
-from cachelayer.proxy.identity import tenant_id
+from cachelayer.proxy.identity import request_tenant
 from cachelayer.proxy.memo import Memo
 from cachelayer.proxy.prefix.ledger import HIT, MISS, PARTIAL
 from cachelayer.proxy.prefix.placement import hoist_body
@@ -47,7 +47,7 @@ def client_of(request: web.Request, *, subagent: bool = False) -> str:
     session = request.headers.get(SESSION_HEADER)
     if session:
         return "s:" + session[:128] + (":sub" if subagent else "")
-    tenant = tenant_id(request.headers.get("Authorization"), request.headers.get("x-api-key"))
+    tenant = request_tenant(request.headers)
     conversation = conversation_of(request)
     if conversation:
         return f"c:{tenant}:{conversation}"

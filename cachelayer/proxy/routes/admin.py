@@ -21,6 +21,7 @@ from cachelayer.errors import (
     UpstreamStatusError,
 )
 from cachelayer.proxy.forward.errors import UPSTREAM_FAILURES, upstream_error
+from cachelayer.proxy.model_info import MODEL_INFO
 from cachelayer.proxy.state import LEDGER, POOL, SETTINGS, SHARED, STORE, UPSTREAM
 from cachelayer.proxy.supervisor import SUPERVISOR
 from cachelayer.telemetry.export import metrics_document, routing_stats, sync_ledger
@@ -62,6 +63,7 @@ async def health(request: web.Request) -> web.Response:
                                   "healthy": sum(b["healthy"] for b in backends),
                                   "of": len(backends)})
         body["backends"] = backends
+        body["kv_reuse"] = await kv_reuse(app)
         return _json(body)
     url = app[SETTINGS].upstream_url
     upstream: dict[str, Any] = {"url": url}
@@ -73,6 +75,7 @@ async def health(request: web.Request) -> web.Response:
         upstream["ok"] = False
         upstream["error"] = str(exc) or type(exc).__name__
     body = _health_body(app, upstream)
+    body["kv_reuse"] = await kv_reuse(app)
     supervisor = app.get(SUPERVISOR)
     if supervisor is not None:
         body["backend"] = supervisor.status()
@@ -81,6 +84,19 @@ async def health(request: web.Request) -> web.Response:
             body["reason"] = supervisor.reason
             return _json(body, status=503)
     return _json(body)
+
+
+async def kv_reuse(app: web.Application) -> dict[str, Any]:
+    """Whether the backend's prompt-KV reuse (cached_tokens, timings) is scoped by
+    credential, and why not when it is shared."""
+    if app[SETTINGS].share_kv:
+        return {"scope": "shared", "why": "--share-kv: prefixes are shared across credentials"}
+    limits = await app[MODEL_INFO].get(app[UPSTREAM])
+    if limits.tenant_scoped_kv:
+        return {"scope": "per-credential"}
+    return {"scope": "shared", "why": "the upstream is not a cachelayer backend (or does "
+            "not answer): it cannot be told whose prompt it is, so clients with different "
+            "credentials can see each other's cached prefixes through cached_tokens"}
 
 
 def _health_body(app: web.Application, upstream: dict[str, Any]) -> dict[str, Any]:

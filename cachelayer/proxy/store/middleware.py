@@ -16,7 +16,7 @@ from aiohttp.typedefs import Handler
 
 from cachelayer.protocol.chat import ChatResult
 from cachelayer.protocol.sse import render_sse, write_sse
-from cachelayer.proxy.identity import tenant_id
+from cachelayer.proxy.identity import request_tenant
 from cachelayer.proxy.memo import Memo
 from cachelayer.proxy.state import (
     BACKGROUND,
@@ -45,7 +45,7 @@ RENDER_MEMO = web.AppKey("render_memo", Memo[bytes])
 
 def request_key(request: web.Request, exchange: Exchange) -> str:
     """The response key for this request: its meaning, its tenant, its upstream."""
-    tenant = tenant_id(request.headers.get("Authorization"), request.headers.get("x-api-key"))
+    tenant = request_tenant(request.headers)
     memo = request.app[KEY_MEMO]
     memo_key = (exchange.fingerprint, tenant)
     key = memo.get(memo_key) if exchange.fingerprint else None
