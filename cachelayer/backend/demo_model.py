@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from cachelayer.fs import ensure_private_dir
+
 logger = logging.getLogger(__name__)
 
 MARKER_NAME = ".cachelayer-demo-model.json"
@@ -308,7 +310,7 @@ def build_demo_model(
     params = _params(hidden_size, num_layers, num_heads, vocab_size, seed)
     if is_complete(path, params):
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(path.parent)
     # Build next to the target so the final rename stays on one file system.
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:

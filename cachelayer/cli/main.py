@@ -13,6 +13,7 @@ from cachelayer import __version__
 from cachelayer.cli.backend import add_backend_parser, add_warm_parser
 from cachelayer.cli.maintenance import add_clear_parser, add_stats_parser
 from cachelayer.cli.serve import add_serve_parser, store_secrets
+from cachelayer.fs import PRIVATE_UMASK
 from cachelayer.telemetry.logs import configure_logging
 
 
@@ -39,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # Whatever cachelayer creates (stores, ledger, KV blocks, models, metrics) is for
+    # its owner only: files 0600 and directories 0700, whatever the user's umask.
+    os.umask(PRIVATE_UMASK)
     # The Redis password is known here, before anything logs: no line may carry it.
     configure_logging(str(getattr(args, "log_level", "info")),
                       hidden=store_secrets(args, os.environ))
