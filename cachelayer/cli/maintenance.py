@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import sqlite3
 import sys
 import time
 import urllib.error
@@ -275,12 +277,25 @@ def clear_one(name: str, settings: Settings) -> str:
             return "nothing stored"
         from cachelayer.proxy.store.backends.disk import ResponseStore
 
-        store = ResponseStore(settings.responses_dir, size_limit=1 << 62, ttl_s=0,
-                              entry_max_bytes=0)
+        def open_store() -> ResponseStore:
+            return ResponseStore(settings.responses_dir, size_limit=1 << 62, ttl_s=0,
+                                 entry_max_bytes=0)
+
+        store = open_store()
         try:
-            return f"removed {store.clear()} stored answers"
+            if store.degraded is None:
+                return f"removed {store.clear()} stored answers"
+            why = store.degraded
+        except sqlite3.Error as exc:  # opened, but its tables are unreadable
+            why = f"cannot read the response store: {exc}"
         finally:
             store.close()
+        # A store that cannot be opened cannot be cleared entry by entry: it goes whole.
+        shutil.rmtree(settings.responses_dir)
+        fresh = open_store()
+        fresh.close()
+        state = "an empty one created" if fresh.degraded is None else fresh.degraded
+        return f"{why}; removed the whole store ({state})"
     if name == "ledger":
         from cachelayer.telemetry.ledger import Ledger
 

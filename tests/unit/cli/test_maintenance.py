@@ -102,3 +102,19 @@ def test_stats_prefix_section_shows_the_honest_split_rewrites_moves_and_warm_pre
                      "why missed", "evicted: 1, system changed: 1", "warm prefixes",
                      "billing-line: 5, context-size: 2", "3 in 3 requests", "38000", "~9000"):
         assert fragment in text, fragment
+
+
+def test_clear_of_a_store_that_cannot_be_opened_recreates_it_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    responses = tmp_path / "responses"
+    responses.mkdir()
+    (responses / "cache.db").write_bytes(b"this is not an sqlite database" * 100)
+    assert main(["clear", "--responses", "--yes", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "removed the whole store (an empty one created)" in out, out
+    store = ResponseStore(responses, size_limit=1 << 30, ttl_s=60, entry_max_bytes=1 << 20)
+    try:
+        assert store.degraded is None and len(store) == 0
+    finally:
+        store.close()
