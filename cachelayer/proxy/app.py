@@ -31,7 +31,7 @@ from cachelayer.protocol.codec import Codec
 from cachelayer.protocol.openai import OpenAICodec
 from cachelayer.protocol.responses_codec import ResponsesCodec
 from cachelayer.proxy.conversation import AFFINITY, Affinity
-from cachelayer.proxy.edge import edge_middleware, setup_edge
+from cachelayer.proxy.edge import edge_middleware, expect_continue, setup_edge
 from cachelayer.proxy.embedded import backend_ctx
 from cachelayer.proxy.forward.handler import handle_completion
 from cachelayer.proxy.forward.upstream import upstream_ctx
@@ -133,12 +133,13 @@ def make_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(export_ctx)
     app.cleanup_ctx.append(upstream_ctx)
     app.on_response_prepare.append(_set_cache_headers)
-    app.router.add_post("/v1/chat/completions", handle_completion)
-    app.router.add_post("/v1/completions", handle_completion)
-    app.router.add_post("/v1/messages", handle_completion)
-    app.router.add_post("/v1/responses", handle_completion)
+    app.router.add_post("/v1/chat/completions", handle_completion, expect_handler=expect_continue)
+    app.router.add_post("/v1/completions", handle_completion, expect_handler=expect_continue)
+    app.router.add_post("/v1/messages", handle_completion, expect_handler=expect_continue)
+    app.router.add_post("/v1/responses", handle_completion, expect_handler=expect_continue)
     setup_responses(app)
-    app.router.add_post("/v1/messages/count_tokens", count_tokens)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens,
+                        expect_handler=expect_continue)
     app.router.add_get("/v1/models", admin.models)
     app.router.add_get("/health", admin.health)
     app.router.add_get("/metrics", metrics)

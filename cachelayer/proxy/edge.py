@@ -82,6 +82,24 @@ async def read_body(request: web.Request) -> bytes:
     return raw
 
 
+async def expect_continue(request: web.Request) -> web.Response | None:
+    """`Expect: 100-continue`: a body announced over --max-body-size is refused (413, in
+    the client's API shape) before the client sends it; anything else may come."""
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        codec = request.app[CODECS][client_api_for(request.path)]
+        response = error_response(codec, PayloadTooLarge(
+            f"request body of {request.content_length} bytes is over the {limit}-byte "
+            "limit (--max-body-size)"))
+        response.force_close()  # the body never comes: this connection is done
+        return response
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"unknown Expect: {request.headers['Expect']}")
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    return None
+
+
 async def read_exchange(request: web.Request, codec: Codec, kind: Kind) -> Exchange:
     """Read, validate and neutralise the request body."""
     raw = await read_body(request)

@@ -35,13 +35,15 @@ class Ledger:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.degraded: str | None = None
+        self.open_error: str | None = None
+        # The last flush's failure (None once a flush succeeds again): /health shows it.
+        self.flush_error: str | None = None
         try:
             self._cache = _open(ensure_private_dir(directory))
         except (OSError, sqlite3.Error) as exc:
             # Keep counting for this process (a temporary dir) rather than refuse to start.
-            self.degraded = f"cannot open the ledger in {directory}: {exc}"
-            log.error("%s; counting in a temporary directory until restart", self.degraded)
+            self.open_error = f"cannot open the ledger in {directory}: {exc}"
+            log.error("%s; counting in a temporary directory until restart", self.open_error)
             self._cache = _open(Path(tempfile.mkdtemp(prefix="cachelayer-ledger-")))
         self._pending: Counter[str] = Counter()
         self._unsaved: Counter[str] = Counter()  # taken once, waiting for a working disk
@@ -50,6 +52,11 @@ class Ledger:
         self._lock = threading.Lock()
         self._cache.add(_CREATED_KEY, time.time())
         self.prefixes = PrefixLedger(self._cache)
+
+    @property
+    def degraded(self) -> str | None:
+        """Why the counters are not safe on disk right now, or None."""
+        return self.open_error or self.flush_error
 
     def count(self, name: str, n: int = 1) -> None:
         """Add n to a counter (in memory until the next flush)."""
@@ -81,9 +88,11 @@ class Ledger:
                     self._cache.incr(_COUNTER_PREFIX + name, delta, default=0)
         except (sqlite3.Error, OSError) as exc:
             log.error("ledger flush failed, keeping counts in memory: %s", exc)
+            self.flush_error = f"ledger flush failed, counts kept in memory: {exc}"
             with self._lock:
                 self._unsaved.update(pending)
             return False
+        self.flush_error = None
         return True
 
     def persisted(self) -> dict[str, int]:

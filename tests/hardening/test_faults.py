@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from cachelayer.config import Settings
-from cachelayer.proxy.state import STORE
+from cachelayer.proxy.state import LEDGER, STORE
 from cachelayer.proxy.store.backends.disk import ResponseStore
 from cachelayer.telemetry.ledger import Ledger
 from tests.hardening.helpers import (
@@ -350,6 +350,27 @@ def test_store_write_failures_keep_serving_as_pass_through_and_report_degraded(
     assert health["status"] == "ok" and not response_layer["degraded"]
     assert http.post(proxy.url + CHAT, json=body_for(CHAT, "recovered")).headers[
         "X-Cache-Status"] == "HIT"
+
+
+def test_a_failed_ledger_flush_shows_in_health_until_a_flush_lands(
+    proxy: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = proxy.app[LEDGER]
+    cache = ledger._cache
+
+    def refuse(*args: Any, **kwargs: Any) -> int:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(cache, "incr", refuse)
+    assert http.post(proxy.url + CHAT, json=body_for(CHAT, "count me")).status == 200
+    assert wait_for(lambda: http.get(proxy.url + "/health").json()["ledger"]["ok"] is False,
+                    timeout=10.0)
+    health = http.get(proxy.url + "/health").json()
+    assert health["status"] == "degraded" and "flush failed" in health["ledger"]["error"]
+    monkeypatch.undo()
+    assert wait_for(lambda: http.get(proxy.url + "/health").json()["ledger"]["ok"] is True,
+                    timeout=10.0)
+    assert ledger.persisted().get("requests", 0) >= 1  # the kept counts landed
 
 
 @contextlib.contextmanager

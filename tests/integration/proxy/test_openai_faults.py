@@ -181,3 +181,41 @@ def test_stream_over_the_entry_cap_is_relayed_whole_but_not_stored(
             assert answer.headers["X-Cache-Status"] == "MISS"
         assert len(proxy.app[STORE]) == 0
     assert len(fake.calls) == 2
+
+
+def _expect_exchange(url: str, path: str, length: int, body: bytes | None) -> bytes:
+    """Send headers with `Expect: 100-continue`; if told to continue, send `body`; return
+    everything the proxy wrote back."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    with socket.create_connection((where.hostname, where.port), timeout=10) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n".encode())
+        received = sock.recv(65536)
+        if received.startswith(b"HTTP/1.1 100") and body is not None:
+            sock.sendall(body)
+            while b"HTTP/1.1 200" not in received and (more := sock.recv(65536)):
+                received += more
+        return received
+
+
+@pytest.mark.parametrize(("path", "shape"), [(CHAT, "error"), ("/v1/messages", "type")])
+def test_expect_continue_with_a_huge_content_length_gets_413_before_the_body(
+    proxy: RunningServer, path: str, shape: str
+) -> None:
+    received = _expect_exchange(proxy.url, path, 10**12, None)
+    assert received.startswith(b"HTTP/1.1 413"), received[:200]
+    assert b"100 Continue" not in received
+    assert f'"{shape}"'.encode() in received and b"max-body-size" in received
+    assert http.get(proxy.url + "/health").status == 200
+
+
+def test_expect_continue_within_the_limit_continues(proxy: RunningServer) -> None:
+    import json
+
+    body = json.dumps(GOOD).encode()
+    received = _expect_exchange(proxy.url, CHAT, len(body), body)
+    assert received.startswith(b"HTTP/1.1 100 Continue"), received[:200]
+    assert b"HTTP/1.1 200 OK" in received
