@@ -97,13 +97,34 @@ def _check_parts(messages: Any, vision: bool) -> None:
                 raise ValueError(f"{where}: content part type {kind!r} is not supported")
 
 
-def check_request(body: Mapping[str, Any], limits: ModelLimits) -> dict[str, Any]:
+def null_defaults(cli_args: Any) -> dict[str, Any]:
+    """What mlx-lm uses for each sampling field a request leaves out: a null one means
+    the same (OpenAI's reading), where mlx-lm would refuse it."""
+    return {
+        "temperature": cli_args.temp, "top_p": cli_args.top_p, "top_k": cli_args.top_k,
+        "min_p": cli_args.min_p, "max_tokens": cli_args.max_tokens,
+        "num_draft_tokens": cli_args.num_draft_tokens, "repetition_penalty": 0.0,
+        "repetition_context_size": 20, "presence_penalty": 0.0, "presence_context_size": 20,
+        "frequency_penalty": 0.0, "frequency_context_size": 20, "xtc_probability": 0.0,
+        "xtc_threshold": 0.1, "logprobs": False, "top_logprobs": -1,
+    }
+
+
+def check_request(body: Mapping[str, Any], limits: ModelLimits,
+                  defaults: Mapping[str, Any]) -> dict[str, Any]:
     """Raise ValueError (mlx-lm answers it as a 400) for anything the model cannot take;
-    returns the fields to overwrite before mlx-lm's own checks (ints where it wants floats)."""
+    returns the handler attributes to overwrite before mlx-lm's own checks: ints where
+    it wants floats, `defaults` for fields sent as null."""
     check_sampling(body, limits.vocab_size)
     _check_parts(body.get("messages"), limits.vision)
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise ValueError("tools: must be a list")
-    return {name: float(body[name]) for name in _FLOAT_FIELDS
-            if isinstance(body.get(name), int) and not isinstance(body.get(name), bool)}
+    overrides = {name: value for name, value in defaults.items()
+                 if name in body and body[name] is None}
+    if "max_completion_tokens" in body and body["max_completion_tokens"] is None:
+        overrides["max_tokens"] = body.get("max_tokens") or defaults["max_tokens"]
+    overrides.update({name: float(body[name]) for name in _FLOAT_FIELDS
+                      if isinstance(body.get(name), int)
+                      and not isinstance(body.get(name), bool)})
+    return overrides

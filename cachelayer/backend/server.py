@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from cachelayer.backend.kv_files import model_fingerprint
-from cachelayer.backend.limits import MODEL_ROUTE, ModelLimits, check_request, logits_size
+from cachelayer.backend.limits import (
+    MODEL_ROUTE,
+    ModelLimits,
+    check_request,
+    logits_size,
+    null_defaults,
+)
 from cachelayer.backend.models import resolve_model_dir
 from cachelayer.backend.settings import BackendSettings, auto_kv_budget
 from cachelayer.backend.tenants import (
@@ -117,7 +123,8 @@ def make_handler_class(settings: BackendSettings, limits: ModelLimits) -> type:
         def validate_model_parameters(self) -> None:
             """Our limits (limits.py), mlx-lm's checks, then pin the request to the
             loaded model. A ValueError here is answered 400 by mlx-lm."""
-            for name, value in check_request(self.body, limits).items():
+            defaults = null_defaults(self.response_generator.cli_args)
+            for name, value in check_request(self.body, limits, defaults).items():
                 setattr(self, name, value)
             super().validate_model_parameters()
             # The provider maps this exact string to the loaded model, so no

@@ -25,7 +25,7 @@ from cachelayer.protocol.chat import (
     Usage,
     UsageReport,
 )
-from cachelayer.protocol.sampling import SamplingError, check_sampling
+from cachelayer.protocol.sampling import SamplingError, check_sampling, without_nulls
 from cachelayer.protocol.validate import (
     check_openai_messages,
     check_part_type,
@@ -108,7 +108,8 @@ def parse_request(kind: Kind, raw: bytes) -> ChatRequest:
             raise InvalidRequest("'prompt' must be a string or a non-empty list")
     options = body.get("stream_options") or {}
     stream = bool(body.get("stream", False))
-    neutral = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+    neutral = {k: v for k, v in without_nulls(body).items()
+               if k not in ("stream", "stream_options")}
     return ChatRequest(
         kind=kind,
         body=neutral,

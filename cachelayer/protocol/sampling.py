@@ -167,3 +167,14 @@ def check_token_ids(body: Mapping[str, Any], vocab_size: int) -> None:
     top_k = body.get("top_k")
     if isinstance(top_k, int) and top_k > vocab_size:
         raise SamplingError("top_k", f"must be at most the vocabulary size {vocab_size}")
+
+
+FIELDS = frozenset(RULES) | frozenset(_SPECIAL)
+
+
+def without_nulls(body: dict[str, Any]) -> dict[str, Any]:
+    """The body without sampling fields set to null: OpenAI reads null as "the default",
+    mlx-lm would refuse it, and null and absent are then one cache key."""
+    if not any(body.get(name, 0) is None for name in FIELDS):
+        return body
+    return {k: v for k, v in body.items() if not (v is None and k in FIELDS)}

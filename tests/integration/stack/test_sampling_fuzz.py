@@ -76,7 +76,7 @@ def test_fuzzed_sampling_fields_never_take_the_backend_down(
     config = stack_settings(tmp_path, backend.url)
     with serve_app(lambda: make_app(config)) as proxy:
 
-        @settings(max_examples=60, deadline=None,
+        @settings(max_examples=100, deadline=None,
                   suppress_health_check=[HealthCheck.function_scoped_fixture,
                                          HealthCheck.filter_too_much, HealthCheck.too_slow])
         @given(openai=_subset(OPENAI_FIELDS), anthropic=_subset(ANTHROPIC_FIELDS),
