@@ -23,7 +23,7 @@ from cachelayer.errors import (
 from cachelayer.proxy.forward.errors import UPSTREAM_FAILURES, upstream_error
 from cachelayer.proxy.model_info import MODEL_INFO
 from cachelayer.proxy.state import LEDGER, POOL, SETTINGS, SHARED, STORE, UPSTREAM
-from cachelayer.proxy.supervisor import SUPERVISOR
+from cachelayer.proxy.supervisor import SUPERVISOR, unavailable
 from cachelayer.telemetry.export import metrics_document, routing_stats, sync_ledger
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,9 @@ async def models(request: web.Request) -> web.Response:
             return web.Response(body=body, status=upstream.status,
                                 content_type="application/json")
     except UPSTREAM_FAILURES as exc:
+        supervisor = request.app.get(SUPERVISOR)
+        if supervisor is not None:  # our own backend: it is down, and being restarted
+            raise unavailable(supervisor) from exc
         raise upstream_error(exc, url, "connect") from exc
 
 

@@ -66,6 +66,8 @@ def test_a_killed_embedded_backend_is_restarted_and_health_goes_degraded_and_bac
         down = http.post(proxy.url + "/v1/messages", message)
         assert down.status == 503 and "Retry-After" in down.headers
         assert down.json()["type"] == "error"
+        models = http.get(proxy.url + "/v1/models")
+        assert models.status == 503 and "Retry-After" in models.headers
 
         back = _until(lambda: (a := _health(proxy)).status == 200 and a.json(), 180,
                       "/health to be ok again", proxy)
