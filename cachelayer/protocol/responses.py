@@ -27,6 +27,7 @@ from collections import Counter
 from typing import Any
 
 from cachelayer.errors import InvalidRequest
+from cachelayer.protocol.sampling import SamplingError, check_sampling
 from cachelayer.protocol.validate import check_openai_messages, field_error
 
 # Request fields this edge knows: translated, echoed, or (changing nothing a local model
@@ -308,6 +309,11 @@ def translate(body: dict[str, Any], model: str) -> tuple[dict[str, Any], Counter
         response_format = translate_text_format(body["text"])
         if response_format is not None:
             out["response_format"] = response_format
+    try:  # the ranges every field reaching the model keeps, whatever the client API
+        check_sampling(out)
+    except SamplingError as exc:
+        raise field_error({"max_tokens": "max_output_tokens"}.get(exc.field, exc.field),
+                          exc.problem) from exc
     return out, items.dropped
 
 

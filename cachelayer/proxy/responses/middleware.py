@@ -22,7 +22,7 @@ from cachelayer.protocol.chat import ChatResult
 from cachelayer.protocol.responses import with_history
 from cachelayer.protocol.responses_stream import render_object, response_id
 from cachelayer.proxy.conversation import CONVERSATION
-from cachelayer.proxy.identity import tenant_id
+from cachelayer.proxy.identity import request_tenant as tenant_of
 from cachelayer.proxy.responses.store import ResponseStates, StoredResponse
 from cachelayer.proxy.state import EXCHANGE, SETTINGS
 
@@ -32,7 +32,7 @@ RESPONSE_STATES = web.AppKey("response_states", ResponseStates)
 
 def request_tenant(request: web.Request) -> str:
     """The tenant id of the request's credential."""
-    return tenant_id(request.headers.get("Authorization"), request.headers.get("x-api-key"))
+    return tenant_of(request.headers)
 
 
 def answer_message(result: ChatResult) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Every sampling field that reaches the model, fuzzed over both APIs against a real
+"""Every sampling field that reaches the model, fuzzed over the three APIs against a real
 `cachelayer backend`: each answer is a 200 or a 400 in the client's API shape naming the
 field, never a crash, and the backend is alive and answering at the end."""
 
@@ -53,6 +53,11 @@ ANTHROPIC_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "max_tokens": st.one_of(st.sampled_from([0, -1, "3", 2.5]), st.just(3)),
 }
 
+RESPONSES_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "temperature": st.one_of(st.floats(-1, 3), WILD), "top_p": UNIT,
+    "max_output_tokens": st.one_of(st.sampled_from([0, -1, 2**31, "3", 2.5]), st.just(3)),
+}
+
 
 def _subset(fields: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[dict[str, Any]]:
     return st.fixed_dictionaries({}, optional=fields).filter(bool)
@@ -80,8 +85,9 @@ def test_fuzzed_sampling_fields_never_take_the_backend_down(
                   suppress_health_check=[HealthCheck.function_scoped_fixture,
                                          HealthCheck.filter_too_much, HealthCheck.too_slow])
         @given(openai=_subset(OPENAI_FIELDS), anthropic=_subset(ANTHROPIC_FIELDS),
-               stream=st.booleans())
-        def run(openai: dict[str, Any], anthropic: dict[str, Any], stream: bool) -> None:
+               responses=_subset(RESPONSES_FIELDS), stream=st.booleans())
+        def run(openai: dict[str, Any], anthropic: dict[str, Any], responses: dict[str, Any],
+                stream: bool) -> None:
             body = {"model": "m", "messages": USER, "max_tokens": 3, **openai}
             if stream:
                 body["stream"] = True
@@ -91,6 +97,9 @@ def test_fuzzed_sampling_fields_never_take_the_backend_down(
             assert direct.status in (200, 400), (direct.status, direct.content[:300])
             message = {"model": "m", "max_tokens": 3, "messages": USER, **anthropic}
             _check(http.post(proxy.url + "/v1/messages", message), "anthropic")
+            asked = {"model": "m", "input": "hi", "max_output_tokens": 3, "store": False,
+                     **responses}
+            _check(http.post(proxy.url + "/v1/responses", asked), "openai")
             assert backend.proc.poll() is None, backend.log()[-3000:]
 
         run()
