@@ -17,6 +17,7 @@ An insert no tenant can be named for is not kept: reuse is lost, never leaked.
 
 from __future__ import annotations
 
+import array
 import collections
 import re
 import threading
@@ -39,6 +40,11 @@ def parse_tenant(value: str | None) -> str:
     return value
 
 
+def _packed(tokens: Sequence[int]) -> bytes:
+    # Signed 64-bit: mlx-lm keys images by negative ids.
+    return array.array("q", tokens).tobytes()
+
+
 def scoped(model: Any, tenant: str) -> Any:
     """The in-memory cache key of `model` for `tenant` (the model key itself when shared)."""
     return model if not tenant else (model, "tenant", tenant)
@@ -49,7 +55,9 @@ class TenantRegistry:
 
     def __init__(self, size: int = RECENT_REQUESTS) -> None:
         """An empty registry remembering `size` prompts."""
-        self._recent: collections.deque[tuple[str, list[int]]] = collections.deque(maxlen=size)
+        # Prompts as packed bytes: a prefix test is then one memcmp (startswith), which
+        # matters at 100k-token prompts times RECENT_REQUESTS on the generation thread.
+        self._recent: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=size)
         self._lock = threading.Lock()
         self.current = ""
 
@@ -57,20 +65,22 @@ class TenantRegistry:
         """A request of `tenant` for `tokens` is about to look up its cache."""
         with self._lock:
             self.current = tenant
-            self._recent.append((tenant, list(tokens)))
+            self._recent.append((tenant, _packed(tokens)))
 
     def owners(self, tokens: Sequence[int]) -> list[str]:
         """The tenants a cache of `tokens` may be kept for (see the module docstring)."""
         sent: set[str] = set()
         extended: set[str] = set()
-        tokens = list(tokens)
+        packed = _packed(tokens)
         with self._lock:
             recent = list(self._recent)
         for tenant, prompt in recent:
-            n = min(len(tokens), len(prompt))
-            if n == 0 or tokens[0] != prompt[0] or tokens[:n] != prompt[:n]:
+            if not packed or not prompt:
                 continue
-            (sent if len(tokens) <= len(prompt) else extended).add(tenant)
+            if prompt.startswith(packed):
+                sent.add(tenant)
+            elif packed.startswith(prompt):
+                extended.add(tenant)
         if sent:
             return sorted(sent)
         return list(extended) if len(extended) == 1 else []
