@@ -73,6 +73,8 @@ class Settings:
     shutdown_timeout_s: float = 30.0
     backend_model: Path | None = None
     backend_port: int = DEFAULT_BACKEND_PORT
+    # Extra `cachelayer backend` flags for the embedded backend (kv budgets, mlx-lm options).
+    backend_args: tuple[str, ...] = ()
     # Every --upstream, in order (`upstream` is the first); more than one turns on routing.
     upstreams: tuple[str, ...] = ()
     routing: RoutingMode = RoutingMode.PREFIX

@@ -22,10 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.models.cache import LRUPromptCache
 
+from cachelayer.backend.hot_tier import (
+    BudgetedPromptCache,
+    align_positional,
+    refusal_reason,
+    snapshot_nbytes,
+)
 from cachelayer.backend.kv_codec import cache_tokens, layer_kinds
 from cachelayer.backend.kv_files import STATS_NAME, write_json_atomic
+from cachelayer.backend.memory_budget import ByteBoundedQueue, write_queue_bytes
 from cachelayer.backend.paged_store import PagedStore
 from cachelayer.backend.tenants import TenantRegistry, scoped
 
@@ -38,7 +44,7 @@ _RECONCILE_INTERVAL = 5.0
 _STOP = object()
 
 
-class PersistentPromptCache(LRUPromptCache):
+class PersistentPromptCache(BudgetedPromptCache):
     """An `LRUPromptCache` whose entries also persist as paged blocks via a `PagedStore`."""
 
     def __init__(
@@ -52,6 +58,7 @@ class PersistentPromptCache(LRUPromptCache):
         family: str = "",
         kinds: tuple[str, ...] | None = None,
         tenants: TenantRegistry | None = None,
+        queue_bytes: int | None = None,
     ) -> None:
         """Wrap `store`; only caches of model key `persist_key` and layer `kinds` go to disk.
         With `tenants`, reuse is scoped by tenant (tenants.py); without, all is shared."""
@@ -65,7 +72,13 @@ class PersistentPromptCache(LRUPromptCache):
         self.reuse = {"requests": 0, "prompt_tokens": 0, "reused_tokens": 0}
         self.stats_path: Path = store.kv_dir / STATS_NAME
         self.started_at = datetime.datetime.now(datetime.timezone.utc).isoformat()
-        self._queue: queue.Queue[Any] = queue.Queue()
+        # Each queued item holds a copy of a whole cache: bounded in bytes, not count.
+        self._queue = ByteBoundedQueue(queue_bytes or write_queue_bytes(max_bytes),
+                                       lambda item: snapshot_nbytes(item[1]) if item is not _STOP
+                                       else 0)
+        self.writes_dropped_full = 0
+        # Caches not persisted because of what they are (reason -> count), see insert_cache.
+        self.persist_refused: dict[str, int] = {}
         self._stats_dirty = threading.Event()
         self._drop_pending = threading.Event()
         self.writes_dropped = 0
@@ -137,23 +150,41 @@ class PersistentPromptCache(LRUPromptCache):
             return
         kinds = layer_kinds(prompt_cache)
         if kinds != self.kinds:
-            if kinds is None:
-                self._log_unsupported(prompt_cache)
+            self._refuse(refusal_reason(prompt_cache))
             return
-        n = cache_tokens(prompt_cache)
-        if n is None or n > len(tokens) or n < self.store.min_tokens:
-            return  # not a cache we can describe by its tokens
         # Shallow copies share the (immutable) arrays but not the offsets, so a
         # later change to the live cache objects cannot reach the file. The
         # arrays are evaluated here, on the generation thread, so the writer
         # only reads finished buffers and never builds mlx graphs of its own.
         snapshot = [copy.copy(c) for c in prompt_cache]
+        n = cache_tokens(snapshot)
+        if n is None:  # e.g. a draft model's layers one token behind
+            n = align_positional(snapshot, kinds)
+        if n is None or n > len(tokens) or n < self.store.min_tokens:
+            return  # not a cache we can describe by its tokens
         for c, kind in zip(snapshot, kinds, strict=True):
             if kind == "arrays":
                 c.cache = list(c.cache)  # the live cache assigns into this list
         mx.eval([c.state for c in snapshot])
-        for tenant in owners:
-            self._queue.put((tuple(tokens[:n]), snapshot, tenant))
+        try:
+            for tenant in owners:
+                self._queue.put((tuple(tokens[:n]), snapshot, tenant))
+        except queue.Full:  # the disk is far behind: answers go on, this write does not
+            self.writes_dropped_full += 1
+            logger.warning("kv: write queue full (%d bytes) for %.0fs; %d-token cache not "
+                           "persisted", self._queue.nbytes, self._queue.wait_s, n)
+
+    def _refuse(self, reason: str) -> None:
+        """Count (and log once per reason) a cache the store cannot restore exactly."""
+        first = reason not in self.persist_refused
+        self.persist_refused[reason] = self.persist_refused.get(reason, 0) + 1
+        self._stats_dirty.set()
+        if first:
+            why = {"quantized_kv": "quantized (--kv-bits) KV caches have no exact block "
+                                   "format yet; they stay in memory only",
+                   }.get(reason, "its layer kinds differ from the model's")
+            logger.warning("kv: not persisting a prompt cache (%s): %s; counted as "
+                           "persist_refused.%s", reason, why, reason)
 
     def flush(self, timeout: float = 60.0) -> bool:
         """Wait until queued writes are on disk and stats exported; False on timeout."""
@@ -183,8 +214,12 @@ class PersistentPromptCache(LRUPromptCache):
             "persisted": self.kinds is not None,
             "reuse_by_family": {self.family or "?": dict(self.reuse)},
             "kv_dir": str(self.store.kv_dir),
-            "memory": {"sequences": len(self), "bytes": self.nbytes},
+            "memory": self.budget_stats(),
             "pending_writes": self._queue.unfinished_tasks,
+            "write_queue": {"bytes": self._queue.nbytes, "max_bytes": self._queue.max_bytes,
+                            "peak_bytes": self._queue.peak_bytes, "waits": self._queue.waits,
+                            "dropped_full": self.writes_dropped_full},
+            "persist_refused": dict(self.persist_refused),
             "writes_dropped": self.writes_dropped,
             "started_at": self.started_at,
             "updated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),

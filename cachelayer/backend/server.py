@@ -29,6 +29,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, NoReturn
 
+from cachelayer.backend.kv_blocks import chain_seed
 from cachelayer.backend.kv_files import model_fingerprint
 from cachelayer.backend.limits import (
     MODEL_ROUTE,
@@ -37,6 +38,7 @@ from cachelayer.backend.limits import (
     logits_size,
     null_defaults,
 )
+from cachelayer.backend.memory_budget import auto_prompt_cache_bytes, physical_memory, weights_bytes
 from cachelayer.backend.models import resolve_model_dir
 from cachelayer.backend.settings import BackendSettings, auto_kv_budget
 from cachelayer.backend.tenants import (
@@ -45,6 +47,7 @@ from cachelayer.backend.tenants import (
     parse_tenant,
     tenant_generator_class,
 )
+from cachelayer.backend.variant import draft_model_dir, make_model_provider, variant_key
 from cachelayer.fs import ensure_private_dir
 
 logger = logging.getLogger(__name__)
@@ -64,37 +67,22 @@ def model_family(model_dir: Path) -> str:
         return ""
 
 
-def mlx_cli_args(settings: BackendSettings) -> argparse.Namespace:
-    """The namespace mlx_lm.server's own `main()` would build, from our settings."""
+def mlx_cli_args(settings: BackendSettings, prompt_cache_bytes: int | None = None,
+                 ) -> argparse.Namespace:
+    """The namespace mlx_lm.server's own `main()` would build, from our settings
+    (`prompt_cache_bytes`: the hot tier's budget as resolved at start-up)."""
+    mlx = settings.mlx
     return argparse.Namespace(
         model=settings.model,
-        adapter_path=None,
         host=settings.host,
         port=settings.port,
-        # No CORS headers: a web page in the user's browser must not be able
-        # to read answers from a server on localhost.
-        allowed_origins=[],
-        draft_model=None,
-        num_draft_tokens=3,
-        trust_remote_code=False,
         log_level=settings.log_level,
-        chat_template="",
-        use_default_chat_template=False,
-        temp=0.0,
-        top_p=1.0,
-        top_k=0,
-        min_p=0.0,
         max_tokens=settings.max_tokens,
         chat_template_args=dict(settings.chat_template_args),
-        decode_concurrency=32,
-        prompt_concurrency=8,
         prefill_step_size=settings.prefill_step_size,
         prompt_cache_size=settings.prompt_cache_size,
-        prompt_cache_bytes=None,
-        kv_bits=None,
-        kv_group_size=64,
-        quantized_kv_start=0,
-        pipeline=False,
+        **{**vars(mlx), "allowed_origins": list(mlx.allowed_origins),
+           "prompt_cache_bytes": prompt_cache_bytes or mlx.prompt_cache_bytes},
     )
 
 
@@ -191,7 +179,6 @@ class Backend:
     def __init__(self, settings: BackendSettings) -> None:
         """Load the model, rebuild the disk index and bind the socket (not serving yet)."""
         from mlx_lm.models.cache import make_prompt_cache
-        from mlx_lm.server import ModelProvider
 
         from cachelayer.backend.paged_store import PagedStore
         from cachelayer.backend.persistent_cache import PersistentPromptCache
@@ -199,7 +186,11 @@ class Backend:
         self.settings = settings
         ensure_private_dir(settings.kv_dir)
         model_dir = resolve_model_dir(settings.model)
-        fingerprint = model_fingerprint(model_dir)
+        # Adapter, draft model and KV quantization change what a block means.
+        variant = variant_key(settings.mlx)
+        fingerprint = chain_seed(model_fingerprint(model_dir), variant)
+        budget = settings.mlx.prompt_cache_bytes or auto_prompt_cache_bytes(
+            physical_memory(), weights_bytes(model_dir, draft_model_dir(settings.mlx)))
         store = PagedStore(
             settings.kv_dir,
             fingerprint,
@@ -212,19 +203,23 @@ class Backend:
             store,
             (settings.model, None, None),  # ModelProvider's key for the default model
             max_size=settings.prompt_cache_size,
+            max_bytes=budget,
             model_name=settings.model,
             family=model_family(model_dir),
             tenants=TenantRegistry(),
         )
-        provider = ModelProvider(mlx_cli_args(settings))
+        provider = make_model_provider(settings, mlx_cli_args(settings, budget))
         self.generator = tenant_generator_class()(provider, self.prompt_cache)
         # Listen only once the model is loaded, so a successful /health means ready.
         while provider.model_key is None:
             if not self.generator.generation_available():
                 raise RuntimeError(f"could not load model {settings.model}")
             time.sleep(0.05)
-        # The layer kinds decide what the disk can restore exactly (or nothing).
-        self.prompt_cache.set_kinds(make_prompt_cache(provider.model))
+        # The layer kinds decide what the disk can restore exactly (or nothing);
+        # mlx-lm appends a draft model's layers to the main model's in each cache.
+        self.prompt_cache.persist_key = provider.model_key
+        self.prompt_cache.set_kinds(make_prompt_cache(provider.model) + (
+            make_prompt_cache(provider.draft_model) if provider.draft_model is not None else []))
         self.prompt_cache.export_stats()
         self.limits = ModelLimits(vocab_size=logits_size(provider.model, model_dir),
                                   vision=provider.processor is not None)
@@ -235,11 +230,13 @@ class Backend:
         )
         self.httpd.daemon_threads = True
         logger.info(
-            "cachelayer backend on http://%s:%d model=%s kv=%s",
+            "cachelayer backend on http://%s:%d model=%s kv=%s prompt-cache-bytes=%d%s",
             settings.host,
             self.httpd.server_address[1],
             settings.model,
             store.root,
+            budget,
+            f" variant={variant}" if variant else "",
         )
 
     def serve_forever(self) -> None:

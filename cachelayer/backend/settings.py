@@ -21,7 +21,35 @@ DEFAULT_KV_BLOCK_TOKENS = 256
 _AUTO_MIN_BYTES = 1 << 30
 _AUTO_MAX_BYTES = 64 << 30
 __all__ = ["DEFAULT_KV_BLOCK_TOKENS", "DEFAULT_KV_MAX_BYTES", "DEFAULT_KV_MIN_TOKENS",
-           "BackendSettings", "auto_kv_budget", "default_kv_dir", "parse_size"]
+           "BackendSettings", "MlxOptions", "auto_kv_budget", "default_kv_dir", "parse_size"]
+
+
+@dataclass(frozen=True)
+class MlxOptions:
+    """The `mlx_lm.server` 0.32 options `cachelayer backend` did not have, with mlx-lm's
+    meanings and defaults (one exception: no CORS origin unless given, see docs)."""
+
+    adapter_path: str | None = None
+    # mlx-lm allows "*"; a web page must not read a local server's answers by default.
+    allowed_origins: tuple[str, ...] = ()
+    draft_model: str | None = None
+    num_draft_tokens: int = 3
+    trust_remote_code: bool = False
+    chat_template: str = ""
+    use_default_chat_template: bool = False
+    temp: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    decode_concurrency: int = 32
+    prompt_concurrency: int = 8
+    # The hot tier's byte budget; None: derived from physical memory and model size
+    # (memory_budget.auto_prompt_cache_bytes), never unbounded.
+    prompt_cache_bytes: int | None = None
+    kv_bits: int | None = None
+    kv_group_size: int = 64
+    quantized_kv_start: int = 5000
+    pipeline: bool = False
 
 
 def auto_kv_budget(kv_dir: Path) -> int:
@@ -60,3 +88,5 @@ class BackendSettings:
     log_level: str = "INFO"
     # Where huggingface_hub may look (GET /v1/models scans it); must exist.
     hf_home: Path | None = None
+    # mlx_lm.server's other options (adapter, draft model, sampling, KV quantization...).
+    mlx: MlxOptions = field(default_factory=MlxOptions)

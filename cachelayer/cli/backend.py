@@ -19,6 +19,7 @@ from cachelayer.backend.settings import (
     BackendSettings,
     default_kv_dir,
 )
+from cachelayer.cli.mlx_flags import add_mlx_arguments, mlx_options_from_args
 from cachelayer.config import size_arg
 from cachelayer.fs import ensure_private_dir
 
@@ -96,6 +97,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
         help="log level (default INFO)",
     )
+    add_mlx_arguments(parser)
 
 
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> BackendSettings:
@@ -113,6 +115,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Back
         chat_template_args=dict(args.chat_template_args),
         prompt_cache_size=args.prompt_cache_size,
         log_level=args.log_level,
+        mlx=mlx_options_from_args(args),
     )
 
 

@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 from aiohttp import web
 
 from cachelayer.cli.maintenance import add_data_dir
+from cachelayer.cli.mlx_flags import add_serve_backend_arguments, serve_backend_argv
 from cachelayer.config import (
     METRICS_FILE_NAME,
     REDIS_PASSWORD_ENV,
@@ -172,6 +173,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                         "machine; default: KV reuse is scoped by credential)")
     p.add_argument("--log-level", default=DEFAULTS.log_level,
                    choices=["debug", "info", "warning", "error"])
+    add_serve_backend_arguments(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -189,6 +191,10 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Sett
         backend_model = (args.model or demo_model_dir(data_dir)).expanduser().resolve()
         backend_port = args.backend_port or free_port()
         upstream = f"http://127.0.0.1:{backend_port}"
+    backend_args = serve_backend_argv(args)
+    if backend_args and backend_model is None:
+        raise ValueError(f"{backend_args[0]} is a flag of the embedded backend; with "
+                         "--upstream, give it to that server instead")
     store_url = check_store_url(args.store) if args.store else None
     return Settings(
         upstream=upstream,
@@ -201,6 +207,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Sett
         hot_tier_bytes=args.hot_tier_bytes,
         backend_model=backend_model,
         backend_port=backend_port,
+        backend_args=backend_args,
         host=args.host,
         port=args.port,
         data_dir=data_dir,

@@ -99,7 +99,8 @@ async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
     _say(f"starting the backend on {model} ...")
     supervisor = Supervisor(
         backend_command(model, settings.backend_port, settings.kv_dir,
-                        "--host", "127.0.0.1", "--log-level", settings.log_level.upper()),
+                        "--host", "127.0.0.1", "--log-level", settings.log_level.upper(),
+                        *settings.backend_args),
         settings.upstream_url, wait_until_ready, stop)
     await supervisor.start()
     app[SUPERVISOR] = supervisor
