@@ -27,9 +27,10 @@ AUTO_SHARE = 4
 AUTO_MIN_BYTES = 256 * 10**6
 # ... used when the physical memory cannot be read.
 FALLBACK_PHYSICAL_BYTES = 16 * 10**9
-# The KV write queue holds at most this share of the hot budget in snapshots,
-# and at least AUTO_MIN_BYTES (one item is always admitted, whatever its size).
+# The KV write queue holds at most this share of the hot budget in snapshots, and
+# at least WRITE_QUEUE_MIN_BYTES (one item is always admitted, whatever its size).
 WRITE_QUEUE_SHARE = 4
+WRITE_QUEUE_MIN_BYTES = 32 * 10**6
 # A generation thread waits at most this long for room in the write queue before
 # the write is dropped (counted): a stuck disk must not stop answers.
 WRITE_QUEUE_WAIT_S = 30.0
@@ -77,8 +78,8 @@ def auto_prompt_cache_bytes(physical: int | None, model_bytes: int) -> int:
 
 
 def write_queue_bytes(prompt_cache_bytes: int) -> int:
-    """The write queue's byte bound for a hot-tier budget: a quarter of it, >= 256 MB."""
-    return max(AUTO_MIN_BYTES, prompt_cache_bytes // WRITE_QUEUE_SHARE)
+    """The write queue's byte bound for a hot-tier budget: a quarter of it, >= 32 MB."""
+    return max(WRITE_QUEUE_MIN_BYTES, prompt_cache_bytes // WRITE_QUEUE_SHARE)
 
 
 class EvictionCounter:
