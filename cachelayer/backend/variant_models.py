@@ -85,14 +85,15 @@ def build_lora_adapter(path: Path, model_dir: Path, *, rank: int = 4, scale: flo
     path = Path(path)
     if _fresh(path, marker):
         return path
-    model, _ = load(str(model_dir))
+    loaded: Any = load(str(model_dir))
+    model = loaded[0]
     n_layers = len(model.layers)
     lora = {"rank": rank, "scale": scale, "dropout": 0.0}
     model.freeze()
     linear_to_lora_layers(model, n_layers, lora)
     mx.random.seed(seed)
-    weights = {name: mx.random.normal(w.shape, dtype=w.dtype) * 0.05
-               for name, w in tree_flatten(model.trainable_parameters())}
+    trainable: Any = tree_flatten(model.trainable_parameters())
+    weights = {name: mx.random.normal(w.shape, dtype=w.dtype) * 0.05 for name, w in trainable}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
