@@ -17,6 +17,7 @@ import orjson
 
 from cachelayer.config import REDIS_PASSWORD_ENV, Settings, default_data_dir
 from cachelayer.telemetry.counters import reason_label
+from cachelayer.telemetry.kv_memory import kv_memory_rows
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -139,6 +140,7 @@ def format_stats(doc: dict[str, Any]) -> str:
     memory = kv.get("memory")
     if isinstance(memory, dict) and "sequences" in memory:
         lines.append(_row("prompt caches in memory", memory["sequences"]))
+    lines += [_row(label, value) for label, value in kv_memory_rows(kv)]
     if prefix:
         lines += _prefix_lines(prefix)
     lines += scale_out_lines(doc)

@@ -12,8 +12,9 @@ from typing import Any
 from aiohttp import web
 
 from cachelayer.proxy.prefix.ledger import WARM_WINDOW_S, warm_prefixes
-from cachelayer.proxy.state import LEDGER, POOL, SHARED, STORE
+from cachelayer.proxy.state import LEDGER, POOL, SETTINGS, SHARED, STORE
 from cachelayer.telemetry.counters import PROMETHEUS_COUNTERS, REQUESTS, RESPONSE_HITS
+from cachelayer.telemetry.kv_memory import exported_kv_stats, kv_memory_lines
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -69,6 +70,7 @@ def render_prometheus(app: web.Application) -> str:
               "# TYPE cachelayer_prefix_warm gauge",
               f"cachelayer_prefix_warm {warm}"]
     lines += scale_out_lines(app, store)
+    lines += kv_memory_lines(exported_kv_stats(app[SETTINGS].kv_dir))
     lines += app[UPSTREAM_LATENCY].render(
         "cachelayer_upstream_latency_seconds",
         "Time from forwarding a miss to the upstream's first answer byte.")
