@@ -160,7 +160,10 @@ class PersistentPromptCache(BudgetedPromptCache):
         n = cache_tokens(snapshot)
         if n is None:  # e.g. a draft model's layers one token behind
             n = align_positional(snapshot, kinds)
-        if n is None or n > len(tokens) or n < self.store.min_tokens:
+        if n is None:
+            self._refuse("token_count")  # layers disagree on how many tokens they hold
+            return
+        if n > len(tokens) or n < self.store.min_tokens:
             return  # not a cache we can describe by its tokens
         for c, kind in zip(snapshot, kinds, strict=True):
             if kind == "arrays":
@@ -182,6 +185,7 @@ class PersistentPromptCache(BudgetedPromptCache):
         if first:
             why = {"quantized_kv": "quantized (--kv-bits) KV caches have no exact block "
                                    "format yet; they stay in memory only",
+                   "token_count": "its layers hold different numbers of tokens",
                    }.get(reason, "its layer kinds differ from the model's")
             logger.warning("kv: not persisting a prompt cache (%s): %s; counted as "
                            "persist_refused.%s", reason, why, reason)
