@@ -82,7 +82,8 @@ def mlx_cli_args(settings: BackendSettings, prompt_cache_bytes: int | None = Non
         prefill_step_size=settings.prefill_step_size,
         prompt_cache_size=settings.prompt_cache_size,
         **{**vars(mlx), "allowed_origins": list(mlx.allowed_origins),
-           "prompt_cache_bytes": prompt_cache_bytes or mlx.prompt_cache_bytes},
+           "prompt_cache_bytes": mlx.prompt_cache_bytes if prompt_cache_bytes is None
+           else prompt_cache_bytes},
     )
 
 
@@ -189,8 +190,11 @@ class Backend:
         # Adapter, draft model and KV quantization change what a block means.
         variant = variant_key(settings.mlx)
         fingerprint = chain_seed(model_fingerprint(model_dir), variant)
-        budget = settings.mlx.prompt_cache_bytes or auto_prompt_cache_bytes(
-            physical_memory(), weights_bytes(model_dir, draft_model_dir(settings.mlx)))
+        # 0 is a budget too (nothing stays in memory; every reuse comes from disk).
+        budget = settings.mlx.prompt_cache_bytes
+        if budget is None:
+            budget = auto_prompt_cache_bytes(
+                physical_memory(), weights_bytes(model_dir, draft_model_dir(settings.mlx)))
         store = PagedStore(
             settings.kv_dir,
             fingerprint,

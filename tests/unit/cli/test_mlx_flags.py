@@ -105,3 +105,15 @@ def test_serve_passes_nothing_when_no_backend_flag_is_given() -> None:
 def test_serve_refuses_backend_flags_with_an_external_upstream() -> None:
     with pytest.raises(ValueError, match="--kv-bits"):
         _serve(["--upstream", "http://127.0.0.1:1", "--kv-bits", "4"])
+
+
+def test_a_zero_budget_is_kept_not_replaced_by_the_default() -> None:
+    from cachelayer.backend.server import mlx_cli_args
+
+    parser = argparse.ArgumentParser()
+    add_backend_parser(parser.add_subparsers(dest="command"))
+    settings = settings_from_args(
+        parser.parse_args(["backend", "--model", "m", "--prompt-cache-bytes", "0"]), {})
+    assert settings.mlx.prompt_cache_bytes == 0
+    assert mlx_cli_args(settings, 0).prompt_cache_bytes == 0
+    assert mlx_cli_args(settings, 5).prompt_cache_bytes == 5
