@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -26,6 +25,10 @@ from typing import Any
 
 # Run from a checkout without installing: make the repository importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import provenance
+from benchlib.kv_budget import budget_tables
 
 from cachelayer.backend.memory_budget import parse_mlx_size
 from cachelayer.backend.variant_models import build_wide_model
@@ -94,32 +97,7 @@ def run(name: str, argv: Any, prompts: int, max_tokens: int, work: Path) -> dict
 
 def markdown(report: dict[str, Any]) -> str:
     """RSS against the budget as N grows, and the early prompt's reuse."""
-    mb = 1e6
-    budget = report["budget_bytes"]
-    s, c = report["stock"], report["cachelayer"]
-    n = len(s["rss"])
-    marks = sorted({1, 5, 10, 20, 30, 40, n} & set(range(1, n + 1)))
-    rows = [f"Budget `--prompt-cache-bytes {report['budget']}` ({budget / mb:.0f} MB) on both; "
-            f"KV of one prompt: ~{report['prompt_kv_bytes'] / mb:.0f} MB.", "",
-            "| prompts | stock RSS growth (MB) | cachelayer RSS growth (MB) |",
-            "|---:|---:|---:|"]
-    for i in marks:
-        rows.append(f"| {i} | {(s['rss'][i - 1] - s['rss_base']) / mb:.0f} "
-                    f"| {(c['rss'][i - 1] - c['rss_base']) / mb:.0f} |")
-    rows += ["", "| first prompt again | cached tokens | seconds | answer = cold |",
-             "|---|---:|---:|---|"]
-    for name, r in (("stock", s), ("cachelayer", c)):
-        rows.append(f"| {name} | {r['again']['cached_tokens']} of {r['again']['prompt_tokens']} "
-                    f"| {r['again']['seconds']:.2f} (cold {r['first']['seconds']:.2f}) "
-                    f"| {r['identical']} |")
-    mem = c["memory"] or {}
-    rows += ["", f"- cachelayer hot tier at the end: {mem.get('bytes', 0) / mb:.0f} MB of "
-                 f"{mem.get('budget_bytes', 0) / mb:.0f} MB, {mem.get('evictions')} evictions",
-             f"- peak RSS growth, cachelayer / stock: "
-             f"{(c['rss_peak'] - c['rss_base']) / max(1, s['rss_peak'] - s['rss_base']):.2f}",
-             f"- load average before/after: {report['loadavg_before']} / "
-             f"{report['loadavg_after']} (a shared, busy 2-core box)"]
-    return "\n".join(rows) + "\n"
+    return "\n".join(budget_tables(report)) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": f"random llama, hidden 64, {args.layers} layers x 4 KV heads x head_dim 128, "
                  "bfloat16",
         "budget": args.budget, "budget_bytes": budget,
-        "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cpus",
+        "machine": provenance.stamp(),
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
     }
     for name, make_argv in servers.items():

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchlib import kv, report
+from benchlib.kv_budget import budget_tables
 from benchlib.verdicts import (
     fmt_value,
     kv_paged_verdicts,
@@ -186,4 +187,5 @@ BLOCKS: dict[str, Block] = {
     "scaleout-routing": Block(("scaleout.json",), scaleout_routing),
     "scaleout-targets": Block(("scaleout-store.json", "scaleout.json"), scaleout_targets),
     "prefix-overhead": Block(("prefix.json",), prefix_overhead),
+    "kv-budget": Block(("kv-budget.json",), budget_tables),
 }
