@@ -33,7 +33,7 @@ WRITE_QUEUE_SHARE = 4
 WRITE_QUEUE_MIN_BYTES = 32 * 10**6
 # A generation thread waits at most this long for room in the write queue before
 # the write is dropped (counted): a stuck disk must not stop answers.
-WRITE_QUEUE_WAIT_S = 30.0
+WRITE_QUEUE_WAIT_S = 5.0
 
 
 def parse_mlx_size(text: str) -> int:

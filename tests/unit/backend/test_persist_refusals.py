@@ -4,6 +4,8 @@ and never written; a draft model's lagging layers are persisted at their common 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,3 +62,35 @@ def test_layers_one_token_apart_persist_their_common_prefix(
     assert cache.stats()["persist_refused"] == {}
     match = cache.store.nearest([*tokens, 1], ("kv", "kv"))
     assert match is not None and match.n_tokens == 40
+
+
+def test_a_write_past_the_queue_bound_waits_then_is_dropped_and_counted(
+    tmp_path: Path,
+) -> None:
+    store = PagedStore(tmp_path, "c" * 24, max_bytes=1 << 30, min_tokens=16, block_tokens=16)
+    store.rebuild_index()
+    one = sum(c.nbytes for c in [_kv(40), _kv(40)])
+    cache = PersistentPromptCache(store, KEY, kinds=("kv", "kv"), queue_bytes=one)
+    cache._queue.wait_s = 0.1
+    stuck = threading.Event()
+    original = store.save
+
+    def slow_save(*args: object) -> int:
+        stuck.wait(30)  # a disk that does not keep up
+        return original(*args)  # type: ignore[arg-type]
+
+    store.save = slow_save  # type: ignore[method-assign]
+    try:
+        for start in (3, 100, 200):  # one being written, one queued, one with no room
+            tokens = list(range(start, start + 40))
+            cache.insert_cache(KEY, tokens, [_kv(40), _kv(40)])
+            deadline = time.monotonic() + 30
+            while start == 3 and cache._queue.nbytes and time.monotonic() < deadline:
+                time.sleep(0.01)  # until the writer holds the first one
+        stats = cache.stats()
+        assert stats["write_queue"]["dropped_full"] == 1 and stats["write_queue"]["waits"] == 1
+        assert stats["write_queue"]["bytes"] <= one
+    finally:
+        stuck.set()
+        cache.close()
+    assert len(store.index.blocks) == 2 * 3  # the two admitted prompts, 3 blocks each
