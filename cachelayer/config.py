@@ -96,6 +96,11 @@ class Settings:
     # client cannot time or count another's cached prompt. True shares prefixes across
     # credentials: for a single-user machine whose clients use several keys.
     share_kv: bool = False
+    # A streaming client that has heard nothing for this long gets a keep-alive (an SSE
+    # comment, or Anthropic's ping once message_start is out); the first comes within 1 s.
+    keepalive_interval_s: float = 2.5
+    # A long prefill logs one progress line (done/total, tok/s, eta) this often.
+    progress_log_interval_s: float = 5.0
 
     @property
     def responses_dir(self) -> Path:

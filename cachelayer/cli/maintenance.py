@@ -143,6 +143,7 @@ def format_stats(doc: dict[str, Any]) -> str:
     lines += [_row(label, value) for label, value in kv_memory_rows(kv)]
     if prefix:
         lines += _prefix_lines(prefix)
+    lines += prefill_lines(doc)
     lines += scale_out_lines(doc)
     top = doc.get("topEntries") or []
     if top:
@@ -186,6 +187,22 @@ def _prefix_lines(prefix: dict[str, Any]) -> list[str]:
         _row("tokens reused (estimated)", f"{prefix.get('reusedTokens', 0)} "
                                           f"({prefix.get('estimatedReusedTokens', 0)})"),
     ]
+
+
+def prefill_lines(doc: dict[str, Any]) -> list[str]:
+    """Streamed requests still prefilling, with the backend's progress (when any)."""
+    prefills = doc.get("prefills") or []
+    if not prefills:
+        return []
+    lines = [f"prefills in flight ({len(prefills)})"]
+    for p in prefills:
+        rate, eta = p.get("tokensPerSecond"), p.get("etaSeconds")
+        lines.append(_row(str(p.get("requestId", "?"))[:28],
+                          f"{p.get('doneTokens', 0)}/{p.get('totalTokens', 0)} tokens, "
+                          f"{'?' if rate is None else round(rate)} tok/s, "
+                          f"eta {'?' if eta is None else round(eta)} s, "
+                          f"{p.get('elapsedSeconds', 0)} s so far"))
+    return lines
 
 
 def scale_out_lines(doc: dict[str, Any]) -> list[str]:

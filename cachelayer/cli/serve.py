@@ -152,6 +152,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="seconds SIGTERM waits for in-flight answers before stopping (default: 30)")
     p.add_argument("--metrics-interval", type=float, default=DEFAULTS.metrics_interval_s,
                    help="seconds between metrics exports (default: 5)")
+    p.add_argument("--keepalive-interval", type=float, default=DEFAULTS.keepalive_interval_s,
+                   help="a streaming client that has heard nothing for this many seconds "
+                        "gets a keep-alive (default: %(default)s)")
     p.add_argument("--admin-token", default=None,
                    help="token that lets non-loopback clients use admin routes "
                         "(default: $CACHELAYER_ADMIN_TOKEN)")
@@ -221,6 +224,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Sett
         connect_timeout_s=args.connect_timeout,
         read_timeout_s=args.read_timeout,
         metrics_interval_s=args.metrics_interval,
+        keepalive_interval_s=args.keepalive_interval,
         shutdown_timeout_s=args.shutdown_timeout,
         admin_token=args.admin_token or env.get("CACHELAYER_ADMIN_TOKEN") or None,
         volatile_patterns=tuple(args.volatile_pattern),

@@ -32,6 +32,7 @@ from cachelayer.protocol.chat import (
     Usage,
     UsageReport,
 )
+from cachelayer.protocol.openai import keepalive_comment
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +295,13 @@ class AnthropicStream:
             "delta": {"stop_reason": reason, "stop_sequence": sequence},
             "usage": usage_dict(self._usage),
         }) + sse("message_stop", {"type": "message_stop"})
+
+    def keepalive(self, note: str) -> bytes:
+        """Anthropic's `ping` once `message_start` is out; an SSE comment before it (a
+        ping must never come first: the SDKs expect message_start to open the stream)."""
+        if self._started and not self._closed:
+            return sse("ping", {"type": "ping"})
+        return keepalive_comment(note)
 
     def fail(self, error: CachelayerError) -> bytes:
         """An `error` event; the stream ends without message_stop, as Anthropic's do."""

@@ -23,6 +23,10 @@ class StreamRenderer(Protocol):
         """The bytes that end a stream that failed after it began."""
         ...
 
+    def keepalive(self, note: str) -> bytes:
+        """Bytes that keep a waiting client's stream alive and that it ignores."""
+        ...
+
 
 class Codec(Protocol):
     """One client API (OpenAI or Anthropic) at the edge."""

@@ -318,6 +318,15 @@ class ChunkRenderer:
         """The stream's terminator."""
         return SSE_DONE
 
+    def keepalive(self, note: str) -> bytes:
+        """An SSE comment, which OpenAI clients skip: it only keeps the stream alive."""
+        return keepalive_comment(note)
+
+
+def keepalive_comment(note: str) -> bytes:
+    """`: keepalive N/M`, the line every API may carry before its first event."""
+    return b": " + note.replace("\n", " ").encode() + b"\n\n"
+
 
 def render_error(error: CachelayerError) -> bytes:
     """An error body in OpenAI's shape."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -20,16 +21,32 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _BATCH = 32  # SSE events rendered per write when the upstream is ahead of us
 
 
+@dataclass(frozen=True)
+class Comment:
+    """An SSE comment line (`: text`): the backend's prefill progress, `: keepalive N/M`."""
+
+    text: str
+
+
 def _event_data(event: bytes) -> bytes | None:
     parts = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
     return b"\n".join(parts) if parts else None
 
 
-async def sse_batches(response: aiohttp.ClientResponse) -> AsyncIterator[list[bytes]]:
-    """The `data:` payloads of an SSE stream, in batches of whatever has arrived.
+def _comments(event: bytes) -> list[Comment]:
+    return [Comment(line[1:].strip().decode("utf-8", "replace"))
+            for line in event.split(b"\n") if line.startswith(b":")]
+
+
+async def sse_batches(
+    response: aiohttp.ClientResponse,
+) -> AsyncIterator[list[bytes | Comment]]:
+    """The `data:` payloads and comment lines of an SSE stream, in batches of whatever
+    has arrived.
 
     The first event goes out alone, as soon as it is framed (time to first token is what
     users feel); after it, up to _BATCH events share a write when the upstream is ahead.
+    Comments (the backend's prefill progress) ride in the batches without counting.
     """
     pending = b""
     limit = 1
@@ -38,10 +55,13 @@ async def sse_batches(response: aiohttp.ClientResponse) -> AsyncIterator[list[by
         if b"\r" in pending:
             pending = pending.replace(b"\r\n", b"\n")
         pos = 0
-        batch: list[bytes] = []
+        batch: list[bytes | Comment] = []
         while (end := pending.find(b"\n\n", pos)) >= 0:
-            payload = _event_data(pending[pos:end])
+            event = pending[pos:end]
+            payload = _event_data(event)
             pos = end + 2
+            if event.startswith(b":"):
+                batch.extend(_comments(event))
             if payload is not None:
                 batch.append(payload)
                 if len(batch) >= limit:

@@ -34,6 +34,7 @@ from cachelayer.proxy.conversation import AFFINITY, Affinity
 from cachelayer.proxy.edge import edge_middleware, expect_continue, setup_edge
 from cachelayer.proxy.embedded import backend_ctx
 from cachelayer.proxy.forward.handler import handle_completion
+from cachelayer.proxy.forward.progress import Prefills
 from cachelayer.proxy.forward.upstream import upstream_ctx
 from cachelayer.proxy.model_info import MODEL_INFO, ModelInfo
 from cachelayer.proxy.prefix.middleware import prefix_middleware, setup_prefix_layer
@@ -45,6 +46,7 @@ from cachelayer.proxy.state import (
     BACKGROUND,
     EXCHANGE,
     LEDGER,
+    PREFILLS,
     SETTINGS,
     SHARED,
     STARTED_AT,
@@ -123,6 +125,7 @@ def make_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[UPSTREAM_LATENCY] = Histogram()
     app[REQUEST_IDS] = RequestIds()
+    app[PREFILLS] = Prefills(settings.progress_log_interval_s)
     setup_edge(app, make_codecs(settings))
     app[MODEL_INFO] = ModelInfo(settings.backend_urls)
     setup_prefix_layer(app, compile_rules(settings.volatile_patterns))

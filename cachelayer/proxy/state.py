@@ -15,6 +15,7 @@ from cachelayer.config import Settings
 from cachelayer.protocol.chat import ChatRequest, ChatResult
 from cachelayer.protocol.codec import Codec
 from cachelayer.proxy.forward.pool import UpstreamPool
+from cachelayer.proxy.forward.progress import Prefills
 from cachelayer.proxy.prefix.stabilize import PrefixIds
 from cachelayer.proxy.store.backends.base import AnswerStore
 from cachelayer.proxy.store.backends.redis_ledger import SharedLedger
@@ -74,4 +75,6 @@ LEDGER = web.AppKey("ledger", Ledger)
 UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
 BACKGROUND = web.AppKey("background", Background)
 STARTED_AT = web.AppKey("started_at", float)
+# Streamed requests waiting for their first token, with the backend's prefill progress.
+PREFILLS = web.AppKey("prefills", Prefills)
 EXCHANGE = web.RequestKey("exchange", Exchange)

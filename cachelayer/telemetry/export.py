@@ -27,7 +27,7 @@ from cachelayer.proxy.prefix.ledger import (
     top_entries,
     warm_prefixes,
 )
-from cachelayer.proxy.state import LEDGER, POOL, SETTINGS, SHARED, STARTED_AT, STORE
+from cachelayer.proxy.state import LEDGER, POOL, PREFILLS, SETTINGS, SHARED, STARTED_AT, STORE
 from cachelayer.telemetry import counters as c
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,8 @@ def metrics_document(app: web.Application) -> dict[str, Any]:
     routing = routing_stats(app)
     if routing is not None:
         doc["layers"]["routing"] = routing
+    # Streamed requests still prefilling: what a long first turn is doing right now.
+    doc["prefills"] = app[PREFILLS].snapshot()
     return doc
 
 

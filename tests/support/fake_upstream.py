@@ -26,6 +26,7 @@ class Reply:
     cut_after: int | None = None  # stream: close after this many chunks, no [DONE]
     delay_s: float = 0.0  # stream: pause before each chunk
     hang: bool = False
+    headers_delay_s: float = 0.0  # silence before anything is answered (a busy backend)
     prompt_tokens: int = 42
     cached_tokens: int | None = 0
     completion_tokens: int = 7
@@ -88,6 +89,8 @@ class FakeUpstream:
         reply = self.script(body)
         if reply.hang:
             await asyncio.sleep(3600)
+        if reply.headers_delay_s:
+            await asyncio.sleep(reply.headers_delay_s)
         if reply.raw_body is not None or reply.status != 200:
             return web.Response(status=reply.status, body=reply.raw_body or b'{"error": '
                                 b'{"message": "scripted failure", "type": "server_error"}}',

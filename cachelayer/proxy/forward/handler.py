@@ -7,6 +7,8 @@ client asked to stream and the upstream did not).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 
 import aiohttp
@@ -19,14 +21,17 @@ from cachelayer.errors import (
     UpstreamUnreachable,
 )
 from cachelayer.protocol.openai import parse_response
-from cachelayer.protocol.sse import replay_stream
+from cachelayer.protocol.sse import render_sse
 from cachelayer.proxy.conversation import AFFINITY, conversation_of
 from cachelayer.proxy.forward.errors import UPSTREAM_FAILURES, upstream_error
+from cachelayer.proxy.forward.keepalive import Downstream
 from cachelayer.proxy.forward.pool import Backend
 from cachelayer.proxy.forward.relay import relay_stream
 from cachelayer.proxy.forward.upstream import open_completion
 from cachelayer.proxy.state import EXCHANGE, POOL, Exchange
 from cachelayer.proxy.supervisor import SUPERVISOR, unavailable
+
+log = logging.getLogger(__name__)
 
 
 def routing_key(exchange: Exchange) -> str:
@@ -70,30 +75,72 @@ async def open_routed(request: web.Request, exchange: Exchange
 async def handle_completion(request: web.Request) -> web.StreamResponse:
     """The innermost handler: a miss (or bypass) goes to the upstream."""
     exchange = request[EXCHANGE]
+    if exchange.chat.stream:
+        return await _handle_streamed(request, exchange)
     started = time.perf_counter()
+    backend, upstream, url = await open_supervised(request, exchange)
+    return await _answer(request, exchange, backend, upstream, url, started, None)
+
+
+async def open_supervised(request: web.Request, exchange: Exchange
+                          ) -> tuple[Backend, aiohttp.ClientResponse, str]:
+    """open_routed, with our embedded backend's restarts answered as 503."""
     supervisor = request.app.get(SUPERVISOR)
     if supervisor is not None and not supervisor.up:
         raise unavailable(supervisor)
     try:
-        backend, upstream, url = await open_routed(request, exchange)
+        return await open_routed(request, exchange)
     except UpstreamUnreachable as exc:
         if supervisor is None:
             raise
         # Our own backend refused the connection: it died, and is being restarted.
         raise unavailable(supervisor) from exc
+
+
+async def _handle_streamed(request: web.Request, exchange: Exchange) -> web.StreamResponse:
+    """A streamed request: keep-alives from the first second until the answer flows, and
+    an upstream that fails after the stream began ends it with the API's error event."""
+    started = time.perf_counter()
+    supervisor = request.app.get(SUPERVISOR)
+    if supervisor is not None and not supervisor.up:
+        raise unavailable(supervisor)  # before anything is sent: a 503 with its status
+    downstream = Downstream(request)
+    try:
+        backend, upstream, url = await downstream.paced(open_supervised(request, exchange))
+        return await _answer(request, exchange, backend, upstream, url, started, downstream)
+    except CachelayerError as error:
+        if downstream.response is None:
+            raise  # nothing sent yet: the edge renders it with its status
+        log.warning("upstream failed after keep-alives were sent: %s", error.message)
+        with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
+            await downstream.write(downstream.renderer.fail(error))
+            await downstream.finish()
+        return downstream.response
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        # The client left while only keep-alives had been sent; nothing to store.
+        return downstream.response or web.StreamResponse()
+    finally:
+        downstream.first_token()
+
+
+async def _answer(request: web.Request, exchange: Exchange, backend: Backend,
+                  upstream: aiohttp.ClientResponse, url: str, started: float,
+                  downstream: Downstream | None) -> web.StreamResponse:
+    """Relay or render the opened upstream answer; account it on its backend."""
     backend.in_flight += 1
     try:
         is_sse = upstream.content_type == "text/event-stream"
-        if exchange.chat.stream and is_sse:
-            return await relay_stream(request, exchange, upstream, url, started)
-        raw = await upstream.read()
+        if downstream is not None and is_sse:
+            return await relay_stream(downstream, exchange, upstream, url, started)
+        raw = await (downstream.paced(upstream.read()) if downstream else upstream.read())
         exchange.upstream_ms = (time.perf_counter() - started) * 1000
         if is_sse:
             raise UpstreamProtocolError(f"upstream {url} streamed an answer that was not asked for")
         result = parse_response(exchange.chat.kind, raw)
         exchange.result = result
-        if exchange.chat.stream:
-            return await replay_stream(request, exchange.codec, exchange.chat, result)
+        if downstream is not None:
+            await downstream.write(render_sse(exchange.codec, exchange.chat, result))
+            return await downstream.finish()
         return web.Response(body=exchange.codec.render_response(result, exchange.chat),
                             content_type="application/json")
     except UPSTREAM_FAILURES as exc:

@@ -3,7 +3,9 @@
 Each upstream chunk is rendered in the client's API as it arrives. The same chunks are
 folded into a ChatResult, handed to the exchange only when the stream ended cleanly
 (`[DONE]` seen, client still there): that is what lets layer 2 store complete answers
-and nothing else.
+and nothing else. The backend's `: keepalive N/M` comments are read as prefill progress
+(progress.py), and the client hears a keep-alive whenever the stream is quiet for an
+interval (keepalive.py).
 """
 
 from __future__ import annotations
@@ -19,33 +21,44 @@ from aiohttp import web
 from cachelayer.errors import CachelayerError, UpstreamProtocolError
 from cachelayer.protocol.chat import ResultBuilder
 from cachelayer.protocol.openai import parse_chunk
-from cachelayer.protocol.sse import SSE_HEADERS, sse_batches
+from cachelayer.protocol.sse import Comment, sse_batches
 from cachelayer.proxy.forward.errors import UPSTREAM_FAILURES, error_message, upstream_error
+from cachelayer.proxy.forward.keepalive import Downstream, next_or_none
+from cachelayer.proxy.forward.progress import parse_keepalive
 from cachelayer.proxy.state import SETTINGS, Exchange
 
 log = logging.getLogger(__name__)
 
 
 async def relay_stream(
-    request: web.Request,
+    downstream: Downstream,
     exchange: Exchange,
     upstream: aiohttp.ClientResponse,
     url: str,
     started: float,
 ) -> web.StreamResponse:
-    """Stream the upstream's answer to the client; record the result if it completed."""
-    response = web.StreamResponse(headers=SSE_HEADERS)
-    await response.prepare(request)
-    renderer = exchange.codec.stream_renderer(exchange.chat)
+    """Stream the upstream's answer to the client; record the result if it completed.
+
+    The backend's comments carry its prefill progress; the client gets keep-alives
+    whenever it has heard nothing for an interval (keepalive.py)."""
+    response = await downstream.prepare()
+    renderer = downstream.renderer
     builder = ResultBuilder(exchange.chat.kind,
-                            max_chars=request.app[SETTINGS].entry_max_bytes)
+                            max_chars=downstream.request.app[SETTINGS].entry_max_bytes)
     done = False
+    batches = sse_batches(upstream)
     try:
-        async for batch in sse_batches(upstream):
+        while (batch := await downstream.paced(next_or_none(batches))) is not None:
             if exchange.upstream_ms is None:
                 exchange.upstream_ms = (time.perf_counter() - started) * 1000
             out = []
             for data in batch:
+                if isinstance(data, Comment):
+                    progress = parse_keepalive(data.text)
+                    if progress is not None:
+                        downstream.report(*progress)
+                    continue
+                downstream.first_token()
                 if data == b"[DONE]":
                     done = True
                     break
@@ -54,7 +67,7 @@ async def relay_stream(
                     out.append(renderer.render(event))
             piece = b"".join(out)
             if piece:
-                await response.write(piece)
+                await downstream.write(piece)
             if done:
                 break
         if not done:

@@ -118,3 +118,14 @@ def test_clear_of_a_store_that_cannot_be_opened_recreates_it_and_says_so(
         assert store.degraded is None and len(store) == 0
     finally:
         store.close()
+
+
+def test_stats_table_lists_prefills_in_flight() -> None:
+    doc = build_metrics({}, runtime_ms=0, store={})
+    assert "prefills in flight" not in format_stats(doc)
+    doc["prefills"] = [{"requestId": "req-7", "model": "m", "doneTokens": 12288,
+                        "totalTokens": 44680, "tokensPerSecond": 409.6, "etaSeconds": 79.1,
+                        "elapsedSeconds": 31.0}]
+    table = format_stats(doc)
+    assert "prefills in flight (1)" in table
+    assert "req-7" in table and "12288/44680 tokens, 410 tok/s, eta 79 s, 31.0 s so far" in table

@@ -246,3 +246,13 @@ def test_fail_emits_an_anthropic_error_event_and_nothing_after() -> None:
     assert failed == [("error", {"type": "error", "error": {
         "type": "api_error", "message": "upstream cut the stream"}})]
     assert renderer.close() == b"" and renderer.render(TextDelta(0, "more")) == b""
+
+
+def test_keepalive_is_a_comment_before_message_start_and_a_ping_after() -> None:
+    stream = AnthropicStream(REQUEST)
+    assert stream.keepalive("keepalive 3/10") == b": keepalive 3/10\n\n"
+    stream.render(Start(id="abc", created=0, model="up"))
+    assert stream.keepalive("keepalive 10/10") == (
+        b'event: ping\ndata: {"type":"ping"}\n\n')
+    stream.close()
+    assert stream.keepalive("keepalive") == b": keepalive\n\n"  # nothing after message_stop

@@ -1,0 +1,89 @@
+"""Keep-alives while the upstream is silent: before its headers, and ending in an error.
+
+A scripted upstream stands in for a backend whose generation thread is busy (it answers
+nothing for a while) and for upstream failures; the real-backend prefill is in
+tests/integration/stack/test_prefill_progress.py."""
+
+from __future__ import annotations
+
+import anthropic
+import openai
+import pytest
+
+from cachelayer.proxy.state import STORE
+from tests.integration.conftest import ProxyFactory
+from tests.support.fake_upstream import FakeUpstream, Reply
+from tests.support.recording import RecordingTransport, keepalives
+from tests.support.servers import RunningServer
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def test_an_openai_stream_hears_keepalives_while_the_upstream_is_silent(
+    upstream: tuple[FakeUpstream, RunningServer], start_proxy: ProxyFactory
+) -> None:
+    fake, server = upstream
+    fake.script = lambda body: Reply(text="Hello there.", headers_delay_s=1.5)
+    recorder = RecordingTransport()
+    with start_proxy(upstream=server.url, keepalive_interval_s=0.2) as proxy:
+        client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="k", max_retries=0,
+                               http_client=recorder.client())
+        chunks = list(client.chat.completions.create(model="m", messages=MESSAGES,  # type: ignore[arg-type]
+                                                     stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello there."
+    waiting = recorder.before(b"data:")
+    assert len(keepalives(waiting)) >= 3  # 1.5 s of silence upstream, one every 0.2 s
+    assert recorder.chunks[0][0] - (recorder.sent_at or 0) < 1.2  # the first within ~1 s
+
+
+def test_an_anthropic_stream_hears_comments_not_pings_before_message_start(
+    upstream: tuple[FakeUpstream, RunningServer], start_proxy: ProxyFactory
+) -> None:
+    fake, server = upstream
+    fake.script = lambda body: Reply(text="Hello there.", headers_delay_s=1.5)
+    recorder = RecordingTransport()
+    with start_proxy(upstream=server.url, keepalive_interval_s=0.2) as proxy:
+        client = anthropic.Anthropic(base_url=proxy.url, api_key="k", max_retries=0,
+                                     http_client=recorder.client())
+        with client.messages.stream(model="claude-x", max_tokens=16,
+                                    messages=MESSAGES) as stream:  # type: ignore[arg-type]
+            message = stream.get_final_message()
+    assert message.content[0].type == "text" and message.content[0].text == "Hello there."
+    waiting = recorder.before(b"event: message_start")
+    assert len(keepalives(waiting)) >= 3
+    assert b"event: ping" not in waiting
+
+
+def test_an_upstream_failing_after_keepalives_ends_the_stream_with_an_error_event(
+    upstream: tuple[FakeUpstream, RunningServer], start_proxy: ProxyFactory
+) -> None:
+    fake, server = upstream
+    fake.script = lambda body: Reply(status=503, headers_delay_s=1.0)
+    recorder = RecordingTransport()
+    with start_proxy(upstream=server.url, keepalive_interval_s=0.2) as proxy:
+        client = anthropic.Anthropic(base_url=proxy.url, api_key="k", max_retries=0,
+                                     http_client=recorder.client())
+        with (pytest.raises(anthropic.APIStatusError, match="scripted failure"),
+              client.messages.stream(model="claude-x", max_tokens=16,
+                                     messages=MESSAGES) as stream):  # type: ignore[arg-type]
+            stream.get_final_message()
+        assert len(proxy.app[STORE]) == 0
+        # The proxy still serves: the next request (a quick upstream) is answered.
+        fake.script = lambda body: Reply(text="fine")
+        again = client.messages.create(model="claude-x", max_tokens=16,
+                                       messages=MESSAGES)  # type: ignore[arg-type]
+        assert again.content[0].text == "fine"  # type: ignore[union-attr]
+    assert keepalives(recorder.body())
+
+
+def test_a_quick_upstream_error_keeps_its_status(
+    upstream: tuple[FakeUpstream, RunningServer], start_proxy: ProxyFactory
+) -> None:
+    fake, server = upstream
+    fake.script = lambda body: Reply(status=404)
+    with start_proxy(upstream=server.url, keepalive_interval_s=0.2) as proxy:
+        client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="k", max_retries=0)
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="m", messages=MESSAGES,  # type: ignore[arg-type]
+                                           stream=True)
