@@ -251,9 +251,13 @@ class PagedStore:
         return caches
 
     def save(self, tokens: tuple[int, ...], snapshot: list[Any], kinds: tuple[str, ...],
-             tenant: str = "") -> int:
+             tenant: str = "", *, base: int = 0) -> int:
         """Write the blocks past `tenant`'s longest stored prefix and, for stateful layers,
-        a checkpoint at the end; returns the bytes written."""
+        a checkpoint at the end; returns the bytes written.
+
+        A `base` above 0 says the snapshot's attention arrays hold only tokens [base, n)
+        (a prefill checkpoint copies only what is new); if the store lacks any token
+        before base, nothing is written."""
         n = len(tokens)
         if n < self.min_tokens:
             return 0
@@ -261,6 +265,8 @@ class PagedStore:
             block, used, pos = self.index.longest(tokens, tenant)
             if block is not None:
                 block.last_used = time.time()
+        if pos < base or (base and any(k != "kv" for k in kinds)):
+            return 0
         written = 0
         parent, cut = (block.hash, used) if block is not None else (ROOT, 0)
         seed = chain_seed(self.fingerprint, "", tenant)
@@ -270,7 +276,7 @@ class PagedStore:
             end = min(n, (pos // self.block_tokens + 1) * self.block_tokens)
             new = Block(chain_hash(parent, cut, tokens[pos:end], seed), parent, cut,
                         pos, tokens[pos:end], Path(), 0, time.time(), tenant=tenant)
-            written += self._write_block(new, views)
+            written += self._write_block(new, views, base)
             parent, cut, pos, block, used = new.hash, end - pos, end, new, end - pos
         stateful = [i for i, k in enumerate(kinds) if k != "kv"]
         if stateful and block is not None and used not in block.checkpoints:
@@ -278,8 +284,10 @@ class PagedStore:
         self.evict()
         return written
 
-    def _write_block(self, block: Block, views: dict[int, list[tuple[str, str, Any]]]) -> int:
-        specs, parts = block_parts(views, block.start, block.start + len(block.tokens))
+    def _write_block(self, block: Block, views: dict[int, list[tuple[str, str, Any]]],
+                     base: int = 0) -> int:
+        start = block.start - base
+        specs, parts = block_parts(views, start, start + len(block.tokens))
         header = {**block_header(block, self.fingerprint), "arrays": specs,
                   "payload_bytes": sum(p.nbytes for p in parts)}
         path = self.root / f"{block.hash.hex()}{BLOCK_SUFFIX}"

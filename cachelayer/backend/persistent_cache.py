@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import mlx.core as mx
 
@@ -42,6 +42,21 @@ _STATS_INTERVAL = 0.5
 # How often an idle writer checks for files deleted underneath it.
 _RECONCILE_INTERVAL = 5.0
 _STOP = object()
+# Prefill checkpoints queued at once (each a copy of the tokens since the last one): past
+# this a checkpoint is skipped, and the next one covers its tokens too.
+_MAX_CHECKPOINTS = 2
+
+
+class _Write(NamedTuple):
+    """One queued disk write: the tokens, a snapshot of their cache, the tenant it is
+    kept for, and where the snapshot's attention arrays start (above 0 only for prefill
+    checkpoints)."""
+
+    tokens: tuple[int, ...]
+    snapshot: list[Any]
+    tenant: str = ""
+    base: int = 0
+    last: bool = False  # a prefill checkpoint's last write: its slot is released after it
 
 
 class PersistentPromptCache(BudgetedPromptCache):
@@ -83,6 +98,8 @@ class PersistentPromptCache(BudgetedPromptCache):
         self._drop_pending = threading.Event()
         self.writes_dropped = 0
         self._unsupported_logged = False
+        self._checkpoint_slots = threading.BoundedSemaphore(_MAX_CHECKPOINTS)
+        self.checkpoints = {"queued": 0, "skipped": 0}
         self._writer = threading.Thread(target=self._write_loop, name="kv-writer", daemon=True)
         self._writer.start()
 
@@ -171,7 +188,7 @@ class PersistentPromptCache(BudgetedPromptCache):
         mx.eval([c.state for c in snapshot])
         try:
             for tenant in owners:
-                self._queue.put((tuple(tokens[:n]), snapshot, tenant))
+                self._queue.put(_Write(tuple(tokens[:n]), snapshot, tenant))
         except queue.Full:  # the disk is far behind: answers go on, this write does not
             self.writes_dropped_full += 1
             logger.warning("kv: write queue full (%d bytes) for %.0fs; %d-token cache not "
@@ -189,6 +206,39 @@ class PersistentPromptCache(BudgetedPromptCache):
                    }.get(reason, "its layer kinds differ from the model's")
             logger.warning("kv: not persisting a prompt cache (%s): %s; counted as "
                            "persist_refused.%s", reason, why, reason)
+
+    def checkpoint_ready(self) -> bool:
+        """Whether a prefill checkpoint may be queued now (bounded: see _MAX_CHECKPOINTS)."""
+        if self.kinds is None or any(k != "kv" for k in self.kinds):
+            return False  # windows of new tokens only exist for attention-only models
+        if self._checkpoint_slots.acquire(blocking=False):
+            self._checkpoint_slots.release()
+            return True
+        self.checkpoints["skipped"] += 1
+        return False
+
+    def checkpoint(self, tokens: tuple[int, ...], window: list[Any], base: int) -> bool:
+        """Queue a prefill in progress for the disk: `window` holds the attention arrays of
+        tokens [base, len(tokens)) only, evaluated; False if the queue is full."""
+        if not self._checkpoint_slots.acquire(blocking=False):
+            self.checkpoints["skipped"] += 1
+            return False
+        # Kept for the tenants that sent this prefix, as insert_cache keeps a cache.
+        owners = self.tenants.owners(tokens) if self.tenants is not None else [""]
+        if not owners:
+            self._checkpoint_slots.release()
+            return False
+        self.checkpoints["queued"] += 1
+        try:
+            for i, tenant in enumerate(owners):
+                # One slot for the checkpoint: released when its last write is done.
+                self._queue.put(_Write(tokens, window, tenant, base, last=i == len(owners) - 1),
+                                block=False)
+        except queue.Full:
+            self.checkpoints["skipped"] += 1
+            self._checkpoint_slots.release()
+            return False
+        return True
 
     def flush(self, timeout: float = 60.0) -> bool:
         """Wait until queued writes are on disk and stats exported; False on timeout."""
@@ -225,6 +275,7 @@ class PersistentPromptCache(BudgetedPromptCache):
                             "dropped_full": self.writes_dropped_full},
             "persist_refused": dict(self.persist_refused),
             "writes_dropped": self.writes_dropped,
+            "prefill_checkpoints": dict(self.checkpoints),
             "started_at": self.started_at,
             "updated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "pid": os.getpid(),
@@ -256,18 +307,21 @@ class PersistentPromptCache(BudgetedPromptCache):
                 return
             if item is not None and self._drop_pending.is_set():
                 self.writes_dropped += 1  # dropped whole: none of its blocks is written
+                if item.last:
+                    self._checkpoint_slots.release()
                 self._queue.task_done()
             elif item is not None:
-                tokens, snapshot, tenant = item
                 try:
                     assert self.kinds is not None
-                    saved = (self.store.save(tokens, snapshot, self.kinds, tenant) if tenant
-                             else self.store.save(tokens, snapshot, self.kinds))
+                    saved = self.store.save(item.tokens, item.snapshot, self.kinds,
+                                            item.tenant, base=item.base)
                     if saved:
                         self._stats_dirty.set()
                 except Exception:  # the writer must survive anything one file does
-                    logger.exception("kv writer failed on a %d-token cache", len(tokens))
+                    logger.exception("kv writer failed on a %d-token cache", len(item.tokens))
                 finally:
+                    if item.last:
+                        self._checkpoint_slots.release()
                     self._queue.task_done()
             now = time.monotonic()
             if now - last_reconcile > _RECONCILE_INTERVAL and self._queue.empty():

@@ -1,13 +1,15 @@
 """`cachelayer backend`: mlx_lm.server with prompt KV caches persisted on disk.
 
 Rather than fork mlx-lm's server, this reuses its `ModelProvider`,
-`ResponseGenerator` and `APIHandler` and changes three things:
+`ResponseGenerator` and `APIHandler` and changes four things:
 
 * the generator's `prompt_cache` is a `PersistentPromptCache` (mlx-lm's memory
   LRU in front of a paged, content-addressed block store), so a known prefix
   survives restarts;
 * every request is served by the one model given on the command line, whatever
   its `model` field says (mlx-lm would try to load that name from the hub);
+* its `BatchGenerator` checkpoints long prompts to disk as they prefill
+  (`prefill.py`), so a hang-up or a crash half-way keeps what was computed;
 * two routes are added: `GET /v1/cachelayer/kv` (counters) and
   `POST /v1/cachelayer/count_tokens` (prompt length under the chat template).
 
@@ -183,6 +185,7 @@ class Backend:
 
         from cachelayer.backend.paged_store import PagedStore
         from cachelayer.backend.persistent_cache import PersistentPromptCache
+        from cachelayer.backend.prefill import install as install_prefill
 
         self.settings = settings
         ensure_private_dir(settings.kv_dir)
@@ -212,6 +215,8 @@ class Backend:
             family=model_family(model_dir),
             tenants=TenantRegistry(),
         )
+        # Long prompts are checkpointed to disk as they prefill (backend/prefill.py).
+        install_prefill(self.prompt_cache, store.block_tokens)
         provider = make_model_provider(settings, mlx_cli_args(settings, budget))
         self.generator = tenant_generator_class()(provider, self.prompt_cache)
         # Listen only once the model is loaded, so a successful /health means ready.

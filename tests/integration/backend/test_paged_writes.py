@@ -63,9 +63,9 @@ def test_a_ten_turn_conversation_writes_at_most_1_1x_its_distinct_tokens_kv(
     saved: list[tuple[int, ...]] = []
     original = cache.store.save
 
-    def spy(tokens: tuple[int, ...], snapshot: Any, kinds: Any) -> int:
+    def spy(tokens: tuple[int, ...], snapshot: Any, kinds: Any, **options: Any) -> int:
         saved.append(tokens)
-        return int(original(tokens, snapshot, kinds))
+        return int(original(tokens, snapshot, kinds, **options))
 
     cache.store.save = spy
     client = OpenAI(base_url=f"{in_process_backend.url}/v1", api_key="unused", max_retries=0)

@@ -55,9 +55,9 @@ def test_insert_is_written_by_the_writer_thread(
     seen: list[str] = []
     original = cache.store.save
 
-    def spy(tokens: Any, prompt_cache: Any, kinds: Any) -> int:
+    def spy(tokens: Any, prompt_cache: Any, kinds: Any, **options: Any) -> int:
         seen.append(threading.current_thread().name)
-        return original(tokens, prompt_cache, kinds)
+        return original(tokens, prompt_cache, kinds, **options)
 
     cache.store.save = spy  # type: ignore[method-assign]
     tokens = _tokens(40)
@@ -155,10 +155,10 @@ def test_a_second_signal_drops_queued_writes_whole_and_lets_the_current_one_land
     started, release = threading.Event(), threading.Event()
     original = cache.store.save
 
-    def slow(tokens: Any, prompt_cache: Any, kinds: Any) -> int:
+    def slow(tokens: Any, prompt_cache: Any, kinds: Any, **options: Any) -> int:
         started.set()
         release.wait(10)
-        return original(tokens, prompt_cache, kinds)
+        return original(tokens, prompt_cache, kinds, **options)
 
     cache.store.save = slow  # type: ignore[method-assign]
     first, second = _tokens(40), _tokens(40, start=500)

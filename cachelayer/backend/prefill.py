@@ -1,0 +1,114 @@
+"""Prefill that is kept: mlx-lm's `BatchGenerator`, checkpointing long prompts to disk.
+
+mlx-lm's server prefills a batch of prompts in steps of `prefill_step_size` tokens
+(`BatchGenerator._next`), but it hands a prompt's KV cache to the prompt cache only at
+the end of a segment or of the answer. A client that hangs up, a timeout or a kill -9
+half-way through a ten-minute first turn threw all of it away. This subclass adds one
+thing after each step: every prompt still prefilling that has passed a block boundary
+(256 tokens by default) since its last checkpoint has the attention KV of the tokens
+since that checkpoint copied out (only those, so a whole prefill copies its cache once)
+and queued for the `PersistentPromptCache` writer, which appends them as blocks to the
+chain already on disk. The re-sent request then restores them and prefills only the rest.
+
+The queue is bounded (`PersistentPromptCache.checkpoint`): when the disk is behind, a
+checkpoint is skipped and the next one covers its tokens. Models with sliding-window or
+recurrent layers are not checkpointed mid-prompt (their state is not a window of tokens).
+
+`install` makes mlx_lm.server build this class instead of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.generate import BatchGenerator as MlxBatchGenerator
+from mlx_lm.models.cache import BatchKVCache, KVCache
+
+from cachelayer.backend.persistent_cache import PersistentPromptCache
+
+logger = logging.getLogger(__name__)
+
+
+def kv_window(layer: Any, idx: int, lo: int, hi: int) -> KVCache | None:
+    """A single-sequence KVCache holding tokens [lo, hi) of sequence `idx` of a batch
+    layer, copied out (None for a layer that is not a batch attention cache)."""
+    if not isinstance(layer, BatchKVCache) or layer.keys is None:
+        return None
+    pad = int(layer.left_padding[idx].item())
+    window = KVCache()
+    window.keys = mx.contiguous(layer.keys[idx:idx + 1, :, pad + lo:pad + hi])
+    window.values = mx.contiguous(layer.values[idx:idx + 1, :, pad + lo:pad + hi])
+    window.offset = hi - lo
+    return window
+
+
+class BatchGenerator(MlxBatchGenerator):
+    """mlx-lm's continuous batching, with prompts checkpointed to disk as they prefill."""
+
+    # Set by `install`: where checkpoints go, and their granularity in tokens.
+    persistent: PersistentPromptCache | None = None
+    block_tokens: int = 256
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """As mlx-lm's; also tracks how far each prompt has been checkpointed."""
+        super().__init__(*args, **kwargs)
+        self._kept: dict[int, int] = {}
+
+    def insert_segments(self, segments: Any, max_tokens: Any = None, caches: Any = None,
+                        all_tokens: Any = None, *args: Any, **kwargs: Any) -> list[int]:
+        """As mlx-lm's; what a prompt restored from a cache is already kept up to its
+        last whole block (the store holds it, or the chain ends there anyway)."""
+        uids: list[int] = super().insert_segments(segments, max_tokens, caches, all_tokens,
+                                                  *args, **kwargs)
+        for uid, restored in zip(uids, all_tokens or [[] for _ in uids], strict=True):
+            self._kept[uid] = len(restored) // self.block_tokens * self.block_tokens
+        return uids
+
+    def remove(self, uids: Any, return_prompt_caches: bool = False) -> Any:
+        """As mlx-lm's; forgets the removed prompts' checkpoint marks."""
+        for uid in uids:
+            self._kept.pop(uid, None)
+        return super().remove(uids, return_prompt_caches)
+
+    def _next(self) -> Any:
+        prompt_responses, generation_responses = super()._next()
+        for r in prompt_responses:
+            if r.end_of_prompt:
+                self._kept.pop(r.uid, None)
+        if self.persistent is not None and len(self._prompt_batch):
+            self._checkpoint(self.persistent)
+        return prompt_responses, generation_responses
+
+    def _checkpoint(self, persistent: PersistentPromptCache) -> None:
+        """Queue the new whole blocks of every prompt still prefilling."""
+        batch = self._prompt_batch
+        for idx, uid in enumerate(batch.uids):
+            tokens = batch.tokens[idx]
+            kept = self._kept.get(uid, 0)
+            aligned = len(tokens) // self.block_tokens * self.block_tokens
+            if aligned <= kept or aligned < persistent.store.min_tokens:
+                continue
+            if not persistent.checkpoint_ready():
+                return  # the disk is behind: the next step's checkpoint covers these
+            window = [kv_window(layer, idx, kept, aligned) for layer in batch.prompt_cache]
+            if any(w is None for w in window):
+                self.persistent = None  # not an attention-only batch: never checkpointed
+                return
+            mx.eval([(w.keys, w.values) for w in window if w is not None])
+            if persistent.checkpoint(tuple(tokens[:aligned]), window, kept):
+                self._kept[uid] = aligned
+                logger.debug("prefill checkpoint: tokens %d-%d queued", kept, aligned)
+
+
+def install(persistent: PersistentPromptCache, block_tokens: int) -> None:
+    """Make mlx_lm.server's generation thread build a checkpointing `BatchGenerator`.
+
+    mlx_lm.server creates its BatchGenerator by that module-level name when the first
+    batchable request arrives, so this must run before the server takes requests."""
+    import mlx_lm.server as mlx_server
+
+    generator = type("BatchGenerator", (BatchGenerator,),
+                     {"persistent": persistent, "block_tokens": block_tokens})
+    mlx_server.BatchGenerator = generator  # type: ignore[misc,assignment]

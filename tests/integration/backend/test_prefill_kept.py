@@ -1,0 +1,124 @@
+"""Prefill that is kept: a long prompt is checkpointed to disk as it prefills, so a client
+that hangs up half-way, or a backend killed half-way, costs only what was not yet written:
+the re-sent request restores the checkpointed blocks (its `cached_tokens`) and answers
+exactly as a cold prefill does, token and logprob."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.backend.conftest import StartBackend
+from tests.support.processes import ServerProcess
+
+pytestmark = pytest.mark.slow
+# ~4,000 tokens prefilled in 16-token steps: seconds on the tiny model, so "half-way" is
+# a moment a test can catch; blocks are 256 tokens.
+LONG = " ".join(f"line {i} of the long file says hello." for i in range(300))
+STEP = ("--prefill-step-size", "16")
+ASK = {"max_tokens": 6, "logprobs": True, "top_logprobs": 3}
+
+
+def _chat(server: ServerProcess) -> Any:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    return client.chat.completions.create(model="m", temperature=0,
+                                          messages=[{"role": "user", "content": LONG}], **ASK)
+
+
+def _answer(response: Any) -> list[tuple[str, float, list[tuple[str, float]]]]:
+    return [(t.token, t.logprob, [(top.token, top.logprob) for top in t.top_logprobs])
+            for t in response.choices[0].logprobs.content]
+
+
+def _stream_until_half_way(server: ServerProcess, then: Callable[[], None]) -> tuple[int, int]:
+    """Stream the long prompt, read progress until half of it is prefilled, call `then`
+    and hang up; returns (tokens done when hanging up, tokens in all)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+    body = {"model": "m", "temperature": 0, "stream": True, "max_tokens": 6,
+            "messages": [{"role": "user", "content": LONG}]}
+    conn.request("POST", "/v1/chat/completions", json.dumps(body),
+                 {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    try:
+        for line in response:
+            match = re.match(rb": keepalive (\d+)/(\d+)", line)
+            if match and int(match[1]) * 2 >= int(match[2]):
+                then()
+                return int(match[1]), int(match[2])
+            assert not line.startswith(b"data:"), "the prefill ended before half-way"
+        raise AssertionError("the stream ended before half-way")
+    finally:
+        response.close()
+        conn.close()
+
+
+def _progress(server: ServerProcess, total: int) -> list[int]:
+    """The backend's logged prefill progress of the prompt that has `total` tokens."""
+    return [int(n) for n, m in re.findall(r"Prompt processing progress: (\d+)/(\d+)",
+                                           server.log()) if int(m) == total]
+
+
+def _wait_for_blocks(server: ServerProcess, api: Any, blocks: int) -> None:
+    deadline = time.monotonic() + 60
+    while api.get_json(server, "/v1/cachelayer/kv")["blocks"] < blocks:
+        assert time.monotonic() < deadline, "no prefill checkpoint reached the disk"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def cold(demo_model: Path, tmp_path: Path, start_backend: StartBackend) -> Any:
+    """The long prompt's answer from a cold backend, prefilled in the same steps."""
+    response = _chat(start_backend(demo_model, tmp_path / "kv-cold", *STEP))
+    assert response.usage.prompt_tokens_details.cached_tokens == 0
+    return response
+
+
+def test_a_hang_up_half_way_keeps_the_prefill_and_the_resend_answers_as_cold(
+    demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any, cold: Any,
+) -> None:
+    server = start_backend(demo_model, tmp_path / "kv", *STEP)
+    done, total = _stream_until_half_way(server, lambda: None)
+    stats = api.wait_for_writes(server)
+    assert stats["prefill_checkpoints"]["queued"] >= 1
+    resent = _chat(server)
+    reused = resent.usage.prompt_tokens_details.cached_tokens
+    # Everything up to the last whole block before the hang-up was kept (and, at most,
+    # what the backend prefilled before it noticed the client had gone).
+    assert done // 256 * 256 <= reused < total and reused % 256 == 0
+    assert _answer(resent) == _answer(cold)
+    # The abandoned prefill stopped soon after the hang-up: it never reached its end
+    # (the re-send prefilled its own rest meanwhile), and went at most ~0.5 s further.
+    abandoned = _progress(server, total)
+    assert max(abandoned) < total
+    assert max(abandoned) - done <= 1024
+
+
+def test_a_kill_9_half_way_keeps_the_checkpointed_blocks_for_the_restart(
+    demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any, cold: Any,
+) -> None:
+    server = start_backend(demo_model, tmp_path / "kv", *STEP)
+
+    def kill() -> None:
+        _wait_for_blocks(server, api, 4)  # 1,024 tokens on disk, more on the way
+        os.kill(server.proc.pid, signal.SIGKILL)
+        server.proc.wait(30)
+
+    done, _ = _stream_until_half_way(server, kill)
+    restarted = start_backend(demo_model, tmp_path / "kv", *STEP)
+    resent = _chat(restarted)
+    reused = resent.usage.prompt_tokens_details.cached_tokens
+    assert 1024 <= reused <= done and reused % 256 == 0
+    assert _answer(resent) == _answer(cold)
+    stats = api.get_json(restarted, "/v1/cachelayer/kv")
+    assert stats["tokens_restored_disk"] == reused
