@@ -1,4 +1,5 @@
-"""Prefill that is kept: mlx-lm's `BatchGenerator`, checkpointing long prompts to disk.
+"""Prefill that is kept and shared: mlx-lm's `BatchGenerator`, checkpointing long prompts
+to disk as they prefill, in steps sized so other requests are not held up.
 
 mlx-lm's server prefills a batch of prompts in steps of `prefill_step_size` tokens
 (`BatchGenerator._next`), but it hands a prompt's KV cache to the prompt cache only at
@@ -14,11 +15,26 @@ The queue is bounded (`PersistentPromptCache.checkpoint`): when the disk is behi
 checkpoint is skipped and the next one covers its tokens. Models with sliding-window or
 recurrent layers are not checkpointed mid-prompt (their state is not a window of tokens).
 
+Prefill that shares the machine. mlx-lm prefills every prompt of the batch in lockstep,
+padded to the longest chunk, and a step is `prefill_step_size` tokens (2048) whatever
+that costs: a short request arriving during a long prompt's step waits for that step,
+then is padded to a full step next to it, then waits one more step before its first
+token. This class sizes each step instead:
+
+* by time: a step holds about `step_seconds` of prefill at the speed measured so far
+  (never more than `prefill_step_size`), so a newcomer waits about that long, whatever
+  the model;
+* without padding: all prompts in the batch advance by the shortest current segment, so
+  a short prompt costs its own length next to a long one, not a full padded step;
+* a prompt that has just finished (its first token is next) makes that step one token
+  long for the others, so its first token comes after a tiny step, not a long one.
+
 `install` makes mlx_lm.server build this class instead of its own.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any
 
@@ -47,14 +63,20 @@ def kv_window(layer: Any, idx: int, lo: int, hi: int) -> KVCache | None:
 class BatchGenerator(MlxBatchGenerator):
     """mlx-lm's continuous batching, with prompts checkpointed to disk as they prefill."""
 
-    # Set by `install`: where checkpoints go, and their granularity in tokens.
+    # Set by `install`: where checkpoints go, their granularity in tokens, and the time
+    # a prefill step should take (0: mlx-lm's fixed steps).
     persistent: PersistentPromptCache | None = None
     block_tokens: int = 256
+    step_seconds: float = 0.5
+    # Until a speed is measured, steps are this long (short enough for any model).
+    first_step_tokens: int = 256
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """As mlx-lm's; also tracks how far each prompt has been checkpointed."""
         super().__init__(*args, **kwargs)
         self._kept: dict[int, int] = {}
+        self._max_step = self.prefill_step_size
+        self._speed: float | None = None  # prefill tokens per second, smoothed
 
     def insert_segments(self, segments: Any, max_tokens: Any = None, caches: Any = None,
                         all_tokens: Any = None, *args: Any, **kwargs: Any) -> list[int]:
@@ -72,14 +94,47 @@ class BatchGenerator(MlxBatchGenerator):
             self._kept.pop(uid, None)
         return super().remove(uids, return_prompt_caches)
 
+    def step_tokens(self) -> int:
+        """How many tokens each prompt in the batch advances by in the next step."""
+        step = self._max_step
+        if self.step_seconds > 0:
+            timed = (self.first_step_tokens if self._speed is None
+                     else int(self._speed * self.step_seconds))
+            step = min(step, max(16, timed // 16 * 16))
+        # The prompts the next step will hold: those prefilling and those about to join.
+        joining = min(self.prefill_batch_size - len(self._prompt_batch),
+                      self.completion_batch_size - len(self._generation_batch),
+                      len(self._unprocessed_sequences))
+        segments = [seq[0] for seq in self._currently_processing]
+        segments += [seq[1] for seq in itertools.islice(self._unprocessed_sequences,
+                                                        max(joining, 0))]
+        if len(segments) > 1:
+            # No padding: the shortest current segment sets the step (a prompt left
+            # with only its last token, about to start answering, makes it 1 token).
+            step = min(step, *(len(s[0]) for s in segments if s))
+        return max(1, step)
+
     def _next(self) -> Any:
-        prompt_responses, generation_responses = super()._next()
+        self.prefill_step_size = self._prompt_batch.prefill_step_size = self.step_tokens()
+        tokens, seconds = self._counters.prompt_tokens, self._counters.prompt_time
+        try:
+            prompt_responses, generation_responses = super()._next()
+        finally:
+            self.prefill_step_size = self._prompt_batch.prefill_step_size = self._max_step
+        self._measure(self._counters.prompt_tokens - tokens,
+                      self._counters.prompt_time - seconds)
         for r in prompt_responses:
             if r.end_of_prompt:
                 self._kept.pop(r.uid, None)
         if self.persistent is not None and len(self._prompt_batch):
             self._checkpoint(self.persistent)
         return prompt_responses, generation_responses
+
+    def _measure(self, tokens: int, seconds: float) -> None:
+        """Fold one step's prefill speed in (steps too short to time say little)."""
+        if tokens >= 16 and seconds > 0.005:
+            speed = tokens / seconds
+            self._speed = speed if self._speed is None else 0.5 * self._speed + 0.5 * speed
 
     def _checkpoint(self, persistent: PersistentPromptCache) -> None:
         """Queue the new whole blocks of every prompt still prefilling."""
@@ -102,13 +157,15 @@ class BatchGenerator(MlxBatchGenerator):
                 logger.debug("prefill checkpoint: tokens %d-%d queued", kept, aligned)
 
 
-def install(persistent: PersistentPromptCache, block_tokens: int) -> None:
-    """Make mlx_lm.server's generation thread build a checkpointing `BatchGenerator`.
+def install(persistent: PersistentPromptCache, block_tokens: int,
+            step_seconds: float) -> None:
+    """Make mlx_lm.server's generation thread build this module's `BatchGenerator`.
 
     mlx_lm.server creates its BatchGenerator by that module-level name when the first
     batchable request arrives, so this must run before the server takes requests."""
     import mlx_lm.server as mlx_server
 
     generator = type("BatchGenerator", (BatchGenerator,),
-                     {"persistent": persistent, "block_tokens": block_tokens})
+                     {"persistent": persistent, "block_tokens": block_tokens,
+                      "step_seconds": step_seconds})
     mlx_server.BatchGenerator = generator  # type: ignore[misc,assignment]

@@ -8,8 +8,9 @@ Rather than fork mlx-lm's server, this reuses its `ModelProvider`,
   survives restarts;
 * every request is served by the one model given on the command line, whatever
   its `model` field says (mlx-lm would try to load that name from the hub);
-* its `BatchGenerator` checkpoints long prompts to disk as they prefill
-  (`prefill.py`), so a hang-up or a crash half-way keeps what was computed;
+* its `BatchGenerator` checkpoints long prompts to disk as they prefill, so a
+  hang-up or a crash half-way keeps what was computed, and sizes prefill steps so
+  other requests are not held up behind a long prompt (`prefill.py`);
 * two routes are added: `GET /v1/cachelayer/kv` (counters) and
   `POST /v1/cachelayer/count_tokens` (prompt length under the chat template).
 
@@ -216,7 +217,7 @@ class Backend:
             tenants=TenantRegistry(),
         )
         # Long prompts are checkpointed to disk as they prefill (backend/prefill.py).
-        install_prefill(self.prompt_cache, store.block_tokens)
+        install_prefill(self.prompt_cache, store.block_tokens, settings.prefill_step_seconds)
         provider = make_model_provider(settings, mlx_cli_args(settings, budget))
         self.generator = tenant_generator_class()(provider, self.prompt_cache)
         # Listen only once the model is loaded, so a successful /health means ready.

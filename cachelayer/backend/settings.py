@@ -83,6 +83,10 @@ class BackendSettings:
     kv_block_tokens: int = DEFAULT_KV_BLOCK_TOKENS
     max_tokens: int = 512
     prefill_step_size: int = 2048
+    # A prefill step holds about this much work at the measured speed (at most
+    # prefill_step_size tokens), so a request arriving meanwhile waits about this long.
+    # 0: mlx-lm's fixed steps of prefill_step_size.
+    prefill_step_seconds: float = 0.5
     chat_template_args: Mapping[str, Any] = field(default_factory=dict)
     prompt_cache_size: int = 10
     log_level: str = "INFO"

@@ -77,7 +77,13 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"default max_tokens ({DEFAULTS.max_tokens})")
     parser.add_argument(
         "--prefill-step-size", type=int, default=DEFAULTS.prefill_step_size,
-        help=f"prefill chunk size ({DEFAULTS.prefill_step_size})"
+        help=f"largest prefill chunk in tokens ({DEFAULTS.prefill_step_size})"
+    )
+    parser.add_argument(
+        "--prefill-step-seconds", type=float, default=DEFAULTS.prefill_step_seconds,
+        help="size prefill chunks to about this many seconds at the measured speed, so "
+             "other requests wait at most about that long; 0: fixed chunks "
+             f"({DEFAULTS.prefill_step_seconds})"
     )
     parser.add_argument(
         "--chat-template-args",
@@ -112,6 +118,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Back
         kv_block_tokens=args.kv_block_tokens,
         max_tokens=args.max_tokens,
         prefill_step_size=args.prefill_step_size,
+        prefill_step_seconds=args.prefill_step_seconds,
         chat_template_args=dict(args.chat_template_args),
         prompt_cache_size=args.prompt_cache_size,
         log_level=args.log_level,
