@@ -9,6 +9,7 @@ read per block file, checksummed on the way.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
@@ -16,7 +17,7 @@ import numpy as np
 import xxhash
 from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache
 
-from cachelayer.backend.kv_blocks import BadFile, Block, Checkpoint, read_header
+from cachelayer.backend.kv_blocks import BadFile, Block, Checkpoint, Match, read_header
 
 # Layer kinds the store restores exactly. "kv": per-token keys/values (blocks);
 # "rotating" and "arrays": whole state at one position (checkpoints).
@@ -136,9 +137,33 @@ def alloc_target(heads: int, n: int, dim: int, dtype: str) -> tuple[mx.array, np
     return arr, view
 
 
+@dataclass
+class HostArrays:
+    """A match read into host memory by `PagedStore.read`, waiting to become a cache."""
+
+    match: Match
+    arrays: dict[tuple[int, str], np.ndarray]
+    dtypes: dict[tuple[int, str], str]
+    nbytes: int
+    seconds: float
+
+
+def alloc_host(heads: int, n: int, dim: int, dtype: str) -> tuple[str, np.ndarray]:
+    """Uninitialised host memory for one restored array, with its mlx dtype's name (no
+    mlx, so any thread may call it, and nothing is zero-filled only to be overwritten)."""
+    return dtype, np.empty((1, heads, n, dim), dtype=np_dtype(dtype))
+
+
+def host_to_mx(view: np.ndarray, dtype: str) -> mx.array:
+    """The mlx array of a restored host array (one copy, on the calling thread)."""
+    out = mx.array(view)
+    return out.view(mx.bfloat16) if dtype == "bfloat16" else out
+
+
 def read_block_into(
     block: Block, fingerprint: str, used: int, pos: int, n: int, kv_layers: list[int],
-    dest: dict[tuple[int, str], tuple[mx.array, np.ndarray]],
+    dest: dict[tuple[int, str], tuple[Any, np.ndarray]],
+    alloc: Any = alloc_target,
 ) -> int:
     """Read one block straight into the destination arrays (one scatter read per file)."""
     fd = os.open(block.path, os.O_RDONLY)
@@ -160,7 +185,7 @@ def read_block_into(
             npd = np_dtype(dtype)
             key = (int(layer), name)
             if key not in dest:
-                dest[key] = alloc_target(heads, n, dim, dtype)
+                dest[key] = alloc(heads, n, dim, dtype)
             target = dest[key][1]
             if target.shape[1] != heads or target.shape[3] != dim or target.dtype != npd:
                 raise BadFile("array shape differs along the chain")

@@ -45,9 +45,12 @@ from cachelayer.backend.kv_blocks import (
     scan_dir,
 )
 from cachelayer.backend.kv_codec import (
+    HostArrays,
+    alloc_host,
     block_parts,
     checkpoint_parts,
     checksum,
+    host_to_mx,
     kv_views,
     read_block_into,
     read_checkpoint,
@@ -191,12 +194,44 @@ class PagedStore:
             return self.index.nearest(tokens, positional_only=set(kinds) <= {"kv"},
                                       tenant=tenant)
 
-    def load(self, match: Match, kinds: tuple[str, ...]) -> list[Any] | None:
-        """Restore the cache of `match`; None (chain cut, counted) if a file fails its checks."""
+    def read(self, match: Match, kinds: tuple[str, ...]) -> HostArrays | None:
+        """Read an attention-only match into host memory without any mlx call, so an
+        I/O thread can do it while the generation thread works; `restore` then makes
+        the cache. None (chain cut, counted) if a file fails its checks."""
+        if match.checkpoint is not None or any(k != "kv" for k in kinds):
+            return None
         started = time.monotonic()
-        n = match.n_tokens
         kv_layers = [i for i, k in enumerate(kinds) if k == "kv"]
-        dest: dict[tuple[int, str], tuple[mx.array, np.ndarray]] = {}
+        dest: dict[tuple[int, str], tuple[Any, np.ndarray]] = {}
+        self._read_ahead(match)
+        pos = nbytes = 0
+        for block, used in match.chain:
+            try:
+                nbytes += read_block_into(block, self.fingerprint, used, pos,
+                                          match.n_tokens, kv_layers, dest, alloc=alloc_host)
+            except (OSError, ValueError, KeyError, TypeError) as e:  # BadFile is a ValueError
+                self._drop(block, e)
+                return None
+            pos += used
+        return HostArrays(match, {k: v for k, (_, v) in dest.items()},
+                          {k: d for k, (d, _) in dest.items()}, nbytes,
+                          time.monotonic() - started)
+
+    def restore(self, host: HostArrays, kinds: tuple[str, ...]) -> list[Any]:
+        """The cache of arrays `read` brought in (one copy each into mlx memory)."""
+        caches: list[Any] = [None] * len(kinds)
+        for i, kind in enumerate(kinds):
+            if kind == "kv":
+                c = KVCache()
+                c.state = (host_to_mx(host.arrays[i, "k"], host.dtypes[i, "k"]),
+                           host_to_mx(host.arrays[i, "v"], host.dtypes[i, "v"]),
+                           host.match.n_tokens)
+                caches[i] = c
+        mx.eval([c.state for c in caches])
+        self._touch(host.match, host.nbytes)
+        return caches
+
+    def _read_ahead(self, match: Match) -> None:
         # Ask the kernel to read every file of the chain ahead, so the disk streams
         # while the blocks before are checked and placed.
         for block, _ in match.chain:
@@ -206,6 +241,29 @@ class PagedStore:
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
                 finally:
                     os.close(fd)
+
+    def _touch(self, match: Match, nbytes: int) -> None:
+        """Count a restore and mark its files used (the LRU order survives restarts
+        through mtimes)."""
+        now = time.time()
+        with self._lock:
+            self.counters.blocks_read += len(match.chain)
+            self.counters.bytes_read += nbytes
+            for block, _ in match.chain:
+                block.last_used = now
+            if match.checkpoint is not None:
+                match.checkpoint.last_used = now
+        for block, _ in match.chain:
+            with contextlib.suppress(OSError):
+                os.utime(block.path)
+
+    def load(self, match: Match, kinds: tuple[str, ...]) -> list[Any] | None:
+        """Restore the cache of `match`; None (chain cut, counted) if a file fails its checks."""
+        started = time.monotonic()
+        n = match.n_tokens
+        kv_layers = [i for i, k in enumerate(kinds) if k == "kv"]
+        dest: dict[tuple[int, str], tuple[mx.array, np.ndarray]] = {}
+        self._read_ahead(match)
         pos = 0
         nbytes = 0
         for block, used in match.chain:
@@ -235,17 +293,7 @@ class PagedStore:
         if any(c is None for c in caches):
             return None
         mx.eval([c.state for c in caches])
-        now = time.time()
-        with self._lock:
-            self.counters.blocks_read += len(match.chain)
-            self.counters.bytes_read += nbytes
-            for block, _ in match.chain:
-                block.last_used = now
-            if match.checkpoint is not None:
-                match.checkpoint.last_used = now
-        for block, _ in match.chain:  # the LRU order survives a restart through mtimes
-            with contextlib.suppress(OSError):
-                os.utime(block.path)
+        self._touch(match, nbytes)
         logger.debug("kv restore: %d tokens, %d bytes in %.3fs", n, nbytes,
                      time.monotonic() - started)
         return caches

@@ -33,6 +33,7 @@ from cachelayer.backend.kv_codec import cache_tokens, layer_kinds
 from cachelayer.backend.kv_files import STATS_NAME, write_json_atomic
 from cachelayer.backend.memory_budget import ByteBoundedQueue, write_queue_bytes
 from cachelayer.backend.paged_store import PagedStore
+from cachelayer.backend.restore import Restores
 from cachelayer.backend.tenants import TenantRegistry, scoped
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class PersistentPromptCache(BudgetedPromptCache):
         self.writes_dropped = 0
         self._unsupported_logged = False
         self._checkpoint_slots = threading.BoundedSemaphore(_MAX_CHECKPOINTS)
+        self.restores = Restores(store)
         self.checkpoints = {"queued": 0, "skipped": 0}
         self._writer = threading.Thread(target=self._write_loop, name="kv-writer", daemon=True)
         self._writer.start()
@@ -116,16 +118,57 @@ class PersistentPromptCache(BudgetedPromptCache):
             logger.warning("kv: cache kinds %s cannot be restored exactly from disk; "
                            "this model's prompt caches stay in memory only", names)
 
+    def prefetch(self, model: Any, tokens: list[int], tenant: str) -> None:
+        """Read `tenant`'s longest prefix of `tokens` on disk into host memory now (on an
+        I/O thread, as the request arrives), so `fetch_nearest_cache` only copies it."""
+        if model != self.persist_key or self.kinds is None or len(tokens) <= 1:
+            return
+        in_memory = self._memory_prefix(scoped(model, tenant), tokens)
+        self.restores.prefetch(tenant, tokens, self.kinds, in_memory)
+
+    def _memory_prefix(self, model: Any, tokens: list[int]) -> int:
+        """About how many tokens of `tokens` memory could restore (an upper bound: the
+        common path in mlx-lm's trie), read from another thread: racing with the
+        generation thread's changes, a failed walk says 0 and the disk is read."""
+        try:
+            node = self._trie._trie.get(model)
+            n = 0
+            while node is not None and n < len(tokens):
+                node = node.get(tokens[n])
+                n += node is not None
+            return n
+        except (RuntimeError, AttributeError, KeyError, TypeError):
+            return 0
+
     def fetch_nearest_cache(self, model: Any, tokens: list[int]) -> tuple[Any, list[int]]:
         """Nearest cache of the asking tenant from memory, or from disk when the disk holds
-        a longer prefix."""
+        a longer prefix (read ahead by `prefetch` when the request was prefetched)."""
         tenant = self.tenants.current if self.tenants is not None else ""
         cache, rest = super().fetch_nearest_cache(scoped(model, tenant), tokens)
         from_memory = len(tokens) - len(rest)
+        prefetched = self.restores.take(tenant, tokens)
+        if prefetched is not None and model == self.persist_key and self.kinds is not None:
+            host = prefetched.host
+            if host is not None and host.match.n_tokens > from_memory:
+                n = host.match.n_tokens
+                restored = self.store.restore(host, self.kinds)
+                self._count(len(tokens), n, disk=True)
+                logger.info("kv disk hit: %d of %d tokens (read ahead in %.3f s)", n,
+                            len(tokens), host.seconds)
+                return restored, tokens[n:]
+            if prefetched.disk_tokens <= from_memory or host is not None:
+                # Nothing better on disk, or a restore not worth its read: the
+                # generation thread does not go to the disk itself.
+                self._count(len(tokens), from_memory, disk=False)
+                return cache, rest
+            # Memory was thought to hold it when the read ahead ran, and no longer does:
+            # read as without a read ahead (below).
         if model == self.persist_key and self.kinds is not None and len(tokens) > 1:
             for _ in range(3):  # a bad file cuts the chain; the next try finds a shorter one
                 match = self.store.nearest(tokens, self.kinds, tenant)
                 if match is None or match.n_tokens <= from_memory:
+                    break
+                if not self.restores.worth_reading(match):
                     break
                 disk_cache = self.store.load(match, self.kinds)
                 if disk_cache is None:
@@ -276,6 +319,7 @@ class PersistentPromptCache(BudgetedPromptCache):
             "persist_refused": dict(self.persist_refused),
             "writes_dropped": self.writes_dropped,
             "prefill_checkpoints": dict(self.checkpoints),
+            "restores": self.restores.stats(),
             "started_at": self.started_at,
             "updated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "pid": os.getpid(),

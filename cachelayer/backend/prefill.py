@@ -29,6 +29,10 @@ token. This class sizes each step instead:
 * a prompt that has just finished (its first token is next) makes that step one token
   long for the others, so its first token comes after a tiny step, not a long one.
 
+Only for attention-only models: with sliding-window or recurrent layers mlx-lm's answer
+depends on how the prompt is chunked, so those keep its fixed steps (an answer must not
+depend on timing).
+
 `install` makes mlx_lm.server build this class instead of its own.
 """
 
@@ -40,7 +44,7 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator as MlxBatchGenerator
-from mlx_lm.models.cache import BatchKVCache, KVCache
+from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
 
 from cachelayer.backend.persistent_cache import PersistentPromptCache
 
@@ -77,6 +81,10 @@ class BatchGenerator(MlxBatchGenerator):
         self._kept: dict[int, int] = {}
         self._max_step = self.prefill_step_size
         self._speed: float | None = None  # prefill tokens per second, smoothed
+        # Only attention layers answer the same whatever the chunking (mlx-lm's sliding
+        # windows and recurrent states do not): other models keep mlx-lm's fixed steps,
+        # so an answer never depends on timing.
+        self._reschedule = all(type(c) is KVCache for c in make_prompt_cache(self.model))
 
     def insert_segments(self, segments: Any, max_tokens: Any = None, caches: Any = None,
                         all_tokens: Any = None, *args: Any, **kwargs: Any) -> list[int]:
@@ -97,6 +105,8 @@ class BatchGenerator(MlxBatchGenerator):
     def step_tokens(self) -> int:
         """How many tokens each prompt in the batch advances by in the next step."""
         step = self._max_step
+        if not self._reschedule:
+            return step
         if self.step_seconds > 0:
             timed = (self.first_step_tokens if self._speed is None
                      else int(self._speed * self.step_seconds))
@@ -135,6 +145,8 @@ class BatchGenerator(MlxBatchGenerator):
         if tokens >= 16 and seconds > 0.005:
             speed = tokens / seconds
             self._speed = speed if self._speed is None else 0.5 * self._speed + 0.5 * speed
+            if self.persistent is not None:  # what a restore must beat to be worth it
+                self.persistent.restores.prefill_speed = self._speed
 
     def _checkpoint(self, persistent: PersistentPromptCache) -> None:
         """Queue the new whole blocks of every prompt still prefilling."""

@@ -10,7 +10,8 @@ Rather than fork mlx-lm's server, this reuses its `ModelProvider`,
   its `model` field says (mlx-lm would try to load that name from the hub);
 * its `BatchGenerator` checkpoints long prompts to disk as they prefill, so a
   hang-up or a crash half-way keeps what was computed, and sizes prefill steps so
-  other requests are not held up behind a long prompt (`prefill.py`);
+  other requests are not held up behind a long prompt (`prefill.py`); its
+  `ResponseGenerator` reads restores ahead on an I/O thread (`restore.py`);
 * two routes are added: `GET /v1/cachelayer/kv` (counters) and
   `POST /v1/cachelayer/count_tokens` (prompt length under the chat template).
 
@@ -187,6 +188,7 @@ class Backend:
         from cachelayer.backend.paged_store import PagedStore
         from cachelayer.backend.persistent_cache import PersistentPromptCache
         from cachelayer.backend.prefill import install as install_prefill
+        from cachelayer.backend.restore import ResponseGenerator
 
         self.settings = settings
         ensure_private_dir(settings.kv_dir)
@@ -219,7 +221,10 @@ class Backend:
         # Long prompts are checkpointed to disk as they prefill (backend/prefill.py).
         install_prefill(self.prompt_cache, store.block_tokens, settings.prefill_step_seconds)
         provider = make_model_provider(settings, mlx_cli_args(settings, budget))
-        self.generator = tenant_generator_class()(provider, self.prompt_cache)
+        # Tenant scoping first in the MRO: its _tokenize (which names the request's tenant
+        # for the lookup) runs on the generation thread around the read ahead's tokens.
+        generator = type("ResponseGenerator", (tenant_generator_class(), ResponseGenerator), {})
+        self.generator = generator(provider, self.prompt_cache)
         # Listen only once the model is loaded, so a successful /health means ready.
         while provider.model_key is None:
             if not self.generator.generation_available():
