@@ -36,6 +36,7 @@ from cachelayer.protocol.chat import (
     Usage,
     UsageReport,
 )
+from cachelayer.protocol.openai import keepalive_comment
 
 
 def _h(text: str) -> str:
@@ -303,6 +304,14 @@ class ResponsesStream:
         status = final_status(self._finish)
         return out + self._event(f"response.{status}", response=self._object(status))
 
+    def keepalive(self, note: str) -> bytes:
+        """The Responses API's own `response.in_progress` once the response is created
+        (Codex resets its stream idle timer on events, not on comments); an SSE comment
+        before it, where no event may come first."""
+        if self._started and not self._closed:
+            return self._event("response.in_progress", response=self._object("in_progress"))
+        return keepalive_comment(note)
+
     def fail(self, error: CachelayerError) -> bytes:
         """response.failed carrying the error; the stream ends there."""
         out = b"" if self._started else self._start(None)
@@ -311,7 +320,3 @@ class ResponsesStream:
         failed["error"] = {"code": "server_error" if error.status >= 500
                            else "invalid_request", "message": error.message}
         return out + self._event("response.failed", response=failed)
-
-    def keepalive(self) -> bytes:
-        """An SSE comment any client ignores, for an issue-17 keep-alive hook."""
-        return b": keepalive\n\n"

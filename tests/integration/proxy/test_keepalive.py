@@ -87,3 +87,20 @@ def test_a_quick_upstream_error_keeps_its_status(
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="m", messages=MESSAGES,  # type: ignore[arg-type]
                                            stream=True)
+
+
+def test_a_responses_stream_hears_comments_before_response_created(
+    upstream: tuple[FakeUpstream, RunningServer], start_proxy: ProxyFactory
+) -> None:
+    fake, server = upstream
+    fake.script = lambda body: Reply(text="Hello there.", headers_delay_s=1.5)
+    recorder = RecordingTransport()
+    with start_proxy(upstream=server.url, keepalive_interval_s=0.2) as proxy:
+        client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="k", max_retries=0,
+                               http_client=recorder.client())
+        events = list(client.responses.create(model="m", input="hello", stream=True))
+    assert events[-1].type == "response.completed"
+    waiting = recorder.before(b"event: response.created")
+    assert len(keepalives(waiting)) >= 3
+    assert b"event:" not in waiting  # no event may come before response.created
+

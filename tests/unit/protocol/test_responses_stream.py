@@ -118,3 +118,17 @@ def test_an_empty_answer_is_one_empty_message_both_ways() -> None:
     result = _result(text="")
     assert _stream(result)[-1]["response"]["output"] == render_object(result,
                                                                       REQUEST)["output"]
+
+
+def test_a_created_response_is_kept_alive_with_in_progress_events() -> None:
+    from cachelayer.protocol.chat import ChatRequest, Start
+    from cachelayer.protocol.responses_stream import ResponsesStream
+
+    stream = ResponsesStream(ChatRequest(kind="chat", body={"model": "m", "messages": []},
+                                         stream=True, client_api="responses",
+                                         client_model="m"))
+    assert stream.keepalive("keepalive 1/2") == b": keepalive 1/2\n\n"
+    stream.render(Start(id="abc", model="m", created=0))
+    again = stream.keepalive("keepalive 2/2")
+    assert again.startswith(b"event: response.in_progress\ndata: ")
+    assert b'"status":"in_progress"' in again
