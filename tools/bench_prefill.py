@@ -85,11 +85,12 @@ def stream(server: ServerProcess, text: str, *, hang_up_after: float | None = No
     conn.request("POST", "/v1/chat/completions", json.dumps(body),
                  {"Content-Type": "application/json"})
     out: dict[str, Any] = {"sent": started}
+    sock = conn.sock  # getresponse() hands it to the response (conn.sock becomes None)
     if hang_up_after is not None:
         def hang_up() -> None:
             out["hung_up_s"] = time.monotonic() - started
             with contextlib.suppress(OSError):
-                conn.sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
         timer = threading.Timer(hang_up_after, hang_up)
         timer.start()
     response = conn.getresponse()
