@@ -357,8 +357,11 @@ class PersistentPromptCache(BudgetedPromptCache):
             elif item is not None:
                 try:
                     assert self.kinds is not None
-                    saved = self.store.save(item.tokens, item.snapshot, self.kinds,
-                                            item.tenant, base=item.base)
+                    # Tenant and base only when set: the plain call stays the common one.
+                    extra = (item.tenant,) if item.tenant else ()
+                    options = {"base": item.base} if item.base else {}
+                    saved = self.store.save(item.tokens, item.snapshot, self.kinds, *extra,
+                                            **options)
                     if saved:
                         self._stats_dirty.set()
                 except Exception:  # the writer must survive anything one file does
