@@ -28,10 +28,11 @@ STEP = ("--prefill-step-size", "16")
 ASK = {"max_tokens": 6, "logprobs": True, "top_logprobs": 3}
 
 
-def _chat(server: ServerProcess) -> Any:
+def _chat(server: ServerProcess, tenant: str = "") -> Any:
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0,
+                    default_headers={"X-Cachelayer-Tenant": tenant} if tenant else None)
     return client.chat.completions.create(model="m", temperature=0,
                                           messages=[{"role": "user", "content": LONG}], **ASK)
 
@@ -41,14 +42,17 @@ def _answer(response: Any) -> list[tuple[str, float, list[tuple[str, float]]]]:
             for t in response.choices[0].logprobs.content]
 
 
-def _stream_until_half_way(server: ServerProcess, then: Callable[[], None]) -> tuple[int, int]:
+def _stream_until_half_way(server: ServerProcess, then: Callable[[], None],
+                           tenant: str = "") -> tuple[int, int]:
     """Stream the long prompt, read progress until half of it is prefilled, call `then`
     and hang up; returns (tokens done when hanging up, tokens in all)."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
     body = {"model": "m", "temperature": 0, "stream": True, "max_tokens": 6,
             "messages": [{"role": "user", "content": LONG}]}
-    conn.request("POST", "/v1/chat/completions", json.dumps(body),
-                 {"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if tenant:
+        headers["X-Cachelayer-Tenant"] = tenant
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), headers)
     response = conn.getresponse()
     try:
         for line in response:
@@ -122,3 +126,15 @@ def test_a_kill_9_half_way_keeps_the_checkpointed_blocks_for_the_restart(
     assert _answer(resent) == _answer(cold)
     stats = api.get_json(restarted, "/v1/cachelayer/kv")
     assert stats["tokens_restored_disk"] == reused
+
+
+def test_a_checkpointed_prefill_is_reused_by_its_own_tenant_only(
+    demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any,
+) -> None:
+    server = start_backend(demo_model, tmp_path / "kv", *STEP)
+    done, _ = _stream_until_half_way(server, lambda: None, tenant="a" * 16)
+    api.wait_for_writes(server)
+    other = _chat(server, tenant="b" * 16)
+    assert other.usage.prompt_tokens_details.cached_tokens == 0
+    own = _chat(server, tenant="a" * 16)
+    assert own.usage.prompt_tokens_details.cached_tokens >= done // 256 * 256 > 0
