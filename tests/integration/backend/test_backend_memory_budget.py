@@ -3,8 +3,6 @@ that left memory comes back from disk with the answer it had cold."""
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -12,36 +10,16 @@ import pytest
 
 from cachelayer.backend.family_models import build_family_model
 from cachelayer.backend.variant_models import build_wide_model
+from tests.support.greedy import SYSTEM, answer, ask_greedy, cached
 from tests.support.processes import ServerProcess
 
 pytestmark = pytest.mark.slow  # real mlx inference, child servers
 
-SYSTEM = " ".join(f"Rule {i}: read file number {i} before editing it." for i in range(60))
-
-
 def ask(server: ServerProcess, case: int, *, max_tokens: int = 6) -> dict[str, Any]:
-    """A greedy chat completion with logprobs; `case` makes the prompt distinct from its
-    first words on (so no two cases share more than the template's first tokens)."""
-    body = {
-        "messages": [{"role": "system", "content": f"Case {case} of many. {SYSTEM}"},
-                     {"role": "user", "content": f"What does case {case} need?"}],
-        "max_tokens": max_tokens, "temperature": 0, "logprobs": True,
-    }
-    request = urllib.request.Request(f"{server.url}/v1/chat/completions",
-                                     data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=300) as r:
-        return dict(json.loads(r.read()))
-
-
-def answer(response: dict[str, Any]) -> list[tuple[int, float]]:
-    """The answer's tokens with their logprobs."""
-    return [(t["id"], t["logprob"]) for t in response["choices"][0]["logprobs"]["content"]]
-
-
-def cached(response: dict[str, Any]) -> int:
-    """usage.prompt_tokens_details.cached_tokens."""
-    return int(response["usage"]["prompt_tokens_details"]["cached_tokens"])
+    """A greedy answer; `case` makes the prompt distinct from its first words on (so no two
+    cases share more than the template's first tokens)."""
+    return ask_greedy(server, f"Case {case} of many. {SYSTEM}", f"What does case {case} need?",
+                      max_tokens=max_tokens)
 
 
 def rss(server: ServerProcess) -> int:

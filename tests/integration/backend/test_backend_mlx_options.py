@@ -13,6 +13,7 @@ import pytest
 
 from cachelayer.backend.family_models import build_family_model
 from cachelayer.backend.variant_models import build_lora_adapter
+from tests.support.greedy import SYSTEM, answer, ask_greedy, cached
 from tests.support.processes import (
     ServerProcess,
     free_port,
@@ -24,28 +25,9 @@ from tests.support.processes import (
 pytestmark = pytest.mark.slow  # real mlx inference, child servers
 
 ROOT = Path(__file__).resolve().parents[3]
-SYSTEM = " ".join(f"Rule {i}: read file number {i} before editing it." for i in range(60))
-
-
 def ask(server: ServerProcess, user: str = "What now?", **extra: Any) -> dict[str, Any]:
-    """A greedy chat completion with logprobs; no model name, so stock serves its default."""
-    body = {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
-            "max_tokens": 6, "temperature": 0, "logprobs": True, **extra}
-    request = urllib.request.Request(f"{server.url}/v1/chat/completions",
-                                     data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=300) as r:
-        return dict(json.loads(r.read()))
-
-
-def answer(response: dict[str, Any]) -> list[tuple[int, float]]:
-    """The answer's token ids with their logprobs."""
-    return [(t["id"], t["logprob"]) for t in response["choices"][0]["logprobs"]["content"]]
-
-
-def cached(response: dict[str, Any]) -> int:
-    """usage.prompt_tokens_details.cached_tokens."""
-    return int(response["usage"]["prompt_tokens_details"]["cached_tokens"])
+    """A greedy answer; no model name, so stock serves its default."""
+    return ask_greedy(server, SYSTEM, user, **extra)
 
 
 def stock_answer(model: Path, tmp_path: Path, *flags: str) -> dict[str, Any]:
