@@ -42,8 +42,17 @@ from cachelayer.backend.limits import (
     logits_size,
     null_defaults,
 )
+from cachelayer.backend.logs import configure_backend_logging
 from cachelayer.backend.memory_budget import auto_prompt_cache_bytes, physical_memory, weights_bytes
 from cachelayer.backend.models import resolve_model_dir
+from cachelayer.backend.request_context import (
+    begin_request,
+    current_request_id,
+    end_request,
+    generator_class,
+    sane_request_id,
+    stream_sink,
+)
 from cachelayer.backend.settings import BackendSettings, auto_kv_budget
 from cachelayer.backend.tenants import (
     TENANT_HEADER,
@@ -138,6 +147,13 @@ def make_handler_class(settings: BackendSettings, limits: ModelLimits) -> type:
             request.cachelayer_tenant = parse_tenant(self.headers.get(TENANT_HEADER))
             return request
 
+        def handle_completion(self, request: Any, stop_words: Any) -> None:
+            """mlx-lm's completion; a stream also reports its usage right after the
+            prefix lookup (backend/request_context.py)."""
+            begin_request(current_request_id(), stream_sink(self.wfile) if self.stream
+                          else None)
+            super().handle_completion(request, stop_words)
+
         def do_GET(self) -> None:
             """Serve /v1/cachelayer/kv; everything else as mlx-lm does."""
             if self.path == KV_ROUTE:
@@ -149,7 +165,15 @@ def make_handler_class(settings: BackendSettings, limits: ModelLimits) -> type:
                 super().do_GET()
 
         def do_POST(self) -> None:
-            """Serve /v1/cachelayer/count_tokens; everything else as mlx-lm does."""
+            """Serve /v1/cachelayer/count_tokens; everything else as mlx-lm does. Log
+            lines name the request by the id the proxy forwarded."""
+            begin_request(sane_request_id(self.headers.get("X-Request-Id")))
+            try:
+                self._post()
+            finally:
+                end_request()
+
+        def _post(self) -> None:
             if self.path != COUNT_TOKENS_ROUTE:
                 super().do_POST()
                 return
@@ -224,7 +248,8 @@ class Backend:
         # Tenant scoping first in the MRO: its _tokenize (which names the request's tenant
         # for the lookup) runs on the generation thread around the read ahead's tokens.
         generator = type("ResponseGenerator", (tenant_generator_class(), ResponseGenerator), {})
-        self.generator = generator(provider, self.prompt_cache)
+        # Outermost: each request's id and early usage report (backend/request_context.py).
+        self.generator = generator_class(generator)(provider, self.prompt_cache)
         # Listen only once the model is loaded, so a successful /health means ready.
         while provider.model_key is None:
             if not self.generator.generation_available():
@@ -272,10 +297,7 @@ class Backend:
 def serve(settings: BackendSettings) -> int:
     """Run the backend in this process until SIGINT or SIGTERM, then exit the process
     (0 after a clean shutdown, 1 if the generation thread died); returns only by raising."""
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_backend_logging(settings.log_level)
     stop = threading.Event()
     backend: Backend | None = None
 

@@ -100,6 +100,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level",
         default=DEFAULTS.log_level,
+        type=str.upper,  # `debug` as `cachelayer serve` spells it works too
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
         help="log level (default INFO)",
     )

@@ -73,6 +73,13 @@ def usage_dict(usage: Usage | None) -> dict[str, int]:
     }
 
 
+def start_usage_dict(usage: Usage | None) -> dict[str, int]:
+    """message_start's usage: the prompt's input fields, no output counted yet."""
+    out = usage_dict(usage)
+    out["output_tokens"] = 0
+    return out
+
+
 def stop_sequences(request: ChatRequest) -> list[str]:
     """The stop sequences the request asked for, as a list."""
     stop = request.body.get("stop")
@@ -192,6 +199,12 @@ class AnthropicStream:
         self._has_tool_use = False
         self._finish: str | None = None
         self._usage: Usage | None = None
+        self._prompt_usage: Usage | None = None
+
+    def prompt_usage(self, usage: Usage) -> None:
+        """The prompt's usage, known before content (protocol/early_usage.py): message_start
+        carries it, as Anthropic documents, instead of zeros."""
+        self._prompt_usage = usage
 
     def _start(self, ident: str) -> bytes:
         self._started = True
@@ -199,8 +212,9 @@ class AnthropicStream:
             "id": message_id(ident), "type": "message", "role": "assistant",
             "model": self.request.client_model, "content": [], "stop_reason": None,
             "stop_sequence": None,
-            # Usage arrives only at the end of an upstream stream; message_delta carries it.
-            "usage": usage_dict(None),
+            # What is known of the prompt by now (the backend's early report, or a replay's
+            # whole usage); message_delta carries the final figures.
+            "usage": start_usage_dict(self._prompt_usage),
         }
         return (sse("message_start", {"type": "message_start", "message": message})
                 + sse("ping", {"type": "ping"}))
@@ -293,7 +307,7 @@ class AnthropicStream:
         return out + sse("message_delta", {
             "type": "message_delta",
             "delta": {"stop_reason": reason, "stop_sequence": sequence},
-            "usage": usage_dict(self._usage),
+            "usage": usage_dict(self._usage or self._input_only()),
         }) + sse("message_stop", {"type": "message_stop"})
 
     def keepalive(self, note: str) -> bytes:
@@ -302,6 +316,11 @@ class AnthropicStream:
         if self._started and not self._closed:
             return sse("ping", {"type": "ping"})
         return keepalive_comment(note)
+
+    def _input_only(self) -> Usage | None:
+        # An upstream that reported no final usage: the prompt's, with no output counted.
+        early = self._prompt_usage
+        return None if early is None else Usage(early.prompt_tokens, 0, early.cached_tokens)
 
     def fail(self, error: CachelayerError) -> bytes:
         """An `error` event; the stream ends without message_stop, as Anthropic's do."""

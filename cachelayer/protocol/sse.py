@@ -15,6 +15,7 @@ from aiohttp import web
 
 from cachelayer.protocol.chat import ChatRequest, ChatResult, result_events
 from cachelayer.protocol.codec import Codec
+from cachelayer.protocol.early_usage import announce
 
 log = logging.getLogger(__name__)
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -90,6 +91,7 @@ async def replay_stream(
 def render_sse(codec: Codec, chat: ChatRequest, result: ChatResult) -> bytes:
     """A complete result as the bytes of one SSE stream in the client's API."""
     renderer = codec.stream_renderer(chat)
+    announce(renderer, result.usage)
     body = b"".join(renderer.render(event) for event in result_events(result))
     return body + renderer.close()
 

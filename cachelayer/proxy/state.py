@@ -12,7 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from cachelayer.config import Settings
-from cachelayer.protocol.chat import ChatRequest, ChatResult
+from cachelayer.protocol.chat import ChatRequest, ChatResult, Usage
 from cachelayer.protocol.codec import Codec
 from cachelayer.proxy.forward.pool import UpstreamPool
 from cachelayer.proxy.forward.progress import Prefills
@@ -43,6 +43,8 @@ class Exchange:
     result: ChatResult | None = None
     oversized: bool = False  # relayed whole, but too large to keep: never stored
     upstream_ms: float | None = None
+    early_usage: Usage | None = None  # the backend's report after its prefix lookup
+    first_token_ms: float | None = None  # a stream's first content (its prefill's end)
 
 
 @dataclass

@@ -21,9 +21,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from cachelayer.proxy.state import EXCHANGE
+from cachelayer.telemetry.access import log_access
 from cachelayer.telemetry.prometheus import UPSTREAM_LATENCY
 
-log = logging.getLogger("cachelayer.access")
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s rid=%(request_id)s %(message)s"
@@ -53,7 +53,19 @@ def _secrets_of(*values: str) -> tuple[str, ...]:
             if value.lower().startswith("bearer "):
                 found.append(value[7:].strip())
     # Longest first, so "Bearer K" is replaced whole before K alone.
-    return tuple(sorted({s for s in found if len(s) >= 4}, key=len, reverse=True))
+    return tuple(sorted({s for s in found if is_credential(s)}, key=len, reverse=True))
+
+
+def is_credential(value: str) -> bool:
+    """Whether a header value is worth hiding: a key, not a placeholder word.
+
+    Real keys are long or mix letters with digits and dashes. A short plain word (the
+    README's `local`) is a placeholder; hiding it would blank out that word wherever a log
+    line uses it ("localhost", "local model").
+    """
+    if len(value) < 4:
+        return False
+    return not value.isalpha() or len(value) >= 16
 
 
 class RequestIdFilter(logging.Filter):
@@ -128,11 +140,7 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
         exchange = request.get(EXCHANGE)
         if exchange is not None and exchange.upstream_ms is not None:
             request.app[UPSTREAM_LATENCY].observe(exchange.upstream_ms / 1000)
-        # Debug, not info: formatting and writing a line costs a hit a sixth of its time.
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("method=%s path=%s status=%d cache=%s ms=%.1f", request.method,
-                      request.path, status, exchange.cache_status.value if exchange else "-",
-                      (time.perf_counter() - started) * 1000)
+        log_access(request, status, started)
         REQUEST_ID.reset(token)
         SECRETS.reset(secrets_token)
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from cachelayer.protocol.early_usage import usage_comment
+
 
 @dataclass
 class Reply:
@@ -32,6 +34,7 @@ class Reply:
     completion_tokens: int = 7
     split_arguments: int = 1  # stream: send each tool call's arguments in this many chunks
     reasoning: str = ""  # a thinking model's reasoning, sent before the text (mlx-lm's field)
+    early_usage: bool = False  # stream: report usage first, as `cachelayer backend` does
 
 
 def default_reply(body: dict[str, Any]) -> Reply:
@@ -142,6 +145,9 @@ class FakeUpstream:
         if (body.get("stream_options") or {}).get("include_usage"):
             chunks.append({**head, "choices": [], "usage": self._usage(reply)})
         try:
+            if reply.early_usage:
+                await response.write(usage_comment(reply.prompt_tokens,
+                                                   reply.cached_tokens or 0))
             for n, chunk in enumerate(chunks):
                 if reply.cut_after is not None and n >= reply.cut_after:
                     return response  # closes without [DONE]

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from cachelayer.errors import CachelayerError, UpstreamProtocolError
 from cachelayer.protocol.chat import ResultBuilder
+from cachelayer.protocol.early_usage import announce, parse_usage_comment
 from cachelayer.protocol.openai import parse_chunk
 from cachelayer.protocol.sse import Comment, sse_batches
 from cachelayer.proxy.forward.errors import UPSTREAM_FAILURES, error_message, upstream_error
@@ -54,11 +55,18 @@ async def relay_stream(
             out = []
             for data in batch:
                 if isinstance(data, Comment):
+                    early = parse_usage_comment(b": " + data.text.encode())
+                    if early is not None:  # the backend's usage, before prefill
+                        exchange.early_usage = early
+                        announce(renderer, early)
+                        continue
                     progress = parse_keepalive(data.text)
                     if progress is not None:
                         downstream.report(*progress)
                     continue
                 downstream.first_token()
+                if exchange.first_token_ms is None:
+                    exchange.first_token_ms = (time.perf_counter() - started) * 1000
                 if data == b"[DONE]":
                     done = True
                     break

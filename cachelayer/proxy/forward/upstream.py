@@ -25,6 +25,7 @@ from cachelayer.proxy.forward.errors import (
 from cachelayer.proxy.forward.pool import UpstreamPool
 from cachelayer.proxy.identity import ANONYMOUS_TENANT, kv_salt, request_tenant
 from cachelayer.proxy.state import POOL, SETTINGS, UPSTREAM, Exchange
+from cachelayer.telemetry.logs import REQUEST_ID_KEY
 
 TENANT_HEADER = "X-Cachelayer-Tenant"
 PATHS: dict[Kind, str] = {"chat": "/v1/chat/completions", "text": "/v1/completions"}
@@ -32,9 +33,14 @@ _ERROR_BODY_LIMIT = 64 * 1024
 
 
 def forwarded_headers(request: web.Request) -> dict[str, str]:
-    """The headers an upstream call carries: JSON, the client's Authorization if any, and
-    the tenant salt that scopes the backend's KV reuse (unless --share-kv)."""
+    """The headers an upstream call carries: JSON, the request id, the client's
+    Authorization if any, and the tenant salt that scopes the backend's KV reuse (unless
+    --share-kv)."""
     headers = {"Content-Type": "application/json"}
+    rid = request.get(REQUEST_ID_KEY)
+    if rid:
+        # The backend's log lines about this request carry the same id as ours.
+        headers["X-Request-Id"] = rid
     if "Authorization" in request.headers:
         headers["Authorization"] = request.headers["Authorization"]
     tenant = request_tenant(request.headers)

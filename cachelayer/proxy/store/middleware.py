@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from cachelayer.protocol.chat import ChatResult
+from cachelayer.protocol.early_usage import as_replayed
 from cachelayer.protocol.sse import render_sse, write_sse
 from cachelayer.proxy.identity import request_tenant
 from cachelayer.proxy.memo import Memo
@@ -65,7 +66,11 @@ def setup_store_layer(app: web.Application) -> None:
 
 
 def render(exchange: Exchange, result: ChatResult) -> bytes:
-    """A stored result in the client's API: one JSON body, or one SSE stream's bytes."""
+    """A stored result in the client's API: one JSON body, or one SSE stream's bytes.
+
+    Its usage says what a replay cost: the whole prompt read from cache, nothing created.
+    """
+    result = as_replayed(result)
     if exchange.chat.stream:
         return render_sse(exchange.codec, exchange.chat, result)
     return exchange.codec.render_response(result, exchange.chat)

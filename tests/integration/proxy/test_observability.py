@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
@@ -45,16 +46,18 @@ def test_request_id_is_echoed_or_made(proxy: RunningServer) -> None:
     assert len(made.headers["X-Request-Id"]) == 16
 
 
-def test_each_request_logs_one_access_line_with_its_id(
+def test_each_request_logs_one_info_access_line_with_its_id(
     proxy: RunningServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.handler.addFilter(RequestIdFilter())
-    with caplog.at_level(logging.DEBUG, logger="cachelayer.access"):
+    with caplog.at_level(logging.INFO, logger="cachelayer.access"):
         http.post(proxy.url + "/v1/chat/completions", json=BODY,
                   headers={"X-Request-Id": "trace-7"})
     lines = [r for r in caplog.records if r.name == "cachelayer.access"]
     assert len(lines) == 1
     message = lines[0].getMessage()
     assert "path=/v1/chat/completions" in message and "status=200" in message
-    assert "cache=MISS" in message
+    assert "cache=MISS" in message and "method=POST" in message
+    assert re.search(r" tokens=(\d+|\?)/\d+ ms=\d+\.\d", message), message
+    assert lines[0].levelno == logging.INFO
     assert lines[0].request_id == "trace-7"  # type: ignore[attr-defined]

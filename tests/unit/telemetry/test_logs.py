@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from cachelayer.telemetry.logs import REQUEST_ID, SECRETS, RequestIdFilter, request_secrets
+from cachelayer.telemetry.logs import (
+    REQUEST_ID,
+    SECRETS,
+    RequestIdFilter,
+    is_credential,
+    request_secrets,
+)
 from cachelayer.telemetry.prometheus import Histogram
 
 
@@ -44,3 +50,24 @@ def test_the_requests_credentials_are_redacted_from_log_messages() -> None:
     finally:
         SECRETS.reset(token)
     assert record.getMessage() == "upstream said: bad key [redacted] ([redacted])"
+
+
+def test_a_placeholder_key_like_local_is_not_redacted_from_ordinary_words() -> None:
+    secrets = request_secrets({"Authorization": "Bearer local", "x-api-key": "local"})
+    record = logging.LogRecord("t", logging.INFO, __file__, 1,
+                               "serving the local model on localhost", None, None)
+    token = SECRETS.set(secrets)
+    try:
+        RequestIdFilter().filter(record)
+    finally:
+        SECRETS.reset(token)
+    assert record.getMessage() == "serving the local model on localhost"
+
+
+def test_keys_with_digits_or_long_keys_are_credentials_but_short_words_are_not() -> None:
+    assert is_credential("sk-ant-api03-abc")
+    assert is_credential("ak-99")
+    assert is_credential("abcdefghijklmnopqrstu")  # long, even if letters only
+    assert not is_credential("local")
+    assert not is_credential("dummy")
+    assert not is_credential("k1")

@@ -1,0 +1,99 @@
+"""On real inference: message_start's usage, and the backend's log lines for a request.
+
+`cachelayer backend` reports each stream's usage right after its prefix lookup; the proxy
+puts it in message_start. A second turn on the same system prompt reuses part of the
+prompt (a MISS with partial reuse), the same turn again is a store HIT.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+
+from cachelayer.proxy.app import make_app
+from tests.integration.anthropic.conftest import wait_for_writes
+from tests.integration.stack.conftest import stack_settings
+from tests.support.processes import ServerProcess, backend_command, free_port, running_server
+from tests.support.servers import RunningServer, serve_app
+
+pytestmark = pytest.mark.slow  # real mlx inference, child servers or CLIs
+
+ROOT = Path(__file__).resolve().parents[3]
+SYSTEM = " ".join(f"Rule {i}: keep file {i} tidy and small." for i in range(50))
+INPUT_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+def _turn(client: anthropic.Anthropic, question: str, rid: str) -> tuple[Any, Any, str]:
+    raw = client.messages.with_raw_response.create(
+        model="claude-x", max_tokens=8, stream=True, system=SYSTEM,
+        messages=[{"role": "user", "content": question}],
+        extra_headers={"X-Request-Id": rid})
+    start = delta = None
+    for event in raw.parse():
+        if event.type == "message_start":
+            start = event.message.usage
+        elif event.type == "message_delta":
+            delta = event.usage
+    assert start is not None and delta is not None
+    return start, delta, raw.headers["X-Cache-Status"]
+
+
+def _inputs(usage: Any) -> tuple[int, int, int]:
+    return tuple(getattr(usage, name) for name in INPUT_FIELDS)  # type: ignore[return-value]
+
+
+@pytest.fixture
+def storing_stack(backend: ServerProcess, tmp_path: Path) -> Any:
+    """The proxy in front of the real backend, storing answers cut at max_tokens (a
+    random-weight model never stops on its own)."""
+    settings = stack_settings(tmp_path, backend.url, store_truncated=True)
+    with serve_app(lambda: make_app(settings)) as proxy:
+        yield proxy
+
+
+def test_message_start_usage_is_the_backends_real_figures_for_miss_partial_and_hit(
+    storing_stack: RunningServer,
+) -> None:
+    stack = storing_stack
+    client = anthropic.Anthropic(base_url=stack.url, api_key="local", max_retries=0)
+    start, delta, status = _turn(client, "first question", "turn-1")
+    assert status == "MISS" and _inputs(start) == _inputs(delta)
+    assert start.cache_read_input_tokens == 0 and start.cache_creation_input_tokens > 100
+
+    start, delta, status = _turn(client, "second question", "turn-2")
+    assert status == "MISS" and _inputs(start) == _inputs(delta)
+    assert 0 < start.cache_read_input_tokens < sum(_inputs(start))  # partial reuse
+
+    wait_for_writes(stack)
+    start, delta, status = _turn(client, "second question", "turn-3")
+    assert status == "HIT" and _inputs(start) == _inputs(delta)
+    assert start.cache_creation_input_tokens == 0 == start.input_tokens
+    assert start.cache_read_input_tokens > 100
+
+
+@pytest.fixture
+def debug_backend(stack_model: Path, tmp_path: Path) -> Any:
+    """A backend logging at DEBUG, the level that used to dump prompts and tokens."""
+    port = free_port()
+    argv = backend_command(stack_model, port, tmp_path / "kv", "--log-level", "debug")
+    with running_server(argv, port, tmp_path / "backend.log", cwd=ROOT) as server:
+        yield server
+
+
+def test_backend_debug_lines_carry_the_request_id_and_summarise_the_prompt(
+    debug_backend: ServerProcess, tmp_path: Path,
+) -> None:
+    settings = stack_settings(tmp_path, debug_backend.url)
+    with serve_app(lambda: make_app(settings)) as proxy:
+        client = anthropic.Anthropic(base_url=proxy.url, api_key="local", max_retries=0)
+        _turn(client, "log me", "trace-log-1")
+    log = debug_backend.log()
+    mine = [line for line in log.splitlines() if "rid=trace-log-1" in line]
+    assert any("request body:" in line and "messages system=1 user=1" in line
+               for line in mine), log[-3000:]
+    assert SYSTEM[:60] not in log  # the prompt is summarised, never dumped
+    # no per-token lines: a handful of lines for the request, not one per token
+    assert len(mine) < 30, "\n".join(mine)
