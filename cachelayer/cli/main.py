@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 from cachelayer import __version__
 from cachelayer.cli.backend import add_backend_parser, add_warm_parser
-from cachelayer.cli.maintenance import add_clear_parser, add_stats_parser
+from cachelayer.cli.maintenance import add_clear_parser
 from cachelayer.cli.serve import add_serve_parser, store_secrets
+from cachelayer.cli.stats import add_stats_parser
 from cachelayer.fs import PRIVATE_UMASK
 from cachelayer.telemetry.logs import configure_logging
 

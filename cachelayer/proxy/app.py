@@ -9,6 +9,8 @@ A completion request goes down, and its answer comes back up, this chain:
    `responses_middleware` (proxy/responses/) puts a Responses request's stored
    conversation (previous_response_id) in front of it; on the way up it stores the
    response under its id when the request asked to.
+   `activity_middleware` (proxy/activity.py) lists it while in flight; on the way up it
+   adds it to the timeline and its conversation's record.
 3. `prefix_middleware` (proxy/prefix/) rewrites volatile text, moves early system turns
    up, identifies the prefix; on the way up it accounts usage in the ledger.
 4. `store_middleware` (proxy/store/) replays an exact repeat (HIT) or lets the miss pass;
@@ -30,6 +32,7 @@ from cachelayer.protocol.anthropic import AnthropicCodec
 from cachelayer.protocol.codec import Codec
 from cachelayer.protocol.openai import OpenAICodec
 from cachelayer.protocol.responses_codec import ResponsesCodec
+from cachelayer.proxy.activity import activity_middleware, setup_activity
 from cachelayer.proxy.conversation import AFFINITY, Affinity
 from cachelayer.proxy.edge import edge_middleware, expect_continue, setup_edge
 from cachelayer.proxy.embedded import backend_ctx
@@ -119,7 +122,7 @@ def make_app(settings: Settings) -> web.Application:
         # Outermost first: request ids and access log, the edge (parse, errors in the
         # client's shape), layer 1 (prefix), layer 2 (store); the handler is layer 3.
         middlewares=[request_id_middleware, edge_middleware, responses_middleware,
-                     prefix_middleware, store_middleware],
+                     activity_middleware, prefix_middleware, store_middleware],
         handler_args={"max_field_size": 65536},
     )
     app[SETTINGS] = settings
@@ -128,6 +131,7 @@ def make_app(settings: Settings) -> web.Application:
     app[PREFILLS] = Prefills(settings.progress_log_interval_s)
     setup_edge(app, make_codecs(settings))
     app[MODEL_INFO] = ModelInfo(settings.backend_urls)
+    setup_activity(app)
     setup_prefix_layer(app, compile_rules(settings.volatile_patterns))
     setup_store_layer(app)
     app[AFFINITY] = Affinity()

@@ -54,7 +54,8 @@ class MissReason(str, enum.Enum):
 
     A prefix seen for the first time says what changed since the client's previous one
     (or that the client is new); a prefix seen before that the backend no longer had in
-    full was evicted (from its memory and its disk).
+    full was evicted (from its memory and its disk), or, when its prompts were too short
+    for the backend to write them to disk, never persisted.
     """
 
     NEW_SESSION = "new_session"
@@ -62,6 +63,10 @@ class MissReason(str, enum.Enum):
     SYSTEM_CHANGED = "system_changed"
     BOTH_CHANGED = "tools_and_system_changed"
     EVICTED = "evicted"
+    # Seen before, but its earlier prompts were below the backend's --kv-min-tokens: they
+    # were never written to disk, so nothing was evicted (a restart or the memory LRU
+    # dropped them).
+    TOO_SHORT = "too_short_to_persist"
 
     @property
     def label(self) -> str:
@@ -69,9 +74,19 @@ class MissReason(str, enum.Enum):
         return reason_label(self.value)
 
 
+_REASON_LABELS = {
+    "new_session": "new conversation",
+    "tools_changed": "tools changed",
+    "system_changed": "system prompt changed",
+    "tools_and_system_changed": "tools and system prompt changed",
+    "evicted": "evicted from the backend's cache",
+    "too_short_to_persist": "too short to persist (below --kv-min-tokens)",
+}
+
+
 def reason_label(slug: str) -> str:
     """A reason slug (as stored in the ledger and metrics file) in words."""
-    return slug.replace("_", " ")
+    return _REASON_LABELS.get(slug, slug.replace("_", " "))
 
 
 def prefix_miss(reason: MissReason) -> str:

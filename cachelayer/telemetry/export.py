@@ -29,6 +29,7 @@ from cachelayer.proxy.prefix.ledger import (
 )
 from cachelayer.proxy.state import LEDGER, POOL, PREFILLS, SETTINGS, SHARED, STARTED_AT, STORE
 from cachelayer.telemetry import counters as c
+from cachelayer.telemetry.sessions import session_rows
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -150,6 +151,8 @@ def metrics_document(app: web.Application) -> dict[str, Any]:
     settings, ledger = app[SETTINGS], app[LEDGER]
     runtime_ms = int((time.time() - app[STARTED_AT]) * 1000)
     kv = kv_stats(settings.kv_dir) if settings.kv_dir.is_dir() else None
+    if kv and isinstance(kv.get("min_tokens"), int):
+        ledger.prefixes.persist_min_tokens = kv["min_tokens"]
     store = store_stats(app)
     doc = build_metrics(ledger.totals(), runtime_ms=runtime_ms, store=store, kv=kv,
                         prefixes=ledger.prefixes.records())
@@ -166,6 +169,7 @@ def metrics_document(app: web.Application) -> dict[str, Any]:
         doc["layers"]["routing"] = routing
     # Streamed requests still prefilling: what a long first turn is doing right now.
     doc["prefills"] = app[PREFILLS].snapshot()
+    doc["sessions"] = session_rows(ledger.sessions.records())
     return doc
 
 

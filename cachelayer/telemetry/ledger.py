@@ -20,6 +20,7 @@ import diskcache
 
 from cachelayer.fs import ensure_private_dir
 from cachelayer.proxy.prefix.ledger import PrefixLedger
+from cachelayer.telemetry.sessions import SessionLedger
 
 log = logging.getLogger(__name__)
 _COUNTER_PREFIX = "c:"
@@ -52,6 +53,7 @@ class Ledger:
         self._lock = threading.Lock()
         self._cache.add(_CREATED_KEY, time.time())
         self.prefixes = PrefixLedger(self._cache)
+        self.sessions = SessionLedger(self._cache)
 
     @property
     def degraded(self) -> str | None:
@@ -75,6 +77,7 @@ class Ledger:
     def flush(self) -> bool:
         """Write pending deltas to disk atomically; blocking. False if the disk refused."""
         self.prefixes.flush()
+        self.sessions.flush()
         with self._lock:
             fresh, self._pending = self._pending, Counter()
             pending, self._unsaved = self._unsaved + fresh, Counter()
@@ -122,6 +125,7 @@ class Ledger:
             self._pending.clear()
             self._unsaved.clear()
         self.prefixes.clear()
+        self.sessions.clear()
         self._cache.clear()
         self._cache.add(_CREATED_KEY, time.time())
 

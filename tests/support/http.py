@@ -61,3 +61,21 @@ def sse_text(content: bytes) -> str:
         choice.get("delta", {}).get("content") or ""
         for event in sse_events(content) for choice in event.get("choices", [])
     )
+
+
+def _strip_usage(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_usage(v) for k, v in value.items() if k != "usage"}
+    if isinstance(value, list):
+        return [_strip_usage(v) for v in value]
+    return value
+
+
+def answer_of(content: bytes) -> Any:
+    """A JSON or SSE answer without its usage: what a replay must repeat exactly (a store
+    HIT's usage differs by design: it read its whole prompt from cache)."""
+    text = content.decode()
+    if text.lstrip().startswith("{"):
+        return _strip_usage(json.loads(text))
+    return [_strip_usage(event) for event in sse_events(content)
+            if event.get("choices") != [] or "usage" not in event]

@@ -151,6 +151,9 @@ class PrefixLedger:
         self._lock = threading.Lock()
         # Also handed every flushed batch of records (the shared ledger in Redis).
         self.on_flush: Callable[[dict[str, PrefixRecord]], None] | None = None
+        # The backend's --kv-min-tokens, as its exported stats say (0: unknown): a prompt
+        # below it was never on disk, so losing it is no eviction.
+        self.persist_min_tokens = 0
 
     def measured_size(self, prefix_id: str) -> int | None:
         """The backend-counted size of a prefix in tokens, if one is known in memory."""
@@ -218,7 +221,8 @@ class PrefixLedger:
                     category = HIT if known else MISS
                 reason = None
                 if category != HIT:
-                    reason = MissReason.EVICTED if seen else change_reason(previous, ids)
+                    reason = (self._lost_reason(ids.prefix_id, prompt) if seen
+                              else change_reason(previous, ids))
                     delta.reasons = {reason.value: 1}
                     delta.last_miss_reason = reason.value
                 outcome = Outcome(category, reason)
@@ -227,6 +231,13 @@ class PrefixLedger:
                 delta.misses = int(category == MISS)
             self._pending.setdefault(ids.prefix_id, PrefixRecord()).merge(delta)
         return outcome
+
+    def _lost_reason(self, prefix_id: str, prompt: int) -> MissReason:
+        # Called under the lock, for a prefix seen before that the backend did not reuse.
+        shortest = self._known_min_prompt(prefix_id) or prompt
+        if 0 < min(shortest, prompt) < self.persist_min_tokens:
+            return MissReason.TOO_SHORT
+        return MissReason.EVICTED
 
     def _known_min_prompt(self, prefix_id: str) -> int:
         pending = self._pending.get(prefix_id)

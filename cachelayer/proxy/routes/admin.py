@@ -20,6 +20,7 @@ from cachelayer.errors import (
     StoreUnavailable,
     UpstreamStatusError,
 )
+from cachelayer.proxy.activity import ACTIVITY
 from cachelayer.proxy.forward.errors import UPSTREAM_FAILURES, upstream_error
 from cachelayer.proxy.model_info import MODEL_INFO
 from cachelayer.proxy.state import LEDGER, POOL, SETTINGS, SHARED, STORE, UPSTREAM
@@ -139,7 +140,10 @@ async def stats(request: web.Request) -> web.Response:
     if app.get(SHARED) is not None:  # fresh shared totals: push ours, read everyone's
         await sync_ledger(app)
     loop = asyncio.get_running_loop()
-    return _json(await loop.run_in_executor(None, metrics_document, app))
+    doc = await loop.run_in_executor(None, metrics_document, app)
+    # Only a running proxy knows what is in flight and the last hour's timeline.
+    doc["live"] = app[ACTIVITY].document()
+    return _json(doc)
 
 
 async def clear(request: web.Request) -> web.Response:

@@ -152,7 +152,11 @@ def test_repeat_is_a_hit_with_the_same_answer(
                    extra_body={"temperature": 0})
     assert (first.headers["X-Cache-Status"], second.headers["X-Cache-Status"]) == (
         "MISS", "HIT")
-    assert first.parse().model_dump() == second.parse().model_dump()
+    miss, hit = first.parse().model_dump(), second.parse().model_dump()
+    assert {**miss, "usage": None} == {**hit, "usage": None}
+    assert hit["usage"]["cache_read_input_tokens"] == miss["usage"][
+        "cache_creation_input_tokens"] + miss["usage"]["cache_read_input_tokens"]
+    assert hit["usage"]["cache_creation_input_tokens"] == 0
     assert len(upstream[0].calls) == 1
 
 
@@ -166,7 +170,8 @@ def test_streamed_miss_then_streamed_hit_give_the_same_final_message(
                                     tools=TOOLS) as stream:
             finals.append(stream.get_final_message().model_dump())
         wait_for_writes(proxy)
-    assert finals[0] == finals[1]
+    assert {**finals[0], "usage": None} == {**finals[1], "usage": None}
+    assert finals[1]["usage"]["cache_creation_input_tokens"] == 0
     assert len(upstream[0].calls) == 1
 
 

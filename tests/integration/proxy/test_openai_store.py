@@ -17,7 +17,7 @@ def _client(proxy: RunningServer, key: str = "k1") -> openai.OpenAI:
     return openai.OpenAI(base_url=proxy.url + "/v1", api_key=key, max_retries=0)
 
 
-def test_repeated_request_is_a_hit_with_byte_identical_answer(
+def test_repeated_request_is_a_hit_with_the_same_answer_and_its_whole_prompt_cached(
     proxy: RunningServer, upstream: tuple[FakeUpstream, RunningServer]
 ) -> None:
     fake, _ = upstream
@@ -27,7 +27,11 @@ def test_repeated_request_is_a_hit_with_byte_identical_answer(
     assert first.headers["X-Cache-Status"] == "MISS"
     assert second.headers["X-Cache-Status"] == "HIT"
     assert "Age" in second.headers
-    assert first.content == second.content
+    miss, hit = first.json(), second.json()
+    # Everything but the usage is the same; the usage says what the replay computed.
+    assert {**miss, "usage": None} == {**hit, "usage": None}
+    assert miss["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+    assert hit["usage"]["prompt_tokens_details"] == {"cached_tokens": 42}
     assert len(fake.calls) == 1
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cachelayer.cli.maintenance import format_stats
+from cachelayer.cli.stats import format_stats
 from cachelayer.telemetry.export import build_metrics
 
 
@@ -15,4 +15,4 @@ def test_stats_table_shows_blocks_traffic_evictions_and_family_reuse() -> None:
     for fragment in ("blocks / checkpoints", "4 / 1", "bytes written / read", "9000 / 3000",
                      "evicted blocks / checkpoints", "2 / 1", "damaged files dropped",
                      "reused (qwen3_next)", "1606 of 1620 tokens"):
-        assert fragment in text
+        assert fragment in text, fragment

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cachelayer.cli.main import main
-from cachelayer.cli.maintenance import format_stats
+from cachelayer.cli.stats import format_stats
 from cachelayer.protocol.chat import ChatResult, Choice, Usage
 from cachelayer.proxy.prefix.ledger import PrefixRecord
 from cachelayer.proxy.prefix.stabilize import PrefixIds
@@ -29,9 +29,17 @@ def _document() -> dict[str, object]:
 
 def test_stats_table_shows_each_layer() -> None:
     text = format_stats(_document())
-    for fragment in ("requests", "2  (66.67%)", "hits / misses / bypasses", "1 / 2 / 0",
-                     "files / bytes on disk", "2 / 4096", "restored disk / memory", "70 / 10"):
-        assert fragment in text
+    for fragment in ("lookups hit / missed / expired", "1 / 2 / 0", "files / bytes",
+                     "2 / 4096", "tokens restored from disk / memory", "70 / 10"):
+        assert fragment in text, fragment
+    rows = {line[:44].strip(): line[44:].split() for line in text.splitlines()}
+    assert rows["answered"][0] == "3"
+    assert rows["replayed from the response store"][0] == "1"
+    assert rows["answered by the backend"][0] == "2"
+    assert rows["read from cache"][:2] == ["180", "60.0%"]
+    # one figure each, adding up: store prompts + backend reuse = read from cache
+    assert rows["whole prompts of store replays"][0] == "100"
+    assert rows["reused from the backend's KV cache"][0] == "80"
 
 
 def test_stats_json_reads_the_metrics_file(tmp_path: Path,
@@ -42,18 +50,19 @@ def test_stats_json_reads_the_metrics_file(tmp_path: Path,
     assert json.loads(capsys.readouterr().out)["metrics"]["totalRequests"] == 3
 
 
-def test_stats_without_a_metrics_file_reads_the_ledger(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_stats_offline_without_a_metrics_file_reads_the_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ledger = Ledger(tmp_path / "data" / "ledger")
     ledger.count("requests", 5)
     ledger.prefixes.record(PrefixIds("t", "s", "p1", 4), Usage(50, 1, 0), from_store=False,
                            client="c")
     ledger.close()
-    assert main(["stats", "--metrics-file", str(tmp_path / "none.json"),
-                 "--data-dir", str(tmp_path / "data")]) == 0
+    monkeypatch.chdir(tmp_path)  # no metrics file here
+    assert main(["stats", "--offline", "--data-dir", str(tmp_path / "data")]) == 0
     out = capsys.readouterr().out
-    assert "requests" in out and " 5" in out and "new session" in out
+    assert "from the ledger in" in out
+    assert "answered" in out and " 5" in out and "new conversation" in out
 
 
 def test_clear_responses_removes_stored_answers_and_says_so(
@@ -98,9 +107,11 @@ def test_stats_prefix_section_shows_the_honest_split_rewrites_moves_and_warm_pre
     doc = build_metrics(totals, runtime_ms=1, store={}, prefixes=records, now=now)
     assert doc["layers"]["prefix"]["warmPrefixes"] == 1  # the sub-agent's is an hour old
     text = format_stats(doc)
-    for fragment in ("hit / partial / miss", "2 / 1 / 2", "why partial", "new session: 1",
-                     "why missed", "evicted: 1, system changed: 1", "warm prefixes",
-                     "billing-line: 5, context-size: 2", "3 in 3 requests", "38000", "~9000"):
+    for fragment in ("whole prefix reused / partly / not", "2 / 1 / 2", "why partly",
+                     "new conversation: 1", "why not",
+                     "evicted from the backend's cache: 1, system prompt changed: 1",
+                     "prefixes used recently", "billing-line: 5, context-size: 2",
+                     "in 3 requests", "38000", "~9000"):
         assert fragment in text, fragment
 
 

@@ -66,6 +66,21 @@ def test_reuse_short_of_a_known_prefix_is_partial_because_evicted(tmp_path: Path
     ledger.close()
 
 
+def test_a_known_prefix_lost_below_the_backends_min_tokens_is_too_short_not_evicted(
+    tmp_path: Path,
+) -> None:
+    ledger = Ledger(tmp_path)
+    p = ledger.prefixes
+    p.persist_min_tokens = 1024
+    p.record(A, Usage(300, 5, 0), from_store=False, client="c", estimate=size(200))
+    assert p.record(A, Usage(320, 5, 0), from_store=False, client="c") == Outcome(
+        MISS, MissReason.TOO_SHORT)
+    p.persist_min_tokens = 100  # long enough to have been written: then it was evicted
+    assert p.record(A, Usage(320, 5, 0), from_store=False, client="c") == Outcome(
+        MISS, EVICTED)
+    ledger.close()
+
+
 def test_a_measured_size_outranks_the_estimate(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path)
     p = ledger.prefixes
