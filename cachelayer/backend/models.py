@@ -8,6 +8,19 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def served_name(model: str) -> str:
+    """The name clients see for `model`: what the user gave, never a path on this machine.
+
+    A directory (absolute, relative or `~`) is named by its last component (`demo`,
+    `Qwen3-8B-4bit`); a hub repo id (`mlx-community/Qwen3-8B-4bit`) is kept as given.
+    """
+    path = Path(model).expanduser()
+    looks_like_path = model.startswith(("/", ".", "~")) or path.is_dir()
+    if looks_like_path:
+        return path.resolve().name or model
+    return model
+
+
 def resolve_model_dir(model: str) -> Path:
     """The local directory of `model`: a path, or a repo already in the HF cache."""
     path = Path(model)

@@ -44,7 +44,7 @@ from cachelayer.backend.limits import (
 )
 from cachelayer.backend.logs import configure_backend_logging
 from cachelayer.backend.memory_budget import auto_prompt_cache_bytes, physical_memory, weights_bytes
-from cachelayer.backend.models import resolve_model_dir
+from cachelayer.backend.models import resolve_model_dir, served_name
 from cachelayer.backend.request_context import (
     begin_request,
     current_request_id,
@@ -121,6 +121,8 @@ def make_handler_class(settings: BackendSettings, limits: ModelLimits) -> type:
     """An mlx-lm `APIHandler` subclass with the cachelayer routes and one model."""
     from mlx_lm.server import APIHandler
 
+    public_name = settings.served_name or served_name(settings.model)
+
     class CachelayerHandler(APIHandler):
         def validate_model_parameters(self) -> None:
             """Our limits (limits.py), mlx-lm's checks, then pin the request to the
@@ -146,6 +148,25 @@ def make_handler_class(settings: BackendSettings, limits: ModelLimits) -> type:
         def _with_tenant(self, request: Any) -> Any:
             request.cachelayer_tenant = parse_tenant(self.headers.get(TENANT_HEADER))
             return request
+
+        def handle_models_request(self) -> None:
+            """GET /v1/models: the one model this backend serves, by the name the user
+            gave it (mlx-lm would list every hub download and the directory's full path)."""
+            self._send_json(200, {"object": "list", "data": [
+                {"id": public_name, "object": "model", "created": self.created,
+                 "owned_by": "cachelayer"}]})
+
+        def generate_response(self, *args: Any, **kwargs: Any) -> Any:
+            """mlx-lm's answer object, naming the model as /v1/models does."""
+            response = super().generate_response(*args, **kwargs)
+            response["model"] = public_name
+            return response
+
+        def completion_usage_response(self, *args: Any, **kwargs: Any) -> Any:
+            """mlx-lm's usage chunk, naming the model as /v1/models does."""
+            response = super().completion_usage_response(*args, **kwargs)
+            response["model"] = public_name
+            return response
 
         def handle_completion(self, request: Any, stop_words: Any) -> None:
             """mlx-lm's completion; a stream also reports its usage right after the
@@ -238,7 +259,7 @@ class Backend:
             (settings.model, None, None),  # ModelProvider's key for the default model
             max_size=settings.prompt_cache_size,
             max_bytes=budget,
-            model_name=settings.model,
+            model_name=settings.served_name or served_name(settings.model),
             family=model_family(model_dir),
             tenants=TenantRegistry(),
         )
@@ -273,7 +294,7 @@ class Backend:
             "cachelayer backend on http://%s:%d model=%s kv=%s prompt-cache-bytes=%d%s",
             settings.host,
             self.httpd.server_address[1],
-            settings.model,
+            settings.served_name or served_name(settings.model),
             store.root,
             budget,
             f" variant={variant}" if variant else "",

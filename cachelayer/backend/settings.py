@@ -94,3 +94,6 @@ class BackendSettings:
     hf_home: Path | None = None
     # mlx_lm.server's other options (adapter, draft model, sampling, KV quantization...).
     mlx: MlxOptions = field(default_factory=MlxOptions)
+    # What /v1/models and every answer call the model ("": derived from `model`, see
+    # backend/models.py served_name).
+    served_name: str = ""

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cachelayer.backend.models import served_name
 from cachelayer.backend.settings import (
     DEFAULT_KV_BLOCK_TOKENS,
     DEFAULT_KV_MIN_TOKENS,
@@ -50,6 +51,9 @@ def _kv_dir_argument(parser: argparse.ArgumentParser) -> None:
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `cachelayer backend` flags to `parser`."""
     parser.add_argument("--model", required=True, help="local model directory (or cached repo)")
+    parser.add_argument("--served-name", default=None,
+                        help="the model's name in /v1/models and answers (default: the "
+                             "directory's name, or the repo id as given)")
     parser.add_argument("--host", default=DEFAULTS.host, help="listen address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=DEFAULTS.port,
                         help=f"listen port (default {DEFAULTS.port})")
@@ -124,6 +128,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Back
         prompt_cache_size=args.prompt_cache_size,
         log_level=args.log_level,
         mlx=mlx_options_from_args(args),
+        served_name=args.served_name or served_name(args.model),
     )
 
 

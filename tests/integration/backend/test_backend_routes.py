@@ -16,15 +16,19 @@ pytestmark = pytest.mark.slow  # real mlx inference, child servers or CLIs
 StartBackend = Callable[..., Any]
 
 
-def test_health_models_and_kv_routes_answer(
+def test_health_models_and_kv_routes_answer_naming_the_model_by_its_directory(
     demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any
 ) -> None:
     server = start_backend(demo_model, tmp_path / "kv")
     assert api.get_json(server, "/health") == {"status": "ok"}
     models = api.get_json(server, "/v1/models")
-    assert [m["id"] for m in models["data"]] == [str(demo_model.resolve())]
+    ids = [m["id"] for m in models["data"]]
+    assert ids == [demo_model.name]  # the directory's name: no path, no '/'
+    assert all("/" not in i for i in ids)
     stats = api.get_json(server, "/v1/cachelayer/kv")
+    assert stats["model"] == demo_model.name
     assert stats["blocks"] == 0 and stats["lookups"] == 0
+    assert api.chat(server, "who are you").model == demo_model.name
 
 
 def test_count_tokens_matches_the_prompt_the_server_builds(

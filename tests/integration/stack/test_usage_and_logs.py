@@ -16,6 +16,7 @@ import pytest
 from cachelayer.proxy.app import make_app
 from tests.integration.anthropic.conftest import wait_for_writes
 from tests.integration.stack.conftest import stack_settings
+from tests.support import http
 from tests.support.processes import ServerProcess, backend_command, free_port, running_server
 from tests.support.servers import RunningServer, serve_app
 
@@ -97,3 +98,13 @@ def test_backend_debug_lines_carry_the_request_id_and_summarise_the_prompt(
     assert SYSTEM[:60] not in log  # the prompt is summarised, never dumped
     # no per-token lines: a handful of lines for the request, not one per token
     assert len(mine) < 30, "\n".join(mine)
+
+
+def test_models_and_answers_name_the_demo_model_demo_never_a_path(stack: RunningServer) -> None:
+    models = http.get(stack.url + "/v1/models").json()
+    ids = [m["id"] for m in models["data"]]
+    assert ids == ["demo"] and all("/" not in i for i in ids)
+    answer = http.post(stack.url + "/v1/chat/completions", json={
+        "model": "anything", "max_tokens": 2,
+        "messages": [{"role": "user", "content": "name yourself"}]}).json()
+    assert answer["model"] == "demo"
