@@ -11,16 +11,28 @@ CODEX := .e2e-codex/node_modules/.bin/codex
 
 .PHONY: serve test lint unit check bench bench-docs clean system-deps
 
+PIP := $(BIN)/python -m pip install --disable-pip-version-check --progress-bar on
+
+# What the product needs to run (said once, the first time; pip shows its progress).
 $(BIN)/.installed: pyproject.toml
+	@echo "cachelayer: first run: creating $(VENV) and installing what the proxy and its MLX backend need to run (aiohttp, diskcache, mlx, mlx-lm, ...) ..."
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(PIP) --quiet --upgrade pip
+	$(PIP) -e .
+	@echo "cachelayer: installed into $(VENV)"
+	touch $@
+
+# What the tests need on top (pytest, hypothesis, both SDKs, ruff, mypy): only for
+# `make test`, `make unit` and `make lint`.
+$(BIN)/.test-installed: $(BIN)/.installed
+	@echo "cachelayer: installing the test tools (pytest, hypothesis, openai, anthropic, ruff, mypy) ..."
+	$(PIP) -e ".[test]"
 	touch $@
 
 serve: $(BIN)/.installed  ## create the virtualenv, install, run the proxy (embedded demo model by default)
 	$(BIN)/cachelayer serve $(ARGS)
 
-lint: $(BIN)/.installed
+lint: $(BIN)/.test-installed
 	$(BIN)/ruff check cachelayer tests tools
 	$(BIN)/mypy cachelayer
 
@@ -36,7 +48,8 @@ $(CODEX):
 		@openai/codex@$(CODEX_VERSION)
 
 # The scale-out tests run a real redis-server (TLS certificates made with openssl) and its
-# benchmark uses wrk (Debian packages).
+# benchmark uses wrk; the dashboard test loads the page in Debian's headless chromium
+# (chromium-driver for WebDriver use). All Debian packages.
 system-deps:
 	@if ! command -v redis-server >/dev/null || ! command -v wrk >/dev/null \
 			|| ! command -v openssl >/dev/null; then \
@@ -45,17 +58,24 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server wrk openssl \
 			>/dev/null; \
 	fi
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		echo "cachelayer: installing Debian's chromium for the dashboard test ..."; \
+		SUDO=""; [ "$$(id -u)" -ne 0 ] && SUDO="sudo"; \
+		$$SUDO apt-get update -qq >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+			chromium chromium-driver >/dev/null; \
+	fi
 
-test: $(BIN)/.installed $(CLAUDE) $(CODEX) system-deps lint  ## create the virtualenv, install, lint, run every test
+test: $(BIN)/.test-installed $(CLAUDE) $(CODEX) system-deps lint  ## create the virtualenv, install, lint, run every test
 	$(BIN)/pytest
 
-unit: $(BIN)/.installed  ## the quick loop (under a minute): lint, then every test not marked slow
+unit: $(BIN)/.test-installed  ## the quick loop (under a minute): lint, then every test not marked slow
 	$(BIN)/ruff check cachelayer tests tools
 	$(BIN)/pytest -m "not slow" -q
 
 check: unit
 
-bench: $(BIN)/.installed
+bench: $(BIN)/.test-installed  # the benchmarks drive the proxy with the openai/anthropic SDKs
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python tools/bench $(ARGS)
 	$(BIN)/python tools/render_docs.py

@@ -296,14 +296,25 @@ def save_model_files(out: Path, weights: dict[str, Any], config: dict[str, Any],
     )
 
 
+# The demo model's shape; build_demo_model's defaults and is_built read it.
+DEFAULT_SHAPE = {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "vocab_size": 2048,
+                 "seed": 0}
+
+
+def is_built(path: Path) -> bool:
+    """True when `path` already holds the default demo model (nothing to prepare); cheap,
+    and without mlx, so the proxy can ask before it starts a builder."""
+    return is_complete(path, _params(**DEFAULT_SHAPE))
+
+
 def build_demo_model(
     path: Path,
     *,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    num_heads: int = 2,
-    vocab_size: int = 2048,
-    seed: int = 0,
+    hidden_size: int = DEFAULT_SHAPE["hidden_size"],
+    num_layers: int = DEFAULT_SHAPE["num_layers"],
+    num_heads: int = DEFAULT_SHAPE["num_heads"],
+    vocab_size: int = DEFAULT_SHAPE["vocab_size"],
+    seed: int = DEFAULT_SHAPE["seed"],
 ) -> Path:
     """Build (or reuse) a random-weight llama model directory at `path`."""
     path = Path(path)

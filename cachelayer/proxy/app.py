@@ -45,6 +45,7 @@ from cachelayer.proxy.prefix.rules import compile_rules
 from cachelayer.proxy.responses.middleware import responses_middleware, setup_responses
 from cachelayer.proxy.routes import admin
 from cachelayer.proxy.routes.count_tokens import count_tokens
+from cachelayer.proxy.routes.dashboard import setup_dashboard
 from cachelayer.proxy.state import (
     BACKGROUND,
     EXCHANGE,
@@ -152,5 +153,6 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/cache/stats", admin.stats)
     app.router.add_post("/cache/clear", admin.clear)
+    setup_dashboard(app)
     return app
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from cachelayer.backend.demo_model import is_built
 from cachelayer.config import Settings
 from cachelayer.proxy.state import SETTINGS
 from cachelayer.proxy.supervisor import SUPERVISOR, Supervisor
@@ -45,9 +46,13 @@ def _say(message: str) -> None:
 
 
 async def build_demo_model(path: Path) -> Path:
-    """Build the demo model in a child process (a no-op when it is already complete)."""
+    """Build the demo model in a child process; said once, the first time (a later start
+    finds it built and says nothing)."""
+    if is_built(path):
+        return path
     started = time.perf_counter()
-    _say(f"preparing the demo model in {path} (first run only) ...")
+    _say(f"first run: building the demo model (a small random-weight model, offline) "
+         f"in {path} ...")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cachelayer.backend.demo_model", str(path))
     if await process.wait() != 0:

@@ -94,3 +94,16 @@ def test_demo_model_answers_the_fixed_reply_and_stops(demo_model: Path) -> None:
         )
         assert "".join(r.text for r in out) == DEMO_REPLY
         assert out[-1].finish_reason == "stop"
+
+
+def test_is_built_tells_a_finished_default_build_from_anything_else(
+    demo_model: Path, tmp_path: Path
+) -> None:
+    from cachelayer.backend.demo_model import is_built
+
+    assert is_built(demo_model)
+    assert not is_built(tmp_path / "nothing-here")
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "config.json").write_text("{}")
+    assert not is_built(half)
