@@ -1,9 +1,10 @@
 """The backend's log lines: each names its request, and debug stays readable.
 
 mlx-lm logs on the root logger; at DEBUG it dumps every request body whole (a Claude
-Code turn is ~40k tokens of JSON), every answer whole, and one line per generated token.
-Here a request body becomes one summary line, an answer one line with its size, and the
-per-token lines are dropped; every record carries the request id the proxy forwarded.
+Code turn is ~40k tokens of JSON), every answer whole, and one line per generated token;
+at INFO, five or more lines per request. Here a request body becomes one summary line, an
+answer one line with its size, the per-token lines are dropped, the per-request INFO
+lines become DEBUG; every record carries the request id the proxy forwarded.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ _BODY = "Incoming Request Body: "
 _ANSWER = "Outgoing Response: "
 # mlx-lm's own DEBUG lines in its completion loop that are worth keeping as they are.
 _KEPT = ("Starting stream:", "Starting completion:")
+# mlx-lm's INFO lines that come with every request: the prompt cache's contents, and one
+# line per prefill chunk. Shown at DEBUG.
+_PER_REQUEST = frozenset({"_log_cache_stats", "keepalive_callback"})
 
 
 def summarize_body(text: str) -> str:
@@ -58,9 +62,17 @@ class BackendLogFilter(logging.Filter):
     """Adds the request id to every record; shortens or drops mlx-lm's bulky DEBUG lines."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Attach the id; False only for mlx-lm's per-token lines."""
+        """Attach the id; False for mlx-lm's per-token lines, and for its per-request
+        INFO chatter below DEBUG."""
         record.request_id = current_request_id()
-        if record.levelno != logging.DEBUG or not _is_mlx_server(record):
+        if not _is_mlx_server(record):
+            return True
+        if record.levelno == logging.INFO and record.funcName in _PER_REQUEST:
+            # Each request would add five or more INFO lines; the proxy's access line is
+            # the one per request at INFO.
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        if record.levelno != logging.DEBUG:
             return True
         message = record.getMessage()
         if message.startswith(_BODY):

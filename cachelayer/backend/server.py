@@ -149,6 +149,10 @@ def make_handler_class(settings: BackendSettings, limits: ModelLimits) -> type:
             request.cachelayer_tenant = parse_tenant(self.headers.get(TENANT_HEADER))
             return request
 
+        def log_message(self, format: str, *args: Any) -> None:
+            """http.server's line per request, at DEBUG (the proxy logs the access line)."""
+            logger.debug("%s %s", self.address_string(), format % args)
+
         def handle_models_request(self) -> None:
             """GET /v1/models: the one model this backend serves, by the name the user
             gave it (mlx-lm would list every hub download and the directory's full path)."""

@@ -59,8 +59,10 @@ def banner(settings: Settings) -> str:
         f"  store:         {settings.store_label}",
         f"  data dir:      {settings.data_dir}",
         f"  metrics file:  {settings.metrics_file}",
-        "  Claude Code:   ANTHROPIC_BASE_URL=" + base + " ANTHROPIC_API_KEY=local claude",
+        "  Claude Code:   ANTHROPIC_BASE_URL=" + base + " ANTHROPIC_API_KEY=local "
+        "DISABLE_TELEMETRY=1 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 claude",
         "  OpenAI SDK:    OPENAI_BASE_URL=" + base + "/v1 OPENAI_API_KEY=local",
+        "  dashboard:     " + base + "/dashboard",
         "  stats:         cachelayer stats   (Ctrl-C stops)",
     ])
 
