@@ -18,9 +18,10 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from cachelayer.proxy.conversation import CONVERSATION, conversation_of
 from cachelayer.proxy.identity import tenant_id
 from cachelayer.proxy.state import EXCHANGE, LEDGER, CacheStatus, Exchange
-from cachelayer.telemetry.sessions import conversation_of
+from cachelayer.telemetry.sessions import CLAUDE_CODE_HEADER, name_conversation
 
 BUCKET_S = 10
 BUCKETS = 360  # one hour
@@ -125,7 +126,9 @@ def record_answer(request: web.Request, exchange: Exchange, now: float) -> None:
     if not store_hit and exchange.upstream_ms is not None:
         sessions.observe_prefill(prompt - reused, exchange.upstream_ms / 1000)
     tenant = tenant_id(request.headers.get("Authorization"), request.headers.get("x-api-key"))
-    conversation, client = conversation_of(request.headers, tenant)
+    conversation, client = name_conversation(
+        request.headers.get(CLAUDE_CODE_HEADER), conversation_of(request),
+        bool(request.get(CONVERSATION)), tenant)
     sessions.record(conversation, client, now=now, prompt_tokens=prompt,
                     reused_tokens=reused, store_hit=store_hit)
 

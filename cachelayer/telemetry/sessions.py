@@ -1,8 +1,9 @@
 """Per-conversation savings: each Claude Code or Codex conversation's turns and reuse.
 
-A conversation is named by the header its client sends with every turn
-(`X-Claude-Code-Session-Id`, Codex's `session_id` / `conversation_id`); requests without
-one are grouped by client tenant. Records are merged in memory and written with the
+A conversation is named by what its client sends with every turn: Claude Code's
+`X-Claude-Code-Session-Id`, else the conversation key (proxy/conversation.py: Codex's
+`prompt_cache_key`, an `x-session-id` header); requests with neither are grouped by
+client tenant. Records are merged in memory and written with the
 ledger's counters, so they survive restarts like every other figure.
 
 "Prefill seconds saved" is an estimate, and labelled so: the tokens a turn did not
@@ -28,16 +29,18 @@ MAX_SESSIONS = 2000
 MIN_TIMED_TOKENS = 256
 # Weight of the newest sample in the running prefill rate.
 RATE_WEIGHT = 0.2
-SESSION_HEADERS = (("X-Claude-Code-Session-Id", "claude-code"), ("session_id", "codex"),
-                   ("conversation_id", "codex"))
+CLAUDE_CODE_HEADER = "X-Claude-Code-Session-Id"
 
 
-def conversation_of(headers: Any, tenant: str) -> tuple[str, str]:
-    """(conversation id, client kind) of a request, from the headers its client sends."""
-    for header, kind in SESSION_HEADERS:
-        value = headers.get(header)
-        if value:
-            return str(value)[:64], kind
+def name_conversation(claude_session: str | None, conversation_key: str | None,
+                      from_body: bool, tenant: str) -> tuple[str, str]:
+    """(conversation id, client kind): Claude Code's session header; else the client's
+    conversation key (Codex's `prompt_cache_key` in the body, or an `x-session-id`
+    header); else one record per credential."""
+    if claude_session:
+        return claude_session[:64], "claude-code"
+    if conversation_key:
+        return conversation_key[:64], "codex" if from_body else "session"
     return "tenant:" + tenant[:16], "other"
 
 

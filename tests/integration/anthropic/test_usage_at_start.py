@@ -88,6 +88,9 @@ def test_a_store_hit_reports_all_input_read_and_nothing_created_in_every_api(
                                                 "messages": [{"role": "user", "content": "c"}]})
         assert messages["cache_read_input_tokens"] == 42
         assert messages["cache_creation_input_tokens"] == 0 == messages["input_tokens"]
+        responses = _hit(proxy, "/v1/responses", {"model": "m", "input": "d", "store": False})
+        assert responses["input_tokens"] == 42
+        assert responses["input_tokens_details"] == {"cached_tokens": 42}
 
 
 def test_an_openai_sdk_stream_hit_reports_its_whole_prompt_as_cached(

@@ -67,8 +67,11 @@ def test_streamed_answer_equals_the_non_streamed_one_and_repeat_is_a_hit(
     raw = client.responses.with_raw_response.create(model="m",
                                                     input="tell me a story about caches")
     assert raw.headers["X-Cache-Status"] == "HIT"
-    whole = raw.parse()
-    assert whole.model_dump() == streamed.model_dump()
+    whole, miss = raw.parse().model_dump(), streamed.model_dump()
+    # The same response; the replay's usage says it read its whole input from cache.
+    assert {**whole, "usage": None} == {**miss, "usage": None}
+    assert whole["usage"]["input_tokens_details"]["cached_tokens"] == 42
+    assert miss["usage"]["input_tokens_details"]["cached_tokens"] == 0
     assert len(fake.calls) == 1
 
 

@@ -6,13 +6,15 @@ from pathlib import Path
 
 from cachelayer.proxy.activity import BUCKET_S, Timeline
 from cachelayer.telemetry.ledger import Ledger
-from cachelayer.telemetry.sessions import MIN_TIMED_TOKENS, conversation_of, session_rows
+from cachelayer.telemetry.sessions import MIN_TIMED_TOKENS, name_conversation, session_rows
 
 
-def test_conversations_are_named_by_their_clients_headers() -> None:
-    assert conversation_of({"X-Claude-Code-Session-Id": "abc"}, "t-1") == ("abc", "claude-code")
-    assert conversation_of({"session_id": "s9"}, "t-1") == ("s9", "codex")
-    assert conversation_of({}, "t-123456789") == ("tenant:t-123456789", "other")
+def test_conversations_are_named_by_what_their_clients_send() -> None:
+    assert name_conversation("abc", None, False, "t-1") == ("abc", "claude-code")
+    assert name_conversation(None, "019a-codex", True, "t-1") == ("019a-codex", "codex")
+    assert name_conversation(None, "opencode-1", False, "t-1") == ("opencode-1", "session")
+    assert name_conversation(None, None, False, "t-123456789") == (
+        "tenant:t-123456789", "other")
 
 
 def test_turns_and_reuse_add_up_and_survive_a_restart(tmp_path: Path) -> None:
