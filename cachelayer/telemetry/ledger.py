@@ -51,9 +51,13 @@ class Ledger:
         # Also handed every flushed delta exactly once (the shared ledger in Redis).
         self.on_flush: Callable[[Counter[str]], None] | None = None
         self._lock = threading.Lock()
+        # Held by a flush from taking the pending deltas until they are on disk, and by a
+        # read of the totals: a read between the two would miss them (live stats that
+        # dip by a request's counts, then come back).
+        self._io = threading.RLock()
         self._cache.add(_CREATED_KEY, time.time())
-        self.prefixes = PrefixLedger(self._cache)
-        self.sessions = SessionLedger(self._cache)
+        self.prefixes = PrefixLedger(self._cache, self._io)
+        self.sessions = SessionLedger(self._cache, self._io)
 
     @property
     def degraded(self) -> str | None:
@@ -76,27 +80,28 @@ class Ledger:
 
     def flush(self) -> bool:
         """Write pending deltas to disk atomically; blocking. False if the disk refused."""
-        self.prefixes.flush()
-        self.sessions.flush()
-        with self._lock:
-            fresh, self._pending = self._pending, Counter()
-            pending, self._unsaved = self._unsaved + fresh, Counter()
-        if fresh and self.on_flush is not None:
-            self.on_flush(fresh)
-        if not pending:
-            return True
-        try:
-            with self._cache.transact():
-                for name, delta in pending.items():
-                    self._cache.incr(_COUNTER_PREFIX + name, delta, default=0)
-        except (sqlite3.Error, OSError) as exc:
-            log.error("ledger flush failed, keeping counts in memory: %s", exc)
-            self.flush_error = f"ledger flush failed, counts kept in memory: {exc}"
+        with self._io:
+            self.prefixes.flush()
+            self.sessions.flush()
             with self._lock:
-                self._unsaved.update(pending)
-            return False
-        self.flush_error = None
-        return True
+                fresh, self._pending = self._pending, Counter()
+                pending, self._unsaved = self._unsaved + fresh, Counter()
+            if fresh and self.on_flush is not None:
+                self.on_flush(fresh)
+            if not pending:
+                return True
+            try:
+                with self._cache.transact():
+                    for name, delta in pending.items():
+                        self._cache.incr(_COUNTER_PREFIX + name, delta, default=0)
+            except (sqlite3.Error, OSError) as exc:
+                log.error("ledger flush failed, keeping counts in memory: %s", exc)
+                self.flush_error = f"ledger flush failed, counts kept in memory: {exc}"
+                with self._lock:
+                    self._unsaved.update(pending)
+                return False
+            self.flush_error = None
+            return True
 
     def persisted(self) -> dict[str, int]:
         """The counters as stored on disk."""
@@ -113,11 +118,12 @@ class Ledger:
 
     def totals(self) -> dict[str, int]:
         """Stored counters plus what this process has not flushed yet."""
-        totals = Counter(self.persisted())
-        with self._lock:
-            totals.update(self._pending)
-            totals.update(self._unsaved)
-        return dict(totals)
+        with self._io:
+            totals = Counter(self.persisted())
+            with self._lock:
+                totals.update(self._pending)
+                totals.update(self._unsaved)
+            return dict(totals)
 
     def clear(self) -> None:
         """Forget every counter and record."""

@@ -82,8 +82,10 @@ class SessionRecord:
 class SessionLedger:
     """Conversation records, pending in memory until the ledger's next flush."""
 
-    def __init__(self, cache: diskcache.Cache) -> None:
+    def __init__(self, cache: diskcache.Cache, io_lock: threading.RLock | None = None) -> None:
         self._cache = cache
+        # Held from taking pending records until they are stored, and by records().
+        self._io = io_lock or threading.RLock()
         self._pending: dict[str, SessionRecord] = {}
         self._lock = threading.Lock()
         stored = cache.get(RATE_KEY)
@@ -113,28 +115,30 @@ class SessionLedger:
 
     def flush(self) -> None:
         """Merge pending records into the stored ones (blocking); keep the newest few."""
-        with self._lock:
-            pending, self._pending = self._pending, {}
-            rate = self.seconds_per_token
-        if not pending:
-            return
-        try:
-            with self._cache.transact():
-                for conversation, delta in pending.items():
-                    record = SessionRecord.from_dict(self._cache.get(SESSION_KEY + conversation))
-                    record.merge(delta)
-                    self._cache.set(SESSION_KEY + conversation, asdict(record))
-                if rate:
-                    self._cache.set(RATE_KEY, rate)
-            self._cull()
-        except (sqlite3.Error, OSError) as exc:
-            log.error("session ledger flush failed, keeping records in memory: %s", exc)
+        with self._io:
             with self._lock:
-                for conversation, delta in pending.items():
-                    newer = self._pending.pop(conversation, None)
-                    if newer is not None:
-                        delta.merge(newer)
-                    self._pending[conversation] = delta
+                pending, self._pending = self._pending, {}
+                rate = self.seconds_per_token
+            if not pending:
+                return
+            try:
+                with self._cache.transact():
+                    for conversation, delta in pending.items():
+                        key = SESSION_KEY + conversation
+                        record = SessionRecord.from_dict(self._cache.get(key))
+                        record.merge(delta)
+                        self._cache.set(key, asdict(record))
+                    if rate:
+                        self._cache.set(RATE_KEY, rate)
+                self._cull()
+            except (sqlite3.Error, OSError) as exc:
+                log.error("session ledger flush failed, keeping records in memory: %s", exc)
+                with self._lock:
+                    for conversation, delta in pending.items():
+                        newer = self._pending.pop(conversation, None)
+                        if newer is not None:
+                            delta.merge(newer)
+                        self._pending[conversation] = delta
 
     def _cull(self) -> None:
         keys = [k for k in self._cache.iterkeys()
@@ -147,17 +151,18 @@ class SessionLedger:
 
     def records(self) -> dict[str, SessionRecord]:
         """Every conversation: stored records plus what is pending."""
-        out: dict[str, SessionRecord] = {}
-        try:
-            for key in self._cache.iterkeys():
-                if isinstance(key, str) and key.startswith(SESSION_KEY):
-                    out[key[len(SESSION_KEY):]] = SessionRecord.from_dict(self._cache.get(key))
-        except (sqlite3.Error, OSError) as exc:
-            log.warning("session ledger read failed: %s", exc)
-        with self._lock:
-            for conversation, delta in self._pending.items():
-                out.setdefault(conversation, SessionRecord()).merge(delta)
-        return out
+        with self._io:
+            out: dict[str, SessionRecord] = {}
+            try:
+                for key in self._cache.iterkeys():
+                    if isinstance(key, str) and key.startswith(SESSION_KEY):
+                        out[key[len(SESSION_KEY):]] = SessionRecord.from_dict(self._cache.get(key))
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("session ledger read failed: %s", exc)
+            with self._lock:
+                for conversation, delta in self._pending.items():
+                    out.setdefault(conversation, SessionRecord()).merge(delta)
+            return out
 
     def clear(self) -> None:
         """Forget pending records (stored ones go with the cache)."""

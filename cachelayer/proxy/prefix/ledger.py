@@ -142,8 +142,11 @@ def classify(reused: int, prefix_tokens: int, seen_before: bool) -> str:
 class PrefixLedger:
     """Per-prefix records, prefix sizes, and each client's last prefix (for the reason)."""
 
-    def __init__(self, cache: diskcache.Cache) -> None:
+    def __init__(self, cache: diskcache.Cache, io_lock: threading.RLock | None = None) -> None:
         self._cache = cache
+        # Held from taking pending records until they are stored, and by records(): a
+        # read in between would miss them (see telemetry/ledger.py).
+        self._io = io_lock or threading.RLock()
         self._pending: dict[str, PrefixRecord] = {}
         self._clients: OrderedDict[str, tuple[str, str]] = OrderedDict()
         # Prefixes known to have been answered before, with their measured size (0: none).
@@ -248,40 +251,42 @@ class PrefixLedger:
 
     def flush(self) -> None:
         """Merge pending records into the stored ones in one transaction (blocking)."""
-        with self._lock:
-            pending, self._pending = self._pending, {}
-        if not pending:
-            return
-        if self.on_flush is not None:
-            self.on_flush(pending)
-        try:
-            with self._cache.transact():
-                for prefix_id, delta in pending.items():
-                    record = PrefixRecord.from_dict(self._cache.get(PREFIX_KEY + prefix_id))
-                    record.merge(delta)
-                    self._cache.set(PREFIX_KEY + prefix_id, asdict(record))
-        except (sqlite3.Error, OSError) as exc:
-            log.error("prefix ledger flush failed, keeping records in memory: %s", exc)
+        with self._io:
             with self._lock:
-                for prefix_id, delta in pending.items():
-                    newer = self._pending.pop(prefix_id, None)
-                    if newer is not None:
-                        delta.merge(newer)
-                    self._pending[prefix_id] = delta
+                pending, self._pending = self._pending, {}
+            if not pending:
+                return
+            if self.on_flush is not None:
+                self.on_flush(pending)
+            try:
+                with self._cache.transact():
+                    for prefix_id, delta in pending.items():
+                        record = PrefixRecord.from_dict(self._cache.get(PREFIX_KEY + prefix_id))
+                        record.merge(delta)
+                        self._cache.set(PREFIX_KEY + prefix_id, asdict(record))
+            except (sqlite3.Error, OSError) as exc:
+                log.error("prefix ledger flush failed, keeping records in memory: %s", exc)
+                with self._lock:
+                    for prefix_id, delta in pending.items():
+                        newer = self._pending.pop(prefix_id, None)
+                        if newer is not None:
+                            delta.merge(newer)
+                        self._pending[prefix_id] = delta
 
     def records(self) -> dict[str, PrefixRecord]:
         """Every prefix: stored records plus what is pending."""
-        out: dict[str, PrefixRecord] = {}
-        try:
-            for key in self._cache.iterkeys():
-                if isinstance(key, str) and key.startswith(PREFIX_KEY):
-                    out[key[len(PREFIX_KEY):]] = PrefixRecord.from_dict(self._cache.get(key))
-        except (sqlite3.Error, OSError) as exc:
-            log.warning("prefix ledger read failed: %s", exc)
-        with self._lock:
-            for prefix_id, delta in self._pending.items():
-                out.setdefault(prefix_id, PrefixRecord()).merge(delta)
-        return out
+        with self._io:
+            out: dict[str, PrefixRecord] = {}
+            try:
+                for key in self._cache.iterkeys():
+                    if isinstance(key, str) and key.startswith(PREFIX_KEY):
+                        out[key[len(PREFIX_KEY):]] = PrefixRecord.from_dict(self._cache.get(key))
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("prefix ledger read failed: %s", exc)
+            with self._lock:
+                for prefix_id, delta in self._pending.items():
+                    out.setdefault(prefix_id, PrefixRecord()).merge(delta)
+            return out
 
     def clear(self) -> None:
         """Forget pending records and client history (stored ones go with the cache)."""
