@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from cachelayer.backend.kv_files import STATS_NAME
-from cachelayer.cli.maintenance import format_stats
+from cachelayer.cli.stats import format_stats
 from cachelayer.telemetry.kv_memory import exported_kv_stats, kv_memory_lines
 
 EXPORTED = {
