@@ -79,7 +79,9 @@ class InFlight:
         return {
             "path": self.path,
             "seconds": round(now - self.started, 1),
-            "prefilling": self.exchange.upstream_ms is None,
+            # A stream prefills until its first content; a plain answer until it is back.
+            "prefilling": self.exchange.first_token_ms is None and (
+                self.exchange.chat.stream or self.exchange.upstream_ms is None),
             "promptTokens": prompt,
             "cachedTokens": cached,
             "toCompute": None if prompt is None or cached is None else prompt - cached,
@@ -123,8 +125,10 @@ def record_answer(request: web.Request, exchange: Exchange, now: float) -> None:
     request.app[ACTIVITY].timeline.add(now, prompt_tokens=prompt, reused_tokens=reused,
                                        store_hit=store_hit)
     sessions = request.app[LEDGER].sessions
-    if not store_hit and exchange.upstream_ms is not None:
-        sessions.observe_prefill(prompt - reused, exchange.upstream_ms / 1000)
+    # Time to first token: a stream's first bytes may be comments sent before prefill.
+    first_ms = exchange.first_token_ms or exchange.upstream_ms
+    if not store_hit and first_ms is not None:
+        sessions.observe_prefill(prompt - reused, first_ms / 1000)
     tenant = tenant_id(request.headers.get("Authorization"), request.headers.get("x-api-key"))
     conversation, client = name_conversation(
         request.headers.get(CLAUDE_CODE_HEADER), conversation_of(request),
