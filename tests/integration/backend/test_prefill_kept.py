@@ -91,7 +91,8 @@ def cold(demo_model: Path, tmp_path: Path, start_backend: StartBackend) -> Any:
 def test_a_hang_up_half_way_keeps_the_prefill_and_the_resend_answers_as_cold(
     demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any, cold: Any,
 ) -> None:
-    server = start_backend(demo_model, tmp_path / "kv", *STEP)
+    # DEBUG: mlx-lm's per-chunk progress lines are DEBUG in the backend's log (logs.py).
+    server = start_backend(demo_model, tmp_path / "kv", *STEP, "--log-level", "DEBUG")
     done, total = _stream_until_half_way(server, lambda: None)
     stats = api.wait_for_writes(server)
     assert stats["prefill_checkpoints"]["queued"] >= 1
