@@ -17,6 +17,7 @@ Only the first choice is rendered: a response has one output list.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -182,6 +183,9 @@ class ResponsesStream:
         self._finish: str | None = None
         self._usage: Usage | None = None
         self._start_id = ""
+        # Set when a keep-alive created the response before the upstream's first chunk:
+        # the result is then stored under this id, so previous_response_id finds it.
+        self.early_id: str | None = None
 
     def _event(self, event_type: str, /, **data: Any) -> bytes:
         body = {"type": event_type, "sequence_number": self._seq, **data}
@@ -193,9 +197,9 @@ class ResponsesStream:
                                list(self._output), self._usage if status != "in_progress"
                                else None)
 
-    def _start(self, event: Start | None) -> bytes:
+    def _start(self, event: Start | None, rid: str = "") -> bytes:
         self._started = True
-        self._rid = response_id(event.id if event else "")
+        self._rid = rid or response_id(event.id if event else "")
         self._created = event.created if event else 0
         pending = self._object("in_progress")
         return (self._event("response.created", response=pending)
@@ -305,12 +309,17 @@ class ResponsesStream:
         return out + self._event(f"response.{status}", response=self._object(status))
 
     def keepalive(self, note: str) -> bytes:
-        """The Responses API's own `response.in_progress` once the response is created
-        (Codex resets its stream idle timer on events, not on comments); an SSE comment
-        before it, where no event may come first."""
-        if self._started and not self._closed:
-            return self._event("response.in_progress", response=self._object("in_progress"))
-        return keepalive_comment(note)
+        """The Responses API's own events while the upstream is silent: Codex resets its
+        stream idle timer on events, not on comments, so a long prefill must not leave it
+        without one. The first keep-alive creates the response under an id of the proxy's
+        own (`early_id`; the upstream's id is not known before its first chunk), later
+        ones are `response.in_progress`."""
+        if self._closed:
+            return keepalive_comment(note)
+        if not self._started:
+            self.early_id = "resp_" + secrets.token_hex(16)
+            return self._start(None, self.early_id)
+        return self._event("response.in_progress", response=self._object("in_progress"))
 
     def fail(self, error: CachelayerError) -> bytes:
         """response.failed carrying the error; the stream ends there."""

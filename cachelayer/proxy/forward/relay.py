@@ -10,6 +10,7 @@ interval (keepalive.py).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -89,7 +90,11 @@ async def relay_stream(
         log.warning("stream from %s failed: %s", url, error.message)
         await _write_quietly(response, renderer.fail(error))
         return response
-    exchange.result = builder.result()
+    result = builder.result()
+    early_id = getattr(renderer, "early_id", None)
+    # A renderer that named the answer before the upstream did (a Responses stream
+    # created by a keep-alive): the stored result keeps the name the client saw.
+    exchange.result = dataclasses.replace(result, id=early_id) if early_id else result
     exchange.oversized = builder.oversized
     await response.write_eof()
     return response

@@ -89,9 +89,10 @@ def test_a_quick_upstream_error_keeps_its_status(
                                            stream=True)
 
 
-def test_a_responses_stream_hears_comments_before_response_created(
+def test_a_responses_stream_is_created_at_the_first_keepalive_and_hears_in_progress_events(
     upstream: tuple[FakeUpstream, RunningServer], start_proxy: ProxyFactory
 ) -> None:
+    # Codex resets its idle timer on events only: a silent prefill must still send some.
     fake, server = upstream
     fake.script = lambda body: Reply(text="Hello there.", headers_delay_s=1.5)
     recorder = RecordingTransport()
@@ -99,8 +100,19 @@ def test_a_responses_stream_hears_comments_before_response_created(
         client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="k", max_retries=0,
                                http_client=recorder.client())
         events = list(client.responses.create(model="m", input="hello", stream=True))
-    assert events[-1].type == "response.completed"
-    waiting = recorder.before(b"event: response.created")
-    assert len(keepalives(waiting)) >= 3
-    assert b"event:" not in waiting  # no event may come before response.created
+        created = events[0]
+        assert created.type == "response.created"
+        assert events[-1].type == "response.completed"
+        waiting = recorder.before(b"event: response.output_item.added")
+        assert waiting.count(b"event: response.in_progress") >= 3  # 1.5 s, one per 0.2 s
+        assert recorder.chunks[0][0] - (recorder.sent_at or 0) < 1.2  # the first within ~1 s
+        # The id the client saw first is the response's id everywhere after.
+        rid = created.response.id
+        assert events[-1].response.id == rid
+        assert client.responses.retrieve(rid).output_text == "Hello there."
+        chained = client.responses.create(model="m", input="and again?",
+                                          previous_response_id=rid)
+    assert chained.output_text == "Hello there."
+    sent = fake.calls[-1]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
 

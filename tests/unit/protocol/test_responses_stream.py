@@ -120,15 +120,25 @@ def test_an_empty_answer_is_one_empty_message_both_ways() -> None:
                                                                       REQUEST)["output"]
 
 
-def test_a_created_response_is_kept_alive_with_in_progress_events() -> None:
-    from cachelayer.protocol.chat import ChatRequest, Start
+def test_a_silent_upstream_is_kept_alive_with_events_under_the_proxys_own_id() -> None:
+    from cachelayer.protocol.chat import ChatRequest, Start, TextDelta
     from cachelayer.protocol.responses_stream import ResponsesStream
 
     stream = ResponsesStream(ChatRequest(kind="chat", body={"model": "m", "messages": []},
                                          stream=True, client_api="responses",
                                          client_model="m"))
-    assert stream.keepalive("keepalive 1/2") == b": keepalive 1/2\n\n"
-    stream.render(Start(id="abc", model="m", created=0))
+    first = _events(stream.keepalive("keepalive 1/2"))
+    assert [e["type"] for e in first] == ["response.created", "response.in_progress"]
+    rid = first[0]["response"]["id"]
+    assert rid == stream.early_id and rid.startswith("resp_")
+    # The upstream's own start adds nothing: the response was already created.
+    assert stream.render(Start(id="abc", model="m", created=0)) == b""
     again = stream.keepalive("keepalive 2/2")
     assert again.startswith(b"event: response.in_progress\ndata: ")
     assert b'"status":"in_progress"' in again
+    raw = stream.render(TextDelta(index=0, text="hi")) + stream.close()
+    assert _events(raw)[-1]["response"]["id"] == rid
+    other = ResponsesStream(ChatRequest(kind="chat", body={"model": "m", "messages": []},
+                                        stream=True, client_api="responses", client_model="m"))
+    other.keepalive("keepalive")
+    assert other.early_id != rid  # each early response has an id of its own
