@@ -92,11 +92,14 @@ class ScriptedFront:
                 headers={"Content-Type": answer.headers.get("Content-Type", "")})
             await response.prepare(request)
             content = b""
-            async for piece in answer.content.iter_any():
-                content += piece
-                await response.write(piece)
-            self._record(seen, content)
-            await response.write_eof()
+            try:
+                async for piece in answer.content.iter_any():
+                    content += piece
+                    await response.write(piece)
+                await response.write_eof()
+            finally:
+                # the proxy may hang up as soon as it has read [DONE]: record regardless
+                self._record(seen, content)
             return response
 
     @staticmethod
