@@ -2,7 +2,8 @@
 
 For each server, on the offline demo model and a long system prompt:
   (a) cold: first request;
-  (b) second turn: the conversation continues on the same prefix;
+  (b) second turn: the conversation continues on the same prefix (both servers up,
+      their warm turns alternating, so load on a shared machine hits both alike);
   (c) restart the server, then the same prefix with a new user turn.
 Writes bench-kv.json and bench-kv.md to --out.
 
@@ -100,43 +101,59 @@ def stream_chat(url: str, messages: list[dict[str, str]], max_tokens: int) -> di
     }
 
 
-def run_scenario(name: str, argv_for_port: Any, system: str, work: Path, max_tokens: int) -> dict:
-    """(a) cold, (b) second turn (median of B_SAMPLES), (c) new turn after a restart."""
-    results: dict[str, Any] = {}
-    port = free_port()
-    server = start_server(argv_for_port(port), port, work / f"{name}-1.log", cwd=ROOT)
+def _turn2(turn1: list[dict[str, str]], answer: str, i: int) -> list[dict[str, str]]:
+    return [*turn1, {"role": "assistant", "content": answer},
+            {"role": "user", "content": f"Now list the rules about tests, part {i}."}]
+
+
+def run_servers(commands: dict[str, Any], system: str, work: Path,
+                max_tokens: int) -> dict[str, dict[str, Any]]:
+    """Per server: (a) cold, (b) second turn (median of B_SAMPLES), (c) a new turn after
+    a restart.
+
+    Both servers run at once for (a) and (b): each cold prefill runs while the other
+    server idles, then the warm turns alternate between the servers (the order flipped
+    every round), so a burst of load on the shared machine hits both alike instead of
+    whichever ran at that minute.
+    """
+    results: dict[str, dict[str, Any]] = {name: {} for name in commands}
+    turn1 = [{"role": "system", "content": system}, {"role": "user", "content": "Hi."}]
+    servers = {}
     try:
-        turn1 = [{"role": "system", "content": system}, {"role": "user", "content": "Hi."}]
-        results["a_cold"] = stream_chat(server.url, turn1, max_tokens)
-        # Cheap, so sampled several times (median): a single sub-second
-        # timing on a shared 2-core machine is mostly noise.
-        samples = []
+        for name, argv_for_port in commands.items():
+            port = free_port()
+            servers[name] = start_server(argv_for_port(port), port, work / f"{name}-1.log",
+                                         cwd=ROOT)
+        for name, server in servers.items():
+            print(f"  {name}: cold ...", file=sys.stderr)
+            results[name]["a_cold"] = stream_chat(server.url, turn1, max_tokens)
+        samples: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
         for i in range(B_SAMPLES):
-            turn2 = [
-                *turn1,
-                {"role": "assistant", "content": results["a_cold"]["text"]},
-                {"role": "user", "content": f"Now list the rules about tests, part {i}."},
-            ]
-            samples.append(stream_chat(server.url, turn2, max_tokens))
-        samples.sort(key=lambda r: r["ttft_s"])
-        results["b_second_turn"] = {
-            **samples[len(samples) // 2],
-            "ttft_samples_s": [r["ttft_s"] for r in samples],
-        }
+            order = list(servers) if i % 2 == 0 else list(reversed(servers))
+            for name in order:
+                turn2 = _turn2(turn1, results[name]["a_cold"]["text"], i)
+                samples[name].append(stream_chat(servers[name].url, turn2, max_tokens))
+        for name, taken in samples.items():
+            taken.sort(key=lambda r: r["ttft_s"])
+            results[name]["b_second_turn"] = {
+                **taken[len(taken) // 2],
+                "ttft_samples_s": [r["ttft_s"] for r in taken],
+            }
     finally:
-        stop_server(server)
-    port = free_port()
-    server = start_server(argv_for_port(port), port, work / f"{name}-2.log", cwd=ROOT)
-    try:
-        turn3 = [
-            {"role": "system", "content": system},
-            {"role": "user", "content": "A new question after the restart."},
-        ]
-        results["c_after_restart"] = stream_chat(server.url, turn3, max_tokens)
-    finally:
-        stop_server(server)
-    for r in results.values():
-        r.pop("text")
+        for server in servers.values():
+            stop_server(server)
+    turn3 = [{"role": "system", "content": system},
+             {"role": "user", "content": "A new question after the restart."}]
+    for name, argv_for_port in commands.items():
+        port = free_port()
+        server = start_server(argv_for_port(port), port, work / f"{name}-2.log", cwd=ROOT)
+        try:
+            results[name]["c_after_restart"] = stream_chat(server.url, turn3, max_tokens)
+        finally:
+            stop_server(server)
+    for per_server in results.values():
+        for r in per_server.values():
+            r.pop("text")
     return results
 
 
@@ -194,9 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     # Other jobs on the machine skew single runs; the load average says how much.
     report["loadavg_before"] = [round(x, 2) for x in os.getloadavg()]
-    for name, argv_for_port in scenarios.items():
-        print(f"running {name} ...", file=sys.stderr)
-        report[name] = run_scenario(name, argv_for_port, system, work, args.max_tokens)
+    report["warm_turns"] = "interleaved: both servers up, turns alternating"
+    report.update(run_servers(scenarios, system, work, args.max_tokens))
     report["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     s, c = report["stock"], report["cachelayer"]
     report["ratios"] = {
