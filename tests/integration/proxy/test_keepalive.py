@@ -6,6 +6,9 @@ tests/integration/stack/test_prefill_progress.py."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import anthropic
 import openai
 import pytest
@@ -19,13 +22,23 @@ from tests.support.servers import RunningServer
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 
+@contextlib.contextmanager
+def _late_upstream(
+    upstream: tuple[FakeUpstream, RunningServer], start_proxy: ProxyFactory, reply: Reply
+) -> Iterator[tuple[RunningServer, RecordingTransport]]:
+    """A proxy (a keep-alive every 0.2 s) in front of an upstream that gives every request
+    `reply`, and a transport that records when each byte reached the client."""
+    fake, server = upstream
+    fake.script = lambda body: reply
+    with start_proxy(upstream=server.url, keepalive_interval_s=0.2) as proxy:
+        yield proxy, RecordingTransport()
+
+
 def test_an_openai_stream_hears_keepalives_while_the_upstream_is_silent(
     upstream: tuple[FakeUpstream, RunningServer], start_proxy: ProxyFactory
 ) -> None:
-    fake, server = upstream
-    fake.script = lambda body: Reply(text="Hello there.", headers_delay_s=1.5)
-    recorder = RecordingTransport()
-    with start_proxy(upstream=server.url, keepalive_interval_s=0.2) as proxy:
+    late = Reply(text="Hello there.", headers_delay_s=1.5)
+    with _late_upstream(upstream, start_proxy, late) as (proxy, recorder):
         client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="k", max_retries=0,
                                http_client=recorder.client())
         chunks = list(client.chat.completions.create(model="m", messages=MESSAGES,  # type: ignore[arg-type]
@@ -40,10 +53,8 @@ def test_an_openai_stream_hears_keepalives_while_the_upstream_is_silent(
 def test_an_anthropic_stream_hears_comments_not_pings_before_message_start(
     upstream: tuple[FakeUpstream, RunningServer], start_proxy: ProxyFactory
 ) -> None:
-    fake, server = upstream
-    fake.script = lambda body: Reply(text="Hello there.", headers_delay_s=1.5)
-    recorder = RecordingTransport()
-    with start_proxy(upstream=server.url, keepalive_interval_s=0.2) as proxy:
+    late = Reply(text="Hello there.", headers_delay_s=1.5)
+    with _late_upstream(upstream, start_proxy, late) as (proxy, recorder):
         client = anthropic.Anthropic(base_url=proxy.url, api_key="k", max_retries=0,
                                      http_client=recorder.client())
         with client.messages.stream(model="claude-x", max_tokens=16,
@@ -58,10 +69,8 @@ def test_an_anthropic_stream_hears_comments_not_pings_before_message_start(
 def test_an_upstream_failing_after_keepalives_ends_the_stream_with_an_error_event(
     upstream: tuple[FakeUpstream, RunningServer], start_proxy: ProxyFactory
 ) -> None:
-    fake, server = upstream
-    fake.script = lambda body: Reply(status=503, headers_delay_s=1.0)
-    recorder = RecordingTransport()
-    with start_proxy(upstream=server.url, keepalive_interval_s=0.2) as proxy:
+    late = Reply(status=503, headers_delay_s=1.0)
+    with _late_upstream(upstream, start_proxy, late) as (proxy, recorder):
         client = anthropic.Anthropic(base_url=proxy.url, api_key="k", max_retries=0,
                                      http_client=recorder.client())
         with (pytest.raises(anthropic.APIStatusError, match="scripted failure"),
@@ -70,7 +79,7 @@ def test_an_upstream_failing_after_keepalives_ends_the_stream_with_an_error_even
             stream.get_final_message()
         assert len(proxy.app[STORE]) == 0
         # The proxy still serves: the next request (a quick upstream) is answered.
-        fake.script = lambda body: Reply(text="fine")
+        upstream[0].script = lambda body: Reply(text="fine")
         again = client.messages.create(model="claude-x", max_tokens=16,
                                        messages=MESSAGES)  # type: ignore[arg-type]
         assert again.content[0].text == "fine"  # type: ignore[union-attr]
@@ -93,10 +102,8 @@ def test_a_responses_stream_is_created_at_the_first_keepalive_and_hears_in_progr
     upstream: tuple[FakeUpstream, RunningServer], start_proxy: ProxyFactory
 ) -> None:
     # Codex resets its idle timer on events only: a silent prefill must still send some.
-    fake, server = upstream
-    fake.script = lambda body: Reply(text="Hello there.", headers_delay_s=1.5)
-    recorder = RecordingTransport()
-    with start_proxy(upstream=server.url, keepalive_interval_s=0.2) as proxy:
+    late = Reply(text="Hello there.", headers_delay_s=1.5)
+    with _late_upstream(upstream, start_proxy, late) as (proxy, recorder):
         client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="k", max_retries=0,
                                http_client=recorder.client())
         events = list(client.responses.create(model="m", input="hello", stream=True))
@@ -113,6 +120,6 @@ def test_a_responses_stream_is_created_at_the_first_keepalive_and_hears_in_progr
         chained = client.responses.create(model="m", input="and again?",
                                           previous_response_id=rid)
     assert chained.output_text == "Hello there."
-    sent = fake.calls[-1]["messages"]
+    sent = upstream[0].calls[-1]["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", "user"]
 
