@@ -65,8 +65,9 @@ class Settings:
     # prompt (proxy/prefix/placement.py); True leaves them where the client put them.
     keep_system_order: bool = False
     model_map: Mapping[str, str] = field(default_factory=dict)
-    # Sent upstream for Anthropic requests whose model is not in model_map: a client's
-    # `claude-*` name must never reach mlx_lm.server, which would try to load it.
+    # Sent upstream for Anthropic and Responses requests whose model is not in model_map:
+    # a client's `claude-*` or `gpt-*` name must never reach mlx_lm.server, which would
+    # try to load it. Under the embedded backend it is the backend's served name.
     default_model: str | None = None
     max_tokens_cap: int = 8192
     log_level: str = "info"

@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
 
+from cachelayer.backend.models import served_name
 from cachelayer.cli.maintenance import add_data_dir
 from cachelayer.cli.mlx_flags import add_serve_backend_arguments, serve_backend_argv
 from cachelayer.config import (
@@ -232,7 +233,11 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Sett
         volatile_patterns=tuple(args.volatile_pattern),
         keep_system_order=args.keep_system_order,
         model_map=parse_model_map(args.model_map),
-        default_model=args.upstream_model or (str(backend_model) if backend_model else None),
+        # The embedded backend answers every name with its one model, so clients' names go
+        # up as the served name (not a path): then a Responses request and its chat twin
+        # carry the same model and share a store key.
+        default_model=args.upstream_model or (
+            served_name(str(backend_model)) if backend_model else None),
         max_tokens_cap=args.max_tokens_cap,
         log_level=args.log_level,
         share_kv=args.share_kv,
