@@ -1,7 +1,9 @@
 """The one frozen Settings object that the CLI builds and the app reads.
 
-Nothing below the CLI reads environment variables: `settings_from_env_defaults` is the
-single place where `MLX_LM_URL` and `XDG_CACHE_HOME` turn into defaults.
+Nothing below the CLI reads environment variables: the CLI passes its environment in
+(`cli/serve.py: settings_from_args(args, env)` turns `MLX_LM_URL`, the Redis password
+and the admin token into settings; `default_data_dir(env)` here reads
+`XDG_CACHE_HOME`), so every default below it is a field of `Settings`.
 """
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ from benchlib.provenance import stamp
 
 from cachelayer.protocol.openai import parse_request
 from cachelayer.proxy.memo import Memo, fingerprint
-from cachelayer.proxy.prefix.middleware import stabilize_chat
 from cachelayer.proxy.prefix.rules import RuleSet, compile_rules
+from cachelayer.proxy.prefix.stabilize import stabilize_chat
 
 TARGET_US = 50.0
 

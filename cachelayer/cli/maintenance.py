@@ -175,7 +175,7 @@ def clear_one(name: str, settings: Settings) -> str:
         state = "an empty one created" if fresh.degraded is None else fresh.degraded
         return f"{why}; removed the whole store ({state})"
     if name == "ledger":
-        from cachelayer.telemetry.ledger import Ledger
+        from cachelayer.proxy.prefix.ledger import Ledger
 
         ledger = Ledger(settings.ledger_dir)
         ledger.clear()

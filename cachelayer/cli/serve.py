@@ -1,6 +1,8 @@
 """`cachelayer serve`: its parser, argv -> Settings, and running the proxy until stopped.
 
-This module and maintenance.py are where the environment turns into defaults.
+`settings_from_args(args, env)` is where the proxy's environment (`MLX_LM_URL`, the
+Redis password, the admin token, `XDG_CACHE_HOME`) turns into settings; the other
+commands read theirs in their own cli module, and nothing below cli/ reads it at all.
 """
 
 from __future__ import annotations

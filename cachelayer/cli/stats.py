@@ -91,8 +91,8 @@ def load_metrics(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         doc = dict(orjson.loads(path.read_bytes()))
         return doc, (f"from {path}, written {_when(doc.get('exportedAt'))} "
                      f"(no proxy answers at {url})")
+    from cachelayer.proxy.prefix.ledger import Ledger
     from cachelayer.telemetry.export import build_metrics
-    from cachelayer.telemetry.ledger import Ledger
 
     settings = data_settings(args)
     ledger = Ledger(settings.ledger_dir)

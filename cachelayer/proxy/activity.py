@@ -19,8 +19,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from cachelayer.proxy.conversation import CONVERSATION, conversation_of
-from cachelayer.proxy.identity import tenant_id
-from cachelayer.proxy.state import EXCHANGE, LEDGER, CacheStatus, Exchange
+from cachelayer.proxy.prefix.ledger import LEDGER
+from cachelayer.proxy.state import EXCHANGE, CacheStatus, Exchange
 from cachelayer.telemetry.sessions import CLAUDE_CODE_HEADER, name_conversation
 
 BUCKET_S = 10
@@ -129,10 +129,9 @@ def record_answer(request: web.Request, exchange: Exchange, now: float) -> None:
     first_ms = exchange.first_token_ms or exchange.upstream_ms
     if not store_hit and first_ms is not None:
         sessions.observe_prefill(prompt - reused, first_ms / 1000)
-    tenant = tenant_id(request.headers.get("Authorization"), request.headers.get("x-api-key"))
     conversation, client = name_conversation(
         request.headers.get(CLAUDE_CODE_HEADER), conversation_of(request),
-        bool(request.get(CONVERSATION)), tenant)
+        bool(request.get(CONVERSATION)), exchange.tenant)
     sessions.record(conversation, client, now=now, prompt_tokens=prompt,
                     reused_tokens=reused, store_hit=store_hit)
 
@@ -155,6 +154,19 @@ async def activity_middleware(request: web.Request, handler: Handler) -> web.Str
     return response
 
 
-def setup_activity(app: web.Application) -> None:
-    """Install the activity state on the app."""
-    app[ACTIVITY] = Activity()
+class ActivityLayer:
+    """What is in flight and what happened lately, for the dashboard and `stats`."""
+
+    name = "activity"
+
+    def __init__(self) -> None:
+        self.activity = Activity()
+
+    def setup(self, app: web.Application) -> None:
+        """Install the activity state on the app."""
+        app[ACTIVITY] = self.activity
+
+    def snapshot(self) -> dict[str, Any]:
+        """Nothing for the metrics file: the live document (`Activity.document`) is read
+        on the event loop by /cache/stats, never from the export's thread."""
+        return {}

@@ -1,11 +1,12 @@
-"""make_app(settings): the middleware order, the routes, start-up and clean-up, in one place.
+"""make_app(settings): the layers in order, the middleware order, the routes, in one place.
 
 A completion request goes down, and its answer comes back up, this chain:
 
-1. `request_id_middleware` (telemetry/logs.py) names the request, hides its credentials
+1. `access_middleware` (proxy/access.py) names the request, hides its credentials
    from every log line; on the way up it times the upstream and writes the access line.
 2. `edge_middleware` (proxy/edge.py) reads and validates the body into one neutral
-   `Exchange`; on the way up it renders any error in the client's API shape.
+   `Exchange` and names its tenant; on the way up it renders any error in the client's
+   API shape.
    `responses_middleware` (proxy/responses/) puts a Responses request's stored
    conversation (previous_response_id) in front of it; on the way up it stores the
    response under its id when the request asked to.
@@ -17,135 +18,65 @@ A completion request goes down, and its answer comes back up, this chain:
    on the way up it stores a completed answer off the request path.
 5. `handle_completion` (proxy/forward/) routes the miss to an upstream and relays its
    answer chunk by chunk.
+
+Each layer is one object (proxy/layer.py) whose `setup(app)` installs its own keys and
+start-up/shutdown; they are set up in the order above, so their cleanup contexts start
+in that order and close in reverse: the ledger (layer 1) opens first and closes last.
+The observer's context comes after all of them: at shutdown it stops the export, drains
+the background writes and exports once more before any layer closes.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import AsyncIterator
-
 from aiohttp import web
 
 from cachelayer.config import Settings
-from cachelayer.protocol.anthropic import AnthropicCodec
-from cachelayer.protocol.codec import Codec
-from cachelayer.protocol.openai import OpenAICodec
-from cachelayer.protocol.responses_codec import ResponsesCodec
-from cachelayer.proxy.activity import activity_middleware, setup_activity
-from cachelayer.proxy.conversation import AFFINITY, Affinity
-from cachelayer.proxy.edge import edge_middleware, expect_continue, setup_edge
-from cachelayer.proxy.embedded import backend_ctx
+from cachelayer.proxy.access import access_middleware, setup_access
+from cachelayer.proxy.activity import ActivityLayer, activity_middleware
+from cachelayer.proxy.background import BACKGROUND, Background
+from cachelayer.proxy.edge import EdgeLayer, edge_middleware, expect_continue
 from cachelayer.proxy.forward.handler import handle_completion
-from cachelayer.proxy.forward.progress import Prefills
-from cachelayer.proxy.forward.upstream import upstream_ctx
-from cachelayer.proxy.model_info import MODEL_INFO, ModelInfo
-from cachelayer.proxy.prefix.middleware import prefix_middleware, setup_prefix_layer
-from cachelayer.proxy.prefix.rules import compile_rules
-from cachelayer.proxy.responses.middleware import responses_middleware, setup_responses
+from cachelayer.proxy.forward.layer import ForwardLayer
+from cachelayer.proxy.layer import LAYERS, Layer, setup_layers
+from cachelayer.proxy.observe import metrics, observe_ctx
+from cachelayer.proxy.prefix.layer import PrefixLayer
+from cachelayer.proxy.prefix.middleware import prefix_middleware
+from cachelayer.proxy.responses.middleware import ResponsesLayer, responses_middleware
 from cachelayer.proxy.routes import admin
 from cachelayer.proxy.routes.count_tokens import count_tokens
 from cachelayer.proxy.routes.dashboard import setup_dashboard
-from cachelayer.proxy.state import (
-    BACKGROUND,
-    EXCHANGE,
-    LEDGER,
-    PREFILLS,
-    SETTINGS,
-    SHARED,
-    STARTED_AT,
-    STORE,
-    Background,
-)
-from cachelayer.proxy.store.backends import redis as redis_store
-from cachelayer.proxy.store.backends.base import AnswerStore
-from cachelayer.proxy.store.backends.disk import ResponseStore
-from cachelayer.proxy.store.backends.redis_ledger import SharedLedger
-from cachelayer.proxy.store.middleware import setup_store_layer, store_middleware
-from cachelayer.telemetry.export import export_ctx, final_export
-from cachelayer.telemetry.ledger import Ledger
-from cachelayer.telemetry.logs import REQUEST_ID_KEY, REQUEST_IDS, RequestIds, request_id_middleware
-from cachelayer.telemetry.prometheus import UPSTREAM_LATENCY, Histogram, metrics
+from cachelayer.proxy.state import SETTINGS
+from cachelayer.proxy.store.layer import StoreLayer
+from cachelayer.proxy.store.middleware import store_middleware
 
-log = logging.getLogger(__name__)
+COMPLETION_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/messages",
+                     "/v1/responses")
 
 
-def make_codecs(settings: Settings) -> dict[str, Codec]:
-    """The client APIs this proxy speaks, keyed by name."""
-    return {"openai": OpenAICodec(settings.model_map), "anthropic": AnthropicCodec(settings),
-            "responses": ResponsesCodec(settings)}
-
-
-def open_store(settings: Settings) -> tuple[AnswerStore, SharedLedger | None]:
-    """Layer 2's store for --store (Redis, with the ledger's shared half) or diskcache."""
-    if settings.store_url:
-        client = redis_store.connect(settings)
-        return (redis_store.RedisStore(client, settings),
-                SharedLedger(client, settings.store_namespace))
-    return ResponseStore(settings.responses_dir, size_limit=settings.response_max_bytes,
-                         ttl_s=settings.response_ttl_s, entry_max_bytes=settings.entry_max_bytes,
-                         hot_bytes=settings.hot_tier_bytes), None
-
-
-async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Open the response store and the ledger; on the way out drain, export, close."""
-    settings = app[SETTINGS]
-    store, shared = open_store(settings)
-    app[STORE] = store
-    app[LEDGER] = ledger = Ledger(settings.ledger_dir)
-    if shared is not None:
-        # Every delta the local ledger flushes also goes to Redis, exactly once.
-        app[SHARED] = shared
-        ledger.on_flush = shared.take_counters
-        ledger.prefixes.on_flush = shared.take_prefixes
-    await store.start()
-    app[BACKGROUND] = Background()
-    app[STARTED_AT] = time.time()
-    yield
-    await app[BACKGROUND].drain()
-    await final_export(app)
-    ledger.close()
-    await store.aclose()
-
-
-async def _set_cache_headers(request: web.Request, response: web.StreamResponse) -> None:
-    # A signal, not the middlewares: a streamed answer's headers leave before they return.
-    response.headers["X-Request-Id"] = request.get(REQUEST_ID_KEY, "-")
-    exchange = request.get(EXCHANGE)
-    if exchange is not None:
-        response.headers["X-Cache-Status"] = exchange.cache_status.value
+def make_layers(settings: Settings) -> list[Layer]:
+    """The layer objects, in the order a request meets them."""
+    return [EdgeLayer(settings), ResponsesLayer(), ActivityLayer(), PrefixLayer(settings),
+            StoreLayer(settings), ForwardLayer(settings)]
 
 
 def make_app(settings: Settings) -> web.Application:
     """Build the proxy application for these settings."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        # Outermost first: request ids and access log, the edge (parse, errors in the
-        # client's shape), layer 1 (prefix), layer 2 (store); the handler is layer 3.
-        middlewares=[request_id_middleware, edge_middleware, responses_middleware,
+        # Outermost first: request ids and the access log, the edge (parse, errors in the
+        # client's shape), the Responses state, activity, layer 1 (prefix), layer 2
+        # (store); the handler is layer 3.
+        middlewares=[access_middleware, edge_middleware, responses_middleware,
                      activity_middleware, prefix_middleware, store_middleware],
         handler_args={"max_field_size": 65536},
     )
     app[SETTINGS] = settings
-    app[UPSTREAM_LATENCY] = Histogram()
-    app[REQUEST_IDS] = RequestIds()
-    app[PREFILLS] = Prefills(settings.progress_log_interval_s)
-    setup_edge(app, make_codecs(settings))
-    app[MODEL_INFO] = ModelInfo(settings.backend_urls)
-    setup_activity(app)
-    setup_prefix_layer(app, compile_rules(settings.volatile_patterns))
-    setup_store_layer(app)
-    app[AFFINITY] = Affinity()
-    app.cleanup_ctx.append(backend_ctx)
-    app.cleanup_ctx.append(_storage_ctx)
-    app.cleanup_ctx.append(export_ctx)
-    app.cleanup_ctx.append(upstream_ctx)
-    app.on_response_prepare.append(_set_cache_headers)
-    app.router.add_post("/v1/chat/completions", handle_completion, expect_handler=expect_continue)
-    app.router.add_post("/v1/completions", handle_completion, expect_handler=expect_continue)
-    app.router.add_post("/v1/messages", handle_completion, expect_handler=expect_continue)
-    app.router.add_post("/v1/responses", handle_completion, expect_handler=expect_continue)
-    setup_responses(app)
+    app[BACKGROUND] = Background()
+    setup_access(app)
+    app[LAYERS] = setup_layers(app, make_layers(settings))
+    app.cleanup_ctx.append(observe_ctx)
+    for path in COMPLETION_ROUTES:
+        app.router.add_post(path, handle_completion, expect_handler=expect_continue)
     app.router.add_post("/v1/messages/count_tokens", count_tokens,
                         expect_handler=expect_continue)
     app.router.add_get("/v1/models", admin.models)
@@ -155,4 +86,3 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_post("/cache/clear", admin.clear)
     setup_dashboard(app)
     return app
-

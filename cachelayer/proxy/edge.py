@@ -8,12 +8,14 @@ of the client's API, with the status the error carries.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestPayloadError
 
+from cachelayer.config import Settings
 from cachelayer.errors import (
     BackendUnavailable,
     CachelayerError,
@@ -23,11 +25,16 @@ from cachelayer.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from cachelayer.protocol.anthropic import AnthropicCodec
 from cachelayer.protocol.chat import ChatRequest, ClientApi, Kind
 from cachelayer.protocol.codec import Codec
+from cachelayer.protocol.openai import OpenAICodec
+from cachelayer.protocol.responses_codec import ResponsesCodec
+from cachelayer.proxy.forward.layer import UPSTREAM
+from cachelayer.proxy.identity import request_tenant
 from cachelayer.proxy.memo import MAX_MEMO_BODY, Memo, fingerprint
-from cachelayer.proxy.model_info import check_against_model
-from cachelayer.proxy.state import EXCHANGE, SETTINGS, UPSTREAM, Exchange
+from cachelayer.proxy.model_info import MODEL_INFO, ModelInfo, check_against_model
+from cachelayer.proxy.state import EXCHANGE, SETTINGS, Exchange
 
 log = logging.getLogger(__name__)
 
@@ -101,20 +108,40 @@ async def expect_continue(request: web.Request) -> web.Response | None:
 
 
 async def read_exchange(request: web.Request, codec: Codec, kind: Kind) -> Exchange:
-    """Read, validate and neutralise the request body."""
+    """Read, validate and neutralise the request body; name its tenant once."""
     raw = await read_body(request)
+    tenant = request_tenant(request.headers)
     if len(raw) > MAX_MEMO_BODY:
-        return Exchange(chat=codec.parse_request(kind, raw), codec=codec)
+        return Exchange(chat=codec.parse_request(kind, raw), codec=codec, tenant=tenant)
     fp = fingerprint(request.path.encode(), raw)
     memo = request.app[PARSE_MEMO]
     chat = memo.get(fp) or memo.put(fp, codec.parse_request(kind, raw))
-    return Exchange(chat=chat, codec=codec, fingerprint=fp)
+    return Exchange(chat=chat, codec=codec, fingerprint=fp, tenant=tenant)
 
 
-def setup_edge(app: web.Application, codecs: dict[str, Codec]) -> None:
-    """Install the edge's state: the codecs and the parse memo."""
-    app[CODECS] = codecs
-    app[PARSE_MEMO] = Memo()
+def make_codecs(settings: Settings) -> dict[str, Codec]:
+    """The client APIs this proxy speaks, keyed by name."""
+    return {"openai": OpenAICodec(settings.model_map), "anthropic": AnthropicCodec(settings),
+            "responses": ResponsesCodec(settings)}
+
+
+class EdgeLayer:
+    """The edge: the codecs, the parse memo, the served model's limits."""
+
+    name = "edge"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def setup(self, app: web.Application) -> None:
+        """Install the edge's state: the codecs, the parse memo, the model's limits."""
+        app[CODECS] = make_codecs(self.settings)
+        app[PARSE_MEMO] = Memo()
+        app[MODEL_INFO] = ModelInfo(self.settings.backend_urls)
+
+    def snapshot(self) -> dict[str, Any]:
+        """No figures of its own in the metrics file."""
+        return {}
 
 
 @web.middleware

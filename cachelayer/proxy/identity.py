@@ -23,7 +23,6 @@ def digest(data: bytes) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
-@functools.lru_cache(maxsize=1024)  # pure, and asked twice per request
 def tenant_id(authorization: str | None, api_key: str | None) -> str:
     """A one-way id for the client's credential; the credential itself is never kept.
 
@@ -40,7 +39,8 @@ def tenant_id(authorization: str | None, api_key: str | None) -> str:
 
 
 def request_tenant(headers: Mapping[str, str]) -> str:
-    """The tenant of a request's headers: its Authorization, x-api-key or api-key."""
+    """The tenant of a request's headers: its Authorization, x-api-key or api-key (the
+    edge computes it once per request, into `Exchange.tenant`)."""
     return tenant_id(headers.get("Authorization"),
                      headers.get("x-api-key") or headers.get("api-key"))
 

@@ -1,25 +1,22 @@
-"""Typed keys for app-wide state and per-request state; no module-level state elsewhere."""
+"""What every layer shares: the per-request `Exchange`, its `CacheStatus` and
+`PrefixIds`, and the settings key.
+
+Each layer's own app state lives in typed keys in that layer's package, registered by
+its layer object (`proxy/layer.py`); this module imports no layer, so every layer can
+import it.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import enum
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 
 from cachelayer.config import Settings
 from cachelayer.protocol.chat import ChatRequest, ChatResult, Usage
 from cachelayer.protocol.codec import Codec
-from cachelayer.proxy.forward.pool import UpstreamPool
-from cachelayer.proxy.forward.progress import Prefills
-from cachelayer.proxy.prefix.stabilize import PrefixIds
-from cachelayer.proxy.store.backends.base import AnswerStore
-from cachelayer.proxy.store.backends.redis_ledger import SharedLedger
-from cachelayer.telemetry.ledger import Ledger
+from cachelayer.proxy.identity import ANONYMOUS_TENANT
 
 
 class CacheStatus(str, enum.Enum):
@@ -31,6 +28,17 @@ class CacheStatus(str, enum.Enum):
     BYPASS = "BYPASS"
 
 
+@dataclass(frozen=True)
+class PrefixIds:
+    """The identity of a request's stable prefix: its tools, its system prompt, both
+    (layer 1 computes it in prefix/stabilize.py; layer 3 routes by it)."""
+
+    tools_hash: str
+    system_hash: str
+    prefix_id: str
+    tools: int
+
+
 @dataclass
 class Exchange:
     """What the layers learn about one proxied request as it passes through them."""
@@ -38,6 +46,10 @@ class Exchange:
     chat: ChatRequest
     codec: Codec
     fingerprint: str | None = None  # digest of route + raw body, for the layers' memos
+    # The one-way id of the request's credential (proxy/identity.py), computed once at
+    # the edge: the store key, layer 1's client, the backend's KV salt and the
+    # conversation records all read it from here.
+    tenant: str = ANONYMOUS_TENANT
     cache_status: CacheStatus = CacheStatus.BYPASS
     prefix: PrefixIds | None = None
     result: ChatResult | None = None
@@ -47,36 +59,5 @@ class Exchange:
     first_token_ms: float | None = None  # a stream's first content (its prefill's end)
 
 
-@dataclass
-class Background:
-    """Writes still running off the request path; awaited at shutdown."""
-
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run a coroutine in the background and keep a reference until it ends."""
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    def __len__(self) -> int:
-        return len(self.tasks)
-
-    async def drain(self) -> None:
-        """Wait for every background write to finish."""
-        while self.tasks:
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
-
-
 SETTINGS = web.AppKey("settings", Settings)
-STORE = web.AppKey("store", AnswerStore)
-POOL = web.AppKey("pool", UpstreamPool)
-# Only with --store redis://: the ledger's shared half (absent otherwise: use app.get()).
-SHARED = web.AppKey("shared_ledger", SharedLedger)
-LEDGER = web.AppKey("ledger", Ledger)
-UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
-BACKGROUND = web.AppKey("background", Background)
-STARTED_AT = web.AppKey("started_at", float)
-# Streamed requests waiting for their first token, with the backend's prefill progress.
-PREFILLS = web.AppKey("prefills", Prefills)
 EXCHANGE = web.RequestKey("exchange", Exchange)

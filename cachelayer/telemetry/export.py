@@ -1,39 +1,35 @@
-"""The metrics export: `.anyclaude-cache-metrics.json`, a superset of anyclaude's file.
+"""The metrics document (`.anyclaude-cache-metrics.json`, `/cache/stats`), a superset of
+anyclaude's file, rendered from the layers' snapshots.
 
 anyclaude's top-level names and types stay as they were (hitRate and tokenSavings are
 strings with two decimals) so scripts that read it keep working; cachelayer's own
-per-layer numbers sit beside them under `layers`.
+per-layer numbers sit beside them under `layers`. Everything here takes plain data: the
+proxy's observer (proxy/observe.py) collects the snapshots, `cachelayer stats` reads a
+ledger or Redis directly.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import orjson
-from aiohttp import web
 
-from cachelayer.backend.kv_files import kv_stats
 from cachelayer.fs import write_atomic
-from cachelayer.periodic import Periodic
-from cachelayer.proxy.prefix.ledger import (
+from cachelayer.telemetry import counters as c
+from cachelayer.telemetry.prefix_records import (
     WARM_WINDOW_S,
     PrefixRecord,
     top_entries,
     warm_prefixes,
 )
-from cachelayer.proxy.state import LEDGER, POOL, PREFILLS, SETTINGS, SHARED, STARTED_AT, STORE
-from cachelayer.telemetry import counters as c
 from cachelayer.telemetry.sessions import session_rows
 
-log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
-
+# A layer's snapshot by the layer's name (proxy/layer.py): "prefix", "store", "forward".
+Snapshots = Mapping[str, Mapping[str, Any]]
 
 
 def _named(totals: Mapping[str, int], prefix: str) -> dict[str, int]:
@@ -130,89 +126,29 @@ def write_metrics_file(path: Path, document: Mapping[str, Any]) -> None:
     """Export the metrics document atomically, pretty-printed for people and scripts."""
     write_atomic(path, orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
 
-def store_stats(app: web.Application) -> dict[str, Any]:
-    """Live numbers of the response store (blocking for diskcache: call it off the loop)."""
-    return app[STORE].snapshot()
 
-
-def routing_stats(app: web.Application) -> dict[str, Any] | None:
-    """Each backend's numbers, when the proxy routes over several; None with one."""
-    pool = app.get(POOL)
-    if pool is None or not pool.routed:
-        return None
-    return {"mode": pool.mode.value, "backends": pool.snapshot()}
-
-
-def metrics_document(app: web.Application) -> dict[str, Any]:
-    """The metrics document as of now (blocking: reads the ledger and kv dir from disk).
+def metrics_document(layers: Snapshots, *, runtime_ms: int,
+                     kv: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The metrics document from the layers' snapshots and the backend's kv stats.
 
     With a shared store the top level holds the totals of every proxy on it, and
     `thisProxy` this proxy's own (kept in its data dir, across its restarts)."""
-    settings, ledger = app[SETTINGS], app[LEDGER]
-    runtime_ms = int((time.time() - app[STARTED_AT]) * 1000)
-    kv = kv_stats(settings.kv_dir) if settings.kv_dir.is_dir() else None
-    if kv and isinstance(kv.get("min_tokens"), int):
-        ledger.prefixes.persist_min_tokens = kv["min_tokens"]
-    store = store_stats(app)
-    doc = build_metrics(ledger.totals(), runtime_ms=runtime_ms, store=store, kv=kv,
-                        prefixes=ledger.prefixes.records())
-    shared = app.get(SHARED)
+    prefix, store_layer, forward = layers["prefix"], layers["store"], layers["forward"]
+    store = store_layer.get("store") or {}
+    doc = build_metrics(prefix["totals"], runtime_ms=runtime_ms, store=store, kv=kv,
+                        prefixes=prefix["prefixes"])
+    shared = store_layer.get("shared")
     if shared is not None:
         own = doc
-        doc = build_metrics(shared.totals(), runtime_ms=runtime_ms, store=store, kv=kv,
-                            prefixes=shared.records())
+        doc = build_metrics(shared["totals"], runtime_ms=runtime_ms, store=store, kv=kv,
+                            prefixes=shared["prefixes"])
         doc["thisProxy"] = {"metrics": own["metrics"], "layers": own["layers"],
                             "topEntries": own["topEntries"]}
-        doc["shared"] = {"store": settings.store_label, "error": shared.error}
-    routing = routing_stats(app)
+        doc["shared"] = {"store": shared["label"], "error": shared["error"]}
+    routing = forward.get("routing")
     if routing is not None:
         doc["layers"]["routing"] = routing
     # Streamed requests still prefilling: what a long first turn is doing right now.
-    doc["prefills"] = app[PREFILLS].snapshot()
-    doc["sessions"] = session_rows(ledger.sessions.records())
+    doc["prefills"] = forward.get("prefills", [])
+    doc["sessions"] = session_rows(prefix["sessions"])
     return doc
-
-
-def export_metrics(app: web.Application) -> None:
-    """Rewrite the metrics file atomically (blocking; the ledger was flushed just before)."""
-    write_metrics_file(app[SETTINGS].metrics_file, metrics_document(app))
-
-
-async def sync_ledger(app: web.Application) -> None:
-    """Flush the ledger off the loop, then push it to the shared store and read the
-    shared totals back (when there is one)."""
-    await asyncio.get_running_loop().run_in_executor(None, app[LEDGER].flush)
-    shared = app.get(SHARED)
-    if shared is not None:
-        await shared.sync()
-
-
-async def export_cycle(app: web.Application) -> None:
-    """One export: flush (and share) the ledger, rewrite the metrics file."""
-    await sync_ledger(app)
-    await asyncio.get_running_loop().run_in_executor(None, export_metrics, app)
-
-
-async def export_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Cleanup context: export every few seconds, and once more on the way out."""
-    exporter = Periodic(lambda: _export_tick(app), app[SETTINGS].metrics_interval_s,
-                        name="metrics export")
-    exporter.start()
-    yield
-    await exporter.stop()
-
-
-async def final_export(app: web.Application) -> None:
-    """The last export at shutdown, after background writes have drained."""
-    try:
-        await export_cycle(app)
-    except OSError as exc:
-        log.error("could not write the metrics file at shutdown: %s", exc)
-
-
-async def _export_tick(app: web.Application) -> None:
-    """One periodic export; a disk that refuses is logged, and tried again next time."""
-    try:
-        await export_cycle(app)
-    except OSError as exc:
-        log.warning("could not write the metrics file: %s", exc)

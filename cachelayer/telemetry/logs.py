@@ -1,33 +1,24 @@
-"""Request ids in every log line, one structured access line per request, no secrets.
+"""Request ids in every log line, and no secrets in any.
 
 The request id comes from the client's `X-Request-Id` (when it is a sane token) or is
-made here; it is echoed in the response and carried by a context variable, so every
-log record emitted while serving the request names it.
+made by `RequestIds`; the access middleware (proxy/access.py) echoes it in the response
+and sets the context variables here, so every log record emitted while serving the
+request names it and none carries the request's credentials.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import itertools
 import logging
 import re
 import secrets
-import time
 from collections.abc import Mapping
 from contextvars import ContextVar
 
-from aiohttp import web
-from aiohttp.typedefs import Handler
-
-from cachelayer.proxy.state import EXCHANGE
-from cachelayer.telemetry.access import log_access
-from cachelayer.telemetry.prometheus import UPSTREAM_LATENCY
-
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
-REQUEST_ID_KEY = web.RequestKey("request_id", str)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s rid=%(request_id)s %(message)s"
-_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 # The credentials of the request being served: no log line may carry them, even when an
@@ -98,8 +89,6 @@ def configure_logging(level: str, hidden: tuple[str, ...] = ()) -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
-
-
 class RequestIds:
     """Request ids unique across restarts: a random prefix per process, then a counter
     (cheaper than a uuid4 per request)."""
@@ -111,37 +100,3 @@ class RequestIds:
     def next(self) -> str:
         """A new 16-character id."""
         return f"{self.prefix}{next(self._counter):06x}"[:16]
-
-
-REQUEST_IDS = web.AppKey("request_ids", RequestIds)
-
-
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Name the request, log one access line for it, time its upstream call."""
-    offered = request.headers.get("X-Request-Id", "")
-    rid = offered if _SANE_ID.match(offered) else request.app[REQUEST_IDS].next()
-    request[REQUEST_ID_KEY] = rid
-    token = REQUEST_ID.set(rid)
-    secrets_token = SECRETS.set(request_secrets(request.headers))
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    except asyncio.CancelledError:
-        status = 499  # the client went away
-        raise
-    finally:
-        exchange = request.get(EXCHANGE)
-        if exchange is not None and exchange.upstream_ms is not None:
-            request.app[UPSTREAM_LATENCY].observe(exchange.upstream_ms / 1000)
-        log_access(request, status, started)
-        REQUEST_ID.reset(token)
-        SECRETS.reset(secrets_token)
-
-

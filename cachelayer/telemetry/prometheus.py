@@ -1,20 +1,17 @@
-"""GET /metrics: the ledger's counters, the store's and layer 1's gauges, the upstream
-latency histogram."""
+"""The Prometheus text of `GET /metrics`, rendered from the layers' snapshots: the
+ledger's counters, the store's and layer 1's gauges, the upstream latency histogram."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from bisect import bisect_left
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
-from cachelayer.proxy.prefix.ledger import WARM_WINDOW_S, warm_prefixes
-from cachelayer.proxy.state import LEDGER, POOL, SETTINGS, SHARED, STORE
 from cachelayer.telemetry.counters import PROMETHEUS_COUNTERS, REQUESTS, RESPONSE_HITS
-from cachelayer.telemetry.kv_memory import exported_kv_stats, kv_memory_lines
+from cachelayer.telemetry.kv_memory import kv_memory_lines
+from cachelayer.telemetry.prefix_records import WARM_WINDOW_S, warm_prefixes
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -47,31 +44,32 @@ class Histogram:
         return lines
 
 
-UPSTREAM_LATENCY = web.AppKey("upstream_latency", Histogram)
-
-
-def render_prometheus(app: web.Application) -> str:
-    """The exposition text (blocking: reads the ledger)."""
-    totals = app[LEDGER].totals()
+def render_prometheus(layers: Mapping[str, Mapping[str, Any]],
+                      kv: Mapping[str, Any]) -> str:
+    """The exposition text from the layers' snapshots (proxy/layer.py) and the backend's
+    exported kv stats."""
+    prefix, store_layer, forward = layers["prefix"], layers["store"], layers["forward"]
+    totals = prefix["totals"]
     lines: list[str] = []
     for spec in PROMETHEUS_COUNTERS:
         lines += [f"# HELP {spec.metric} {spec.help}", f"# TYPE {spec.metric} counter",
                   f"{spec.metric} {totals.get(spec.counter, 0)}"]
-    store = app[STORE].snapshot()
+    store = store_layer.get("store") or {}
     lines += ["# HELP cachelayer_response_store_bytes Bytes the response store uses.",
               "# TYPE cachelayer_response_store_bytes gauge",
               f"cachelayer_response_store_bytes {store.get('bytes') or 0}",
               "# HELP cachelayer_response_store_degraded 1 when the store cannot write.",
               "# TYPE cachelayer_response_store_degraded gauge",
               f"cachelayer_response_store_degraded {int(store.get('degraded') is not None)}"]
-    warm = warm_prefixes(app[LEDGER].prefixes.records(), time.time())
+    warm = warm_prefixes(dict(prefix["prefixes"]), time.time())
     lines += [f"# HELP cachelayer_prefix_warm Distinct stable prefixes used in the last "
               f"{int(WARM_WINDOW_S)} s.",
               "# TYPE cachelayer_prefix_warm gauge",
               f"cachelayer_prefix_warm {warm}"]
-    lines += scale_out_lines(app, store)
-    lines += kv_memory_lines(exported_kv_stats(app[SETTINGS].kv_dir))
-    lines += app[UPSTREAM_LATENCY].render(
+    lines += scale_out_lines(store, store_layer.get("shared"), forward.get("routing"))
+    lines += kv_memory_lines(dict(kv))
+    latency: Histogram = forward["upstream_latency"]
+    lines += latency.render(
         "cachelayer_upstream_latency_seconds",
         "Time from forwarding a miss to the upstream's first answer byte.")
     return "\n".join(lines) + "\n"
@@ -82,25 +80,24 @@ def _family(name: str, help_text: str, kind: str, samples: list[tuple[str, Any]]
     return lines + [f"{name}{labels} {value}" for labels, value in samples]
 
 
-def scale_out_lines(app: web.Application, store: dict[str, Any]) -> list[str]:
+def scale_out_lines(store: Mapping[str, Any], shared: Mapping[str, Any] | None,
+                    routing: Mapping[str, Any] | None) -> list[str]:
     """Redis's evictions, the shared totals, and each backend, where they exist."""
     lines: list[str] = []
     if "evictedKeys" in store:
         lines += _family("cachelayer_redis_evicted_keys",
                          "Keys Redis evicted under maxmemory (INFO stats evicted_keys).",
                          "gauge", [("", store["evictedKeys"])])
-    shared = app.get(SHARED)
     if shared is not None:
-        totals = shared.totals()
+        totals = shared["totals"]
         lines += _family("cachelayer_shared_requests_total",
                          "Completions answered by every proxy on the shared store.", "counter",
                          [("", totals.get(REQUESTS, 0))])
         lines += _family("cachelayer_shared_response_hits_total",
                          "Store hits of every proxy on the shared store.", "counter",
                          [("", totals.get(RESPONSE_HITS, 0))])
-    pool = app.get(POOL)
-    if pool is not None and pool.routed:
-        backends = pool.snapshot()
+    if routing is not None:
+        backends = routing["backends"]
         for field_name, name, help_text, kind in (
                 ("requests", "cachelayer_backend_requests_total", "Requests sent.", "counter"),
                 ("errors", "cachelayer_backend_errors_total", "Requests failed.", "counter"),
@@ -111,11 +108,3 @@ def scale_out_lines(app: web.Application, store: dict[str, Any]) -> list[str]:
                              [(f'{{backend="{b["url"]}"}}', int(b[field_name]))
                               for b in backends])
     return lines
-
-
-async def metrics(request: web.Request) -> web.Response:
-    """GET /metrics in Prometheus text format."""
-    loop = asyncio.get_running_loop()
-    text = await loop.run_in_executor(None, render_prometheus, request.app)
-    return web.Response(text=text, content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})

@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from cachelayer.config import MiB, Settings
-from cachelayer.proxy.state import BACKGROUND
+from cachelayer.proxy.background import BACKGROUND
 from tests.support import http
 from tests.support.fake_upstream import FakeUpstream, default_reply
 from tests.support.servers import RunningServer

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from cachelayer.proxy.app import make_app
-from cachelayer.proxy.state import STORE
+from cachelayer.proxy.store.layer import STORE
 from tests.hardening.helpers import (
     BODY_LIMIT,
     SUMMARY,

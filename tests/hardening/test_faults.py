@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 
 from cachelayer.config import Settings
-from cachelayer.proxy.state import LEDGER, STORE
+from cachelayer.proxy.prefix.ledger import LEDGER, Ledger
 from cachelayer.proxy.store.backends.disk import ResponseStore
-from cachelayer.telemetry.ledger import Ledger
+from cachelayer.proxy.store.layer import STORE
 from tests.hardening.helpers import (
     SUMMARY,
     CountingUpstream,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from cachelayer.proxy.app import make_app
-from cachelayer.proxy.state import STORE
+from cachelayer.proxy.store.layer import STORE
 from tests.hardening.helpers import CountingUpstream, error_message, hardened_settings
 from tests.hardening.helpers import wait_for_writes as settle
 from tests.support import http

@@ -14,7 +14,7 @@ import pytest
 
 from cachelayer.proxy.app import make_app
 from cachelayer.proxy.responses.middleware import RESPONSE_STATES
-from cachelayer.proxy.state import STORE
+from cachelayer.proxy.store.layer import STORE
 from tests.hardening.helpers import (
     CountingUpstream,
     error_message,

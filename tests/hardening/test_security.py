@@ -20,7 +20,8 @@ from cachelayer.cli.serve import is_loopback
 from cachelayer.config import Settings
 from cachelayer.errors import AuthenticationRequired, Forbidden
 from cachelayer.proxy.routes.admin import require_admin
-from cachelayer.proxy.state import SETTINGS, STORE
+from cachelayer.proxy.state import SETTINGS
+from cachelayer.proxy.store.layer import STORE
 from tests.hardening.helpers import (
     SUMMARY,
     CountingUpstream,

@@ -25,10 +25,11 @@ from cachelayer.protocol.sse import render_sse
 from cachelayer.proxy.conversation import AFFINITY, conversation_of
 from cachelayer.proxy.forward.errors import UPSTREAM_FAILURES, upstream_error
 from cachelayer.proxy.forward.keepalive import Downstream
-from cachelayer.proxy.forward.pool import Backend
+from cachelayer.proxy.forward.layer import POOL
+from cachelayer.proxy.forward.pool import Upstream
 from cachelayer.proxy.forward.relay import relay_stream
 from cachelayer.proxy.forward.upstream import open_completion
-from cachelayer.proxy.state import EXCHANGE, POOL, Exchange
+from cachelayer.proxy.state import EXCHANGE, Exchange
 from cachelayer.proxy.supervisor import SUPERVISOR, unavailable
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def routing_key(exchange: Exchange) -> str:
 
 
 async def open_routed(request: web.Request, exchange: Exchange
-                      ) -> tuple[Backend, aiohttp.ClientResponse, str]:
+                      ) -> tuple[Upstream, aiohttp.ClientResponse, str]:
     """Open the upstream answer on the chosen backend, or on the next one while backends
     refuse connections (a request is never sent twice to a backend that took it)."""
     pool = request.app[POOL]
@@ -83,7 +84,7 @@ async def handle_completion(request: web.Request) -> web.StreamResponse:
 
 
 async def open_supervised(request: web.Request, exchange: Exchange
-                          ) -> tuple[Backend, aiohttp.ClientResponse, str]:
+                          ) -> tuple[Upstream, aiohttp.ClientResponse, str]:
     """open_routed, with our embedded backend's restarts answered as 503."""
     supervisor = request.app.get(SUPERVISOR)
     if supervisor is not None and not supervisor.up:
@@ -123,7 +124,7 @@ async def _handle_streamed(request: web.Request, exchange: Exchange) -> web.Stre
         downstream.first_token()
 
 
-async def _answer(request: web.Request, exchange: Exchange, backend: Backend,
+async def _answer(request: web.Request, exchange: Exchange, backend: Upstream,
                   upstream: aiohttp.ClientResponse, url: str, started: float,
                   downstream: Downstream | None) -> web.StreamResponse:
     """Relay or render the opened upstream answer; account it on its backend."""

@@ -23,8 +23,9 @@ from aiohttp import web
 
 from cachelayer.protocol.codec import StreamRenderer
 from cachelayer.protocol.sse import SSE_HEADERS
+from cachelayer.proxy.forward.layer import PREFILLS
 from cachelayer.proxy.forward.progress import PrefillProgress
-from cachelayer.proxy.state import EXCHANGE, PREFILLS, SETTINGS
+from cachelayer.proxy.state import EXCHANGE, SETTINGS
 from cachelayer.telemetry.logs import REQUEST_ID
 
 T = TypeVar("T")

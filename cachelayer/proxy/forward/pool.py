@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Backend:
-    """One upstream and what it did for this proxy since start."""
+class Upstream:
+    """One upstream (a `cachelayer backend` or any OpenAI-compatible server) and what it
+    did for this proxy since start."""
 
     url: str
     healthy: bool = True
@@ -52,7 +53,7 @@ class UpstreamPool:
     """Every upstream, its health, and the routing rule."""
 
     def __init__(self, settings: Settings) -> None:
-        self.backends = {url: Backend(url) for url in settings.backend_urls}
+        self.backends = {url: Upstream(url) for url in settings.backend_urls}
         self.mode = settings.routing
         self.balance = settings.routing_balance
         self.interval_s = settings.health_interval_s
@@ -64,7 +65,7 @@ class UpstreamPool:
         """True when there is a choice to make (more than one upstream)."""
         return len(self.backends) > 1
 
-    def candidates(self, key: str) -> list[Backend]:
+    def candidates(self, key: str) -> list[Upstream]:
         """Backends in the order to try them for this routing key. Every backend is a
         last resort when none is healthy (the checks may simply be behind)."""
         if not self.routed:
@@ -88,7 +89,7 @@ class UpstreamPool:
         return next((b.url for b in self.backends.values() if b.healthy),
                     next(iter(self.backends)))
 
-    def failed(self, backend: Backend, reason: str) -> None:
+    def failed(self, backend: Upstream, reason: str) -> None:
         """A connection to the backend failed: out of the ring until a check passes."""
         backend.last_error = reason
         if self.routed and backend.healthy:
@@ -96,7 +97,7 @@ class UpstreamPool:
             backend.down_since = time.time()
             log.warning("upstream %s left the ring: %s", backend.url, reason)
 
-    def account(self, backend: Backend, usage: Usage | None, *, ok: bool) -> None:
+    def account(self, backend: Upstream, usage: Usage | None, *, ok: bool) -> None:
         """Count one request the backend served (or failed)."""
         backend.requests += 1
         if not ok:
@@ -109,7 +110,7 @@ class UpstreamPool:
         """One round of health checks, all backends at once."""
         await asyncio.gather(*(self._check_one(session, b) for b in self.backends.values()))
 
-    async def _check_one(self, session: aiohttp.ClientSession, backend: Backend) -> None:
+    async def _check_one(self, session: aiohttp.ClientSession, backend: Upstream) -> None:
         timeout = aiohttp.ClientTimeout(total=max(0.5, self.interval_s))
         try:
             async with session.get(backend.url + "/health", timeout=timeout) as response:

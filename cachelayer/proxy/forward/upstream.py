@@ -1,19 +1,21 @@
-"""The upstream client: one pooled aiohttp session, and opening a completion call on it.
+"""Calls on the upstream: opening a completion, and asking it to count tokens.
 
-The forwarder always speaks OpenAI's API upstream. A request's own credential rides
-along (the upstream may need it); nothing else from the client's headers does.
+The forwarder always speaks OpenAI's API upstream, on the pooled client session the
+forward layer opens (layer.py). A request's own credential rides along (the upstream
+may need it); nothing else from the client's headers does.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 
 from cachelayer.errors import BackendDown, UpstreamStatusError
-from cachelayer.periodic import Periodic
 from cachelayer.protocol.chat import Kind
 from cachelayer.protocol.openai import upstream_body
 from cachelayer.proxy.forward.errors import (
@@ -22,28 +24,31 @@ from cachelayer.proxy.forward.errors import (
     error_message,
     upstream_error,
 )
-from cachelayer.proxy.forward.pool import UpstreamPool
-from cachelayer.proxy.identity import ANONYMOUS_TENANT, kv_salt, request_tenant
-from cachelayer.proxy.state import POOL, SETTINGS, UPSTREAM, Exchange
-from cachelayer.telemetry.logs import REQUEST_ID_KEY
+from cachelayer.proxy.forward.layer import POOL, UPSTREAM
+from cachelayer.proxy.identity import ANONYMOUS_TENANT, kv_salt
+from cachelayer.proxy.state import SETTINGS, Exchange
+from cachelayer.telemetry.logs import REQUEST_ID
 
+log = logging.getLogger(__name__)
 TENANT_HEADER = "X-Cachelayer-Tenant"
 PATHS: dict[Kind, str] = {"chat": "/v1/chat/completions", "text": "/v1/completions"}
 _ERROR_BODY_LIMIT = 64 * 1024
+COUNT_ROUTE = "/v1/cachelayer/count_tokens"
+# Counting is a tokenizer pass, not a generation: a slow answer means something is wrong.
+_COUNT_TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 
-def forwarded_headers(request: web.Request) -> dict[str, str]:
+def forwarded_headers(request: web.Request, tenant: str) -> dict[str, str]:
     """The headers an upstream call carries: JSON, the request id, the client's
     Authorization if any, and the tenant salt that scopes the backend's KV reuse (unless
     --share-kv)."""
     headers = {"Content-Type": "application/json"}
-    rid = request.get(REQUEST_ID_KEY)
-    if rid:
+    rid = REQUEST_ID.get()
+    if rid != "-":
         # The backend's log lines about this request carry the same id as ours.
         headers["X-Request-Id"] = rid
     if "Authorization" in request.headers:
         headers["Authorization"] = request.headers["Authorization"]
-    tenant = request_tenant(request.headers)
     if tenant != ANONYMOUS_TENANT and not request.app[SETTINGS].share_kv:
         headers[TENANT_HEADER] = kv_salt(tenant)
     return headers
@@ -58,8 +63,8 @@ async def open_completion(
     url = base_url + PATHS[exchange.chat.kind]
     body = orjson.dumps(upstream_body(exchange.chat))
     try:
-        response = await request.app[UPSTREAM].post(url, data=body,
-                                                     headers=forwarded_headers(request))
+        response = await request.app[UPSTREAM].post(
+            url, data=body, headers=forwarded_headers(request, exchange.tenant))
     except NEVER_REACHED as exc:
         raise BackendDown(upstream_error(exc, url, "connect")) from exc
     except UPSTREAM_FAILURES as exc:
@@ -72,23 +77,26 @@ async def open_completion(
     return response, url
 
 
-async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Cleanup context: the pooled client session every upstream call uses."""
-    settings = app[SETTINGS]
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
-    )
-    connector = aiohttp.TCPConnector(limit=256, ttl_dns_cache=300)
-    pool = app[POOL] = UpstreamPool(settings)
-    # No cookie jar: cookies one upstream answer sets must never ride on another
-    # client's request.
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector,
-                                     cookie_jar=aiohttp.DummyCookieJar()) as session:
-        app[UPSTREAM] = session
-        # Health checks only when there is a choice of backend to make.
-        checks = Periodic(lambda: pool.check(session), pool.interval_s,
-                          name="upstream health checks", immediately=True)
-        if pool.routed:
-            checks.start()
-        yield
-        await checks.stop()
+async def upstream_count(request: web.Request, body: dict[str, Any]) -> int | None:
+    """The upstream's own count for an OpenAI chat body, or None when it cannot give one
+    (cachelayer's backend counts with the real tokenizer and chat template)."""
+    url = request.app[POOL].first_healthy() + COUNT_ROUTE
+    headers = {"Content-Type": "application/json"}
+    if "Authorization" in request.headers:
+        headers["Authorization"] = request.headers["Authorization"]
+    try:
+        async with request.app[UPSTREAM].post(url, data=orjson.dumps(body), headers=headers,
+                                              timeout=_COUNT_TIMEOUT) as response:
+            if response.status != 200:
+                if response.status != 404:
+                    log.info("upstream count_tokens answered %d; estimating", response.status)
+                return None
+            answer = orjson.loads(await response.read())
+    except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
+        log.info("upstream count_tokens failed (%s); estimating", exc)
+        return None
+    count = answer.get("input_tokens") if isinstance(answer, dict) else None
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        log.info("upstream count_tokens answered no usable count; estimating")
+        return None
+    return count

@@ -1,336 +1,176 @@
-"""The token-savings ledger per stable prefix: what each prefix cost and what reuse saved.
+"""The token-savings ledger: persistent counters (what every layer did), per-prefix and
+per-conversation records, surviving restarts and shared by processes.
 
-Records are kept per prefix id, merged in memory and written with the counters (one
-transaction every few seconds), so two proxies sharing a data dir add up. Reuse is
-measured from the backend's `cached_tokens`; where a backend reports nothing, an
-estimate is kept apart and marked as one.
+It is layer 1's state (the prefix layer opens and closes it); the other layers count into
+it through the `LEDGER` key with the names in telemetry/counters.py.
 
-Each answered request is one of: a hit (the backend reused at least the prefix's length
-in tokens, and the prefix was answered before), partial (fewer tokens reused), a miss
-(none), or a store replay (the backend was not asked). Partial and miss carry a reason.
+Counting on the hot path only touches a dict; `flush()` (run off the event loop every
+few seconds and at shutdown) adds the pending deltas to a diskcache in one transaction
+with `incr`, so two proxies sharing a data dir add up instead of overwriting each other.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+import tempfile
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import diskcache
+from aiohttp import web
 
+from cachelayer.fs import ensure_private_dir
 from cachelayer.protocol.chat import Usage
-from cachelayer.proxy.prefix.stabilize import PrefixIds
-from cachelayer.telemetry.counters import MissReason
+from cachelayer.proxy.prefix.prefixes import PrefixLedger
+from cachelayer.telemetry import counters as c
+from cachelayer.telemetry.sessions import SessionLedger
 
 log = logging.getLogger(__name__)
-PREFIX_KEY = "p:"
-MAX_CLIENTS = 4096
-MAX_KNOWN = 4096
-# The backend counts a prefix as tools + system rendered with the chat template's closing
-# and generation header; its own checkpoint at the system's end stops before those few
-# tokens, so a reuse that falls short of the count by at most this much covers the prefix.
-PREFIX_SLACK_TOKENS = 8
-# "Warm" prefixes: distinct prefixes used this recently (what the backend's LRU of prompt
-# caches is likely to hold; mlx-lm keeps 10 by default).
-WARM_WINDOW_S = 600.0
-# What one answered request was, for the prefix it carried.
-HIT = "hit"          # the backend reused at least the whole stable prefix, seen before
-PARTIAL = "partial"  # it reused some tokens, fewer than the prefix (or a first request)
-MISS = "miss"        # it reused nothing
-STORE = "store"      # layer 2 answered; the backend was not asked
+_COUNTER_PREFIX = "c:"
+_CREATED_KEY = "meta:created"
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """How one request used its prefix, and why it was not a hit (None for hits)."""
-
-    category: str
-    reason: MissReason | None = None
+def _open(directory: Path) -> diskcache.Cache:
+    return diskcache.Cache(str(directory), size_limit=2**40, cull_limit=0)
 
 
-@dataclass
-class PrefixRecord:
-    """Everything the ledger knows about one prefix id."""
+class Ledger:
+    """Counters by dotted name (`response.hits`, `tokens.reused`, ...)."""
 
-    tools: int = 0
-    first_seen: float = 0.0
-    last_seen: float = 0.0
-    requests: int = 0
-    hits: int = 0
-    partial: int = 0
-    misses: int = 0
-    prompt_tokens: int = 0
-    reused_tokens: int = 0
-    estimated_reused_tokens: int = 0
-    store_hits: int = 0
-    store_tokens_saved: int = 0
-    min_prompt_tokens: int = 0
-    prefix_tokens: int = 0
-    prefix_tokens_estimated: bool = True
-    reasons: dict[str, int] = field(default_factory=dict)
-    last_miss_reason: str | None = None
-
-    def merge(self, other: PrefixRecord) -> None:
-        """Add another record's counts into this one (other is the newer)."""
-        # Spelled out, not a getattr loop: this runs once per answered request.
-        self.requests += other.requests
-        self.hits += other.hits
-        self.partial += other.partial
-        self.misses += other.misses
-        self.prompt_tokens += other.prompt_tokens
-        self.reused_tokens += other.reused_tokens
-        self.estimated_reused_tokens += other.estimated_reused_tokens
-        self.store_hits += other.store_hits
-        self.store_tokens_saved += other.store_tokens_saved
-        self.tools = other.tools or self.tools
-        self.first_seen = _min_set(self.first_seen, other.first_seen)
-        self.last_seen = max(self.last_seen, other.last_seen)
-        self.min_prompt_tokens = int(_min_set(self.min_prompt_tokens, other.min_prompt_tokens))
-        # A measured size beats an estimate; the newer of two of a kind wins.
-        if other.prefix_tokens and (not other.prefix_tokens_estimated
-                                    or self.prefix_tokens_estimated or not self.prefix_tokens):
-            self.prefix_tokens = other.prefix_tokens
-            self.prefix_tokens_estimated = other.prefix_tokens_estimated
-        for reason, n in other.reasons.items():
-            self.reasons[reason] = self.reasons.get(reason, 0) + n
-        self.last_miss_reason = other.last_miss_reason or self.last_miss_reason
-
-    @classmethod
-    def from_dict(cls, raw: Any) -> PrefixRecord:
-        """Rebuild from what was stored, ignoring unknown fields."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in names}) if isinstance(
-            raw, dict) else cls()
-
-
-def _min_set(a: float, b: float) -> float:
-    """The smaller of two values where 0 means 'not set'."""
-    if not a:
-        return b
-    return min(a, b) if b else a
-
-
-def change_reason(previous: tuple[str, str] | None, ids: PrefixIds) -> MissReason:
-    """What changed from the client's previous prefix, for a prefix seen the first time."""
-    if previous is None:
-        return MissReason.NEW_SESSION
-    tools_changed = previous[0] != ids.tools_hash
-    system_changed = previous[1] != ids.system_hash
-    if tools_changed and system_changed:
-        return MissReason.BOTH_CHANGED
-    if tools_changed:
-        return MissReason.TOOLS_CHANGED
-    return MissReason.SYSTEM_CHANGED
-
-
-def classify(reused: int, prefix_tokens: int, seen_before: bool) -> str:
-    """hit, partial or miss for a measured reuse (pure: the accounting rule itself).
-
-    A hit needs a prefix seen before and a reuse of at least its length: the first
-    request of a prefix is never a hit, whatever the backend shared with another one.
-    """
-    if seen_before and prefix_tokens and reused >= prefix_tokens - PREFIX_SLACK_TOKENS:
-        return HIT
-    return PARTIAL if reused > 0 else MISS
-
-
-class PrefixLedger:
-    """Per-prefix records, prefix sizes, and each client's last prefix (for the reason)."""
-
-    def __init__(self, cache: diskcache.Cache, io_lock: threading.RLock | None = None) -> None:
-        self._cache = cache
-        # Held from taking pending records until they are stored, and by records(): a
-        # read in between would miss them (see telemetry/ledger.py).
-        self._io = io_lock or threading.RLock()
-        self._pending: dict[str, PrefixRecord] = {}
-        self._clients: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        # Prefixes known to have been answered before, with their measured size (0: none).
-        self._known: OrderedDict[str, int] = OrderedDict()
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.open_error: str | None = None
+        # The last flush's failure (None once a flush succeeds again): /health shows it.
+        self.flush_error: str | None = None
+        try:
+            self._cache = _open(ensure_private_dir(directory))
+        except (OSError, sqlite3.Error) as exc:
+            # Keep counting for this process (a temporary dir) rather than refuse to start.
+            self.open_error = f"cannot open the ledger in {directory}: {exc}"
+            log.error("%s; counting in a temporary directory until restart", self.open_error)
+            self._cache = _open(Path(tempfile.mkdtemp(prefix="cachelayer-ledger-")))
+        self._pending: Counter[str] = Counter()
+        self._unsaved: Counter[str] = Counter()  # taken once, waiting for a working disk
+        # Also handed every flushed delta exactly once (the shared ledger in Redis).
+        self.on_flush: Callable[[Counter[str]], None] | None = None
         self._lock = threading.Lock()
-        # Also handed every flushed batch of records (the shared ledger in Redis).
-        self.on_flush: Callable[[dict[str, PrefixRecord]], None] | None = None
-        # The backend's --kv-min-tokens, as its exported stats say (0: unknown): a prompt
-        # below it was never on disk, so losing it is no eviction.
-        self.persist_min_tokens = 0
+        # Held by a flush from taking the pending deltas until they are on disk, and by a
+        # read of the totals: a read between the two would miss them (live stats that
+        # dip by a request's counts, then come back).
+        self._io = threading.RLock()
+        self._cache.add(_CREATED_KEY, time.time())
+        self.prefixes = PrefixLedger(self._cache, self._io)
+        self.sessions = SessionLedger(self._cache, self._io)
 
-    def measured_size(self, prefix_id: str) -> int | None:
-        """The backend-counted size of a prefix in tokens, if one is known in memory."""
-        with self._lock:
-            return self._known.get(prefix_id) or None
+    @property
+    def degraded(self) -> str | None:
+        """Why the counters are not safe on disk right now, or None."""
+        return self.open_error or self.flush_error
 
-    def set_size(self, prefix_id: str, tokens: int) -> None:
-        """Remember a prefix's size as the backend counted it (kept in its record too)."""
-        with self._lock:
-            if prefix_id in self._known:
-                self._known[prefix_id] = tokens
-            record = self._pending.setdefault(prefix_id, PrefixRecord())
-            record.merge(PrefixRecord(prefix_tokens=tokens, prefix_tokens_estimated=False))
-
-    def _seen_before(self, prefix_id: str) -> bool:
-        # Called under the lock. The stored record is read once per prefix per process.
-        if prefix_id in self._known:
-            self._known.move_to_end(prefix_id)
-            return True
-        pending = self._pending.get(prefix_id)
-        stored = PrefixRecord.from_dict(self._cache.get(PREFIX_KEY + prefix_id))
-        if pending is not None:
-            stored.merge(pending)
-        size = 0 if stored.prefix_tokens_estimated else stored.prefix_tokens
-        self._known[prefix_id] = size
-        while len(self._known) > MAX_KNOWN:
-            self._known.popitem(last=False)
-        return stored.requests > 0
-
-    def record(self, ids: PrefixIds, usage: Usage | None, *, from_store: bool,
-               client: str, estimate: Callable[[], int] | None = None,
-               now: float | None = None) -> Outcome:
-        """Account one answered request; `estimate` sizes the prefix when nothing measured it."""
-        now = time.time() if now is None else now
-        with self._lock:
-            seen = self._seen_before(ids.prefix_id)
-            previous = self._clients.pop(client, None)
-            self._clients[client] = (ids.tools_hash, ids.system_hash)
-            while len(self._clients) > MAX_CLIENTS:
-                self._clients.popitem(last=False)
-            delta = PrefixRecord(tools=ids.tools, first_seen=now, last_seen=now, requests=1)
-            prompt = usage.prompt_tokens if usage else 0
-            delta.prompt_tokens = prompt
-            delta.min_prompt_tokens = prompt
-            size = self._known.get(ids.prefix_id) or 0
-            if size:
-                delta.prefix_tokens, delta.prefix_tokens_estimated = size, False
-            elif estimate is not None and usage is not None and not from_store:
-                # Only a backend answer is classified against the prefix's size; a store
-                # replay needs none, and estimating costs two serialisations of the body.
-                delta.prefix_tokens = size = estimate()
-            if from_store:
-                delta.store_hits = 1
-                delta.store_tokens_saved = prompt + (usage.completion_tokens if usage else 0)
-                outcome = Outcome(STORE)
-            else:
-                if usage is not None and usage.cached_tokens is not None:
-                    delta.reused_tokens = usage.cached_tokens
-                    category = classify(usage.cached_tokens, size, seen)
-                else:
-                    # Nothing measured: a prefix seen before is taken to share at least its
-                    # shortest prompt, counted apart as an estimate.
-                    known = self._known_min_prompt(ids.prefix_id) if seen else 0
-                    delta.estimated_reused_tokens = min(known, prompt) if known else 0
-                    category = HIT if known else MISS
-                reason = None
-                if category != HIT:
-                    reason = (self._lost_reason(ids.prefix_id, prompt) if seen
-                              else change_reason(previous, ids))
-                    delta.reasons = {reason.value: 1}
-                    delta.last_miss_reason = reason.value
-                outcome = Outcome(category, reason)
-                delta.hits = int(category == HIT)
-                delta.partial = int(category == PARTIAL)
-                delta.misses = int(category == MISS)
-            self._pending.setdefault(ids.prefix_id, PrefixRecord()).merge(delta)
-        return outcome
-
-    def _lost_reason(self, prefix_id: str, prompt: int) -> MissReason:
-        # Called under the lock, for a prefix seen before that the backend did not reuse.
-        shortest = self._known_min_prompt(prefix_id) or prompt
-        if 0 < min(shortest, prompt) < self.persist_min_tokens:
-            return MissReason.TOO_SHORT
-        return MissReason.EVICTED
-
-    def _known_min_prompt(self, prefix_id: str) -> int:
-        pending = self._pending.get(prefix_id)
-        if pending is not None and pending.min_prompt_tokens:
-            return pending.min_prompt_tokens
-        stored = PrefixRecord.from_dict(self._cache.get(PREFIX_KEY + prefix_id))
-        return stored.min_prompt_tokens
-
-    def flush(self) -> None:
-        """Merge pending records into the stored ones in one transaction (blocking)."""
-        with self._io:
+    def count(self, name: str, n: int = 1) -> None:
+        """Add n to a counter (in memory until the next flush)."""
+        if n:
             with self._lock:
-                pending, self._pending = self._pending, {}
+                self._pending[name] += n
+
+    def count_many(self, counts: Iterable[tuple[str, int]]) -> None:
+        """Add to several counters under one lock (an answered request counts five)."""
+        with self._lock:
+            pending = self._pending
+            for name, n in counts:
+                if n:
+                    pending[name] += n
+
+    def flush(self) -> bool:
+        """Write pending deltas to disk atomically; blocking. False if the disk refused."""
+        with self._io:
+            self.prefixes.flush()
+            self.sessions.flush()
+            with self._lock:
+                fresh, self._pending = self._pending, Counter()
+                pending, self._unsaved = self._unsaved + fresh, Counter()
+            if fresh and self.on_flush is not None:
+                self.on_flush(fresh)
             if not pending:
-                return
-            if self.on_flush is not None:
-                self.on_flush(pending)
+                return True
             try:
                 with self._cache.transact():
-                    for prefix_id, delta in pending.items():
-                        record = PrefixRecord.from_dict(self._cache.get(PREFIX_KEY + prefix_id))
-                        record.merge(delta)
-                        self._cache.set(PREFIX_KEY + prefix_id, asdict(record))
+                    for name, delta in pending.items():
+                        self._cache.incr(_COUNTER_PREFIX + name, delta, default=0)
             except (sqlite3.Error, OSError) as exc:
-                log.error("prefix ledger flush failed, keeping records in memory: %s", exc)
+                log.error("ledger flush failed, keeping counts in memory: %s", exc)
+                self.flush_error = f"ledger flush failed, counts kept in memory: {exc}"
                 with self._lock:
-                    for prefix_id, delta in pending.items():
-                        newer = self._pending.pop(prefix_id, None)
-                        if newer is not None:
-                            delta.merge(newer)
-                        self._pending[prefix_id] = delta
+                    self._unsaved.update(pending)
+                return False
+            self.flush_error = None
+            return True
 
-    def records(self) -> dict[str, PrefixRecord]:
-        """Every prefix: stored records plus what is pending."""
+    def persisted(self) -> dict[str, int]:
+        """The counters as stored on disk."""
+        out: dict[str, int] = {}
+        try:
+            for key in self._cache.iterkeys():
+                if isinstance(key, str) and key.startswith(_COUNTER_PREFIX):
+                    value = self._cache.get(key)
+                    if isinstance(value, int):
+                        out[key[len(_COUNTER_PREFIX) :]] = value
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("ledger read failed: %s", exc)
+        return out
+
+    def totals(self) -> dict[str, int]:
+        """Stored counters plus what this process has not flushed yet."""
         with self._io:
-            out: dict[str, PrefixRecord] = {}
-            try:
-                for key in self._cache.iterkeys():
-                    if isinstance(key, str) and key.startswith(PREFIX_KEY):
-                        out[key[len(PREFIX_KEY):]] = PrefixRecord.from_dict(self._cache.get(key))
-            except (sqlite3.Error, OSError) as exc:
-                log.warning("prefix ledger read failed: %s", exc)
+            totals = Counter(self.persisted())
             with self._lock:
-                for prefix_id, delta in self._pending.items():
-                    out.setdefault(prefix_id, PrefixRecord()).merge(delta)
-            return out
+                totals.update(self._pending)
+                totals.update(self._unsaved)
+            return dict(totals)
 
     def clear(self) -> None:
-        """Forget pending records and client history (stored ones go with the cache)."""
+        """Forget every counter and record."""
         with self._lock:
             self._pending.clear()
-            self._clients.clear()
-            self._known.clear()
+            self._unsaved.clear()
+        self.prefixes.clear()
+        self.sessions.clear()
+        self._cache.clear()
+        self._cache.add(_CREATED_KEY, time.time())
+
+    def close(self) -> None:
+        """Flush and close."""
+        self.flush()
+        self._cache.close()
 
 
-def _hit_rate(r: PrefixRecord) -> str:
-    # Of the requests the backend answered: store replays did not ask it anything.
-    asked = r.hits + r.partial + r.misses
-    return f"{100.0 * r.hits / asked:.1f}" if asked else "0.0"
+LEDGER = web.AppKey("ledger", Ledger)
 
 
-def warm_prefixes(records: dict[str, PrefixRecord], now: float,
-                  window_s: float = WARM_WINDOW_S) -> int:
-    """Distinct prefixes used within the window: what the backend is likely keeping warm."""
-    return sum(1 for r in records.values() if r.last_seen and now - r.last_seen <= window_s)
+def count_usage(ledger: Ledger, usage: Usage | None, *, from_store: bool) -> None:
+    """Account one answered request's tokens, measured where the backend measured them.
 
-
-def top_entries(records: dict[str, PrefixRecord], limit: int = 20) -> list[dict[str, Any]]:
-    """anyclaude's topEntries (hash, tools, hits, misses, hitRate, cacheTokens) and more."""
-    ranked = sorted(records.items(), key=lambda kv: (-kv[1].requests, kv[0]))[:limit]
-    return [
-        {
-            "hash": prefix_id,
-            "tools": r.tools,
-            "hits": r.hits,
-            "misses": r.misses,
-            "hitRate": _hit_rate(r),
-            "cacheTokens": r.reused_tokens,
-            "requests": r.requests,
-            "partial": r.partial,
-            "prefixTokens": r.prefix_tokens,
-            "prefixTokensEstimated": r.prefix_tokens_estimated,
-            "reasons": dict(sorted(r.reasons.items())),
-            "promptTokens": r.prompt_tokens,
-            "estimatedCacheTokens": r.estimated_reused_tokens,
-            "storeHits": r.store_hits,
-            "storeTokensSaved": r.store_tokens_saved,
-            "firstSeen": r.first_seen,
-            "lastSeen": r.last_seen,
-            "lastMissReason": r.last_miss_reason,
-        }
-        for prefix_id, r in ranked
-    ]
+    The backend's `usage.prompt_tokens_details.cached_tokens` says what it reused; a
+    stored answer recomputes nothing at all. Estimates never enter these counters.
+    """
+    if usage is None:
+        ledger.count(c.REQUESTS)
+        return
+    counts = [(c.REQUESTS, 1), (c.TOKENS_INPUT, usage.prompt_tokens)]
+    if from_store:
+        # A stored answer recomputes nothing: its whole prompt and completion are saved.
+        counts += [(c.TOKENS_READ, usage.prompt_tokens),
+                   (c.RESPONSE_TOKENS_SAVED, usage.prompt_tokens + usage.completion_tokens)]
+    else:
+        cached = usage.cached_tokens or 0
+        counts += [(c.TOKENS_READ, cached), (c.TOKENS_REUSED, cached),
+                   (c.TOKENS_CREATED, max(0, usage.prompt_tokens - cached))]
+        if usage.cached_tokens is None:
+            counts.append((c.KV_UNREPORTED, 1))
+    # kv.hits is layer 1's call: a hit is a reuse of the whole stable prefix, not of any
+    # token at all (middleware.py).
+    ledger.count_many(counts)

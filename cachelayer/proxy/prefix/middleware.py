@@ -8,36 +8,35 @@ byte-identical prefix turn after turn, session after session.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 from collections import Counter
-from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from cachelayer.protocol.chat import ChatRequest
 from cachelayer.proxy.conversation import conversation_of
-from cachelayer.proxy.identity import request_tenant
-from cachelayer.proxy.memo import Memo
-from cachelayer.proxy.prefix.ledger import HIT, MISS, PARTIAL
-from cachelayer.proxy.prefix.placement import hoist_body
-from cachelayer.proxy.prefix.rules import BILLING_LINE, Rule, RuleSet
-from cachelayer.proxy.prefix.size import PrefixSizer, byte_share_estimate
-from cachelayer.proxy.prefix.stabilize import PrefixIds, prefix_ids
-from cachelayer.proxy.state import EXCHANGE, LEDGER, SETTINGS, CacheStatus, Exchange
+from cachelayer.proxy.prefix.layer import (
+    PREFIX_MEMO,
+    PREFIX_SIZER,
+    REWRITES_SEEN,
+    VOLATILE_RULES,
+)
+from cachelayer.proxy.prefix.ledger import LEDGER, count_usage
+from cachelayer.proxy.prefix.prefixes import HIT, MISS, PARTIAL
+from cachelayer.proxy.prefix.rules import BILLING_LINE
+from cachelayer.proxy.prefix.size import byte_share_estimate
+from cachelayer.proxy.prefix.stabilize import Stable, stabilize_chat
+from cachelayer.proxy.state import EXCHANGE, SETTINGS, CacheStatus, Exchange
 from cachelayer.telemetry import counters as c
-from cachelayer.telemetry.usage import count_usage
 
 log = logging.getLogger(__name__)
-VOLATILE_RULES = web.AppKey("volatile_rules", RuleSet)
 SESSION_HEADER = "X-Claude-Code-Session-Id"
 SUBAGENT_MARK = "cc_is_subagent=true"
 _LOGGED_LIMIT = 256
 
 
-def client_of(request: web.Request, *, subagent: bool = False) -> str:
+def client_of(request: web.Request, tenant: str, *, subagent: bool = False) -> str:
     """Who is talking, for 'what changed since your last prefix': session, else tenant.
 
     A session's sub-agents share its session id but not its prefix; they are a client of
@@ -47,7 +46,6 @@ def client_of(request: web.Request, *, subagent: bool = False) -> str:
     session = request.headers.get(SESSION_HEADER)
     if session:
         return "s:" + session[:128] + (":sub" if subagent else "")
-    tenant = request_tenant(request.headers)
     conversation = conversation_of(request)
     if conversation:
         return f"c:{tenant}:{conversation}"
@@ -61,7 +59,7 @@ def is_subagent(stable: Stable) -> bool:
 
 
 def _log_rewritten_once(app: web.Application, stable: Stable) -> None:
-    seen: set[str] = app[_REWRITES_SEEN]
+    seen: set[str] = app[REWRITES_SEEN]
     for rule, before in stable.rewrites:
         shape = f"{rule}: " + re.sub(r"=[^;\s]*", "=…", before.strip())
         if shape not in seen and len(seen) < _LOGGED_LIMIT:
@@ -69,32 +67,7 @@ def _log_rewritten_once(app: web.Application, stable: Stable) -> None:
             log.debug("rewrote volatile prompt text (%s)", shape)
 
 
-@dataclass(frozen=True)
-class Stable:
-    """The stabilised request, its prefix ids, what was rewritten and what moved."""
-
-    chat: ChatRequest
-    prefix: PrefixIds
-    rewrites: tuple[tuple[str, str], ...] = ()
-    moved_system: int = 0
-
-
-_REWRITES_SEEN = web.AppKey("rewrites_seen", set[str])
-PREFIX_MEMO = web.AppKey("prefix_memo", Memo[Stable])
-PREFIX_SIZER = web.AppKey("prefix_sizer", PrefixSizer)
 _SUBAGENT = web.RequestKey("prefix_subagent", bool)
-
-
-def stabilize_chat(chat: ChatRequest, rules: RuleSet, *, hoist: bool = False) -> Stable:
-    """Apply the volatile rules (and, with hoist, the system placement); prefix ids."""
-    body, done, tools_hash = rules.stabilize(chat.body)
-    moved = 0
-    if hoist:
-        body, moved = hoist_body(body)
-    if done or moved:
-        chat = dataclasses.replace(chat, body=body)
-    return Stable(chat, prefix_ids(chat.body, tools_hash),
-                  tuple((d.rule, d.before) for d in done), moved)
 
 
 def stabilize_exchange(app: web.Application, exchange: Exchange) -> Stable:
@@ -139,7 +112,7 @@ def account(request: web.Request, exchange: Exchange) -> None:
     prompt = usage.prompt_tokens if usage else 0
     outcome = ledger.prefixes.record(
         prefix, usage, from_store=from_store,
-        client=client_of(request, subagent=request.get(_SUBAGENT, False)),
+        client=client_of(request, exchange.tenant, subagent=request.get(_SUBAGENT, False)),
         estimate=lambda: byte_share_estimate(body, prompt))
     if outcome.category == HIT:
         ledger.count(c.PREFIX_HITS)
@@ -150,7 +123,7 @@ def account(request: web.Request, exchange: Exchange) -> None:
         log.debug("prefix %s… %s: %s", prefix.prefix_id[:12], outcome.category,
                   outcome.reason.label)
     if not from_store:
-        app[PREFIX_SIZER].measure_later(request, prefix.prefix_id, body)
+        app[PREFIX_SIZER].measure_later(request, ledger, prefix.prefix_id, body)
 
 
 @web.middleware
@@ -167,10 +140,3 @@ async def prefix_middleware(request: web.Request, handler: Handler) -> web.Strea
         account(request, exchange)
     return response
 
-
-def setup_prefix_layer(app: web.Application, compiled: tuple[Rule, ...]) -> None:
-    """Install the layer's state on the app."""
-    app[VOLATILE_RULES] = RuleSet(compiled)
-    app[_REWRITES_SEEN] = set()
-    app[PREFIX_MEMO] = Memo()
-    app[PREFIX_SIZER] = PrefixSizer()

@@ -22,10 +22,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from cachelayer.proxy.background import BACKGROUND
+from cachelayer.proxy.forward.upstream import upstream_count
 from cachelayer.proxy.identity import canonical_json
+from cachelayer.proxy.prefix.ledger import Ledger
 from cachelayer.proxy.prefix.stabilize import system_text
-from cachelayer.proxy.routes.count_tokens import upstream_count
-from cachelayer.proxy.state import BACKGROUND, LEDGER
 
 log = logging.getLogger(__name__)
 _MAX_ASKED = 4096
@@ -78,11 +79,12 @@ class PrefixSizer:
         self._failures = 0
         self._answered = False
 
-    def measure_later(self, request: web.Request, prefix_id: str,
+    def measure_later(self, request: web.Request, ledger: Ledger, prefix_id: str,
                       body: Mapping[str, Any]) -> None:
-        """Schedule a count of this prefix unless one is known, pending or pointless."""
+        """Schedule a count of this prefix unless one is known, pending or pointless; the
+        count goes into the ledger's record of the prefix."""
         app = request.app
-        if prefix_id in self._asked or app[LEDGER].prefixes.measured_size(prefix_id):
+        if prefix_id in self._asked or ledger.prefixes.measured_size(prefix_id):
             return
         if not self._answered and self._failures >= _GIVE_UP_AFTER:
             return
@@ -92,9 +94,9 @@ class PrefixSizer:
         self._asked[prefix_id] = None
         while len(self._asked) > _MAX_ASKED:
             self._asked.popitem(last=False)
-        app[BACKGROUND].spawn(self._measure(request, prefix_id, counted))
+        app[BACKGROUND].spawn(self._measure(request, ledger, prefix_id, counted))
 
-    async def _measure(self, request: web.Request, prefix_id: str,
+    async def _measure(self, request: web.Request, ledger: Ledger, prefix_id: str,
                        counted: dict[str, Any]) -> None:
         tokens = await upstream_count(request, counted)
         if tokens is None:
@@ -102,5 +104,5 @@ class PrefixSizer:
             self._asked.pop(prefix_id, None)  # ask again later, unless we give up
             return
         self._answered = True
-        request.app[LEDGER].prefixes.set_size(prefix_id, tokens)
+        ledger.prefixes.set_size(prefix_id, tokens)
         log.debug("prefix %s… is %d tokens", prefix_id[:12], tokens)

@@ -6,21 +6,18 @@ the system placement (placement.py).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cachelayer.protocol.chat import ChatRequest
 from cachelayer.proxy.identity import canonical_json, digest
+from cachelayer.proxy.prefix.placement import hoist_body
+from cachelayer.proxy.prefix.rules import RuleSet
+from cachelayer.proxy.state import PrefixIds
 
-
-@dataclass(frozen=True)
-class PrefixIds:
-    """The identity of a request's stable prefix: its tools, its system prompt, both."""
-
-    tools_hash: str
-    system_hash: str
-    prefix_id: str
-    tools: int
+__all__ = ["PrefixIds", "Stable", "prefix_ids", "stabilize_chat", "system_text"]
 
 
 def system_text(messages: Sequence[Any]) -> str:
@@ -50,3 +47,25 @@ def prefix_ids(body: Mapping[str, Any], tools_hash: str | None = None) -> Prefix
         prefix_id=digest(f"{tools_hash}:{system_hash}".encode()),
         tools=len(tools) if isinstance(tools, list) else 0,
     )
+
+
+@dataclass(frozen=True)
+class Stable:
+    """The stabilised request, its prefix ids, what was rewritten and what moved."""
+
+    chat: ChatRequest
+    prefix: PrefixIds
+    rewrites: tuple[tuple[str, str], ...] = ()
+    moved_system: int = 0
+
+
+def stabilize_chat(chat: ChatRequest, rules: RuleSet, *, hoist: bool = False) -> Stable:
+    """Apply the volatile rules (and, with hoist, the system placement); prefix ids."""
+    body, done, tools_hash = rules.stabilize(chat.body)
+    moved = 0
+    if hoist:
+        body, moved = hoist_body(body)
+    if done or moved:
+        chat = dataclasses.replace(chat, body=body)
+    return Stable(chat, prefix_ids(chat.body, tools_hash),
+                  tuple((d.rule, d.before) for d in done), moved)

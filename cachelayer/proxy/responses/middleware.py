@@ -31,7 +31,8 @@ RESPONSE_STATES = web.AppKey("response_states", ResponseStates)
 
 
 def request_tenant(request: web.Request) -> str:
-    """The tenant id of the request's credential."""
+    """The tenant id of the request's credential (GET and DELETE carry no Exchange, so
+    they compute it here; the POST reads the edge's)."""
     return tenant_of(request.headers)
 
 
@@ -64,7 +65,7 @@ async def responses_middleware(request: web.Request, handler: Handler) -> web.St
     extra = exchange.chat.extra or {}
     if extra.get("prompt_cache_key"):
         request[CONVERSATION] = str(extra["prompt_cache_key"])
-    states, tenant = request.app[RESPONSE_STATES], request_tenant(request)
+    states, tenant = request.app[RESPONSE_STATES], exchange.tenant
     previous = extra.get("previous_response_id")
     if previous is not None:
         stored = states.get(tenant, previous)
@@ -113,8 +114,17 @@ async def response_states_ctx(app: web.Application) -> AsyncIterator[None]:
     await states.aclose()
 
 
-def setup_responses(app: web.Application) -> None:
-    """Install the Responses routes and state (the POST goes through the layers)."""
-    app.cleanup_ctx.append(response_states_ctx)
-    app.router.add_get("/v1/responses/{response_id}", get_response)
-    app.router.add_delete("/v1/responses/{response_id}", delete_response)
+class ResponsesLayer:
+    """The Responses API's stored conversations (previous_response_id, store: true)."""
+
+    name = "responses"
+
+    def setup(self, app: web.Application) -> None:
+        """Install the Responses routes and state (the POST goes through the layers)."""
+        app.cleanup_ctx.append(response_states_ctx)
+        app.router.add_get("/v1/responses/{response_id}", get_response)
+        app.router.add_delete("/v1/responses/{response_id}", delete_response)
+
+    def snapshot(self) -> dict[str, Any]:
+        """No figures of its own in the metrics file."""
+        return {}

@@ -22,10 +22,13 @@ from cachelayer.errors import (
 )
 from cachelayer.proxy.activity import ACTIVITY
 from cachelayer.proxy.forward.errors import UPSTREAM_FAILURES, upstream_error
+from cachelayer.proxy.forward.layer import POOL, UPSTREAM, routing_stats
 from cachelayer.proxy.model_info import MODEL_INFO
-from cachelayer.proxy.state import LEDGER, POOL, SETTINGS, SHARED, STORE, UPSTREAM
+from cachelayer.proxy.observe import document, sync_ledger
+from cachelayer.proxy.prefix.ledger import LEDGER
+from cachelayer.proxy.state import SETTINGS
+from cachelayer.proxy.store.layer import SHARED, STORE
 from cachelayer.proxy.supervisor import SUPERVISOR, unavailable
-from cachelayer.telemetry.export import metrics_document, routing_stats, sync_ledger
 
 log = logging.getLogger(__name__)
 _HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
@@ -60,7 +63,7 @@ async def health(request: web.Request) -> web.Response:
     With several upstreams, `backends` shows each; with a shared store, `store` names it
     (password removed) and says why it is not used when it is down."""
     app = request.app
-    routing = routing_stats(app)
+    routing = routing_stats(app.get(POOL))
     if routing is not None:
         backends = routing["backends"]
         body = _health_body(app, {"ok": any(b["healthy"] for b in backends),
@@ -140,7 +143,7 @@ async def stats(request: web.Request) -> web.Response:
     if app.get(SHARED) is not None:  # fresh shared totals: push ours, read everyone's
         await sync_ledger(app)
     loop = asyncio.get_running_loop()
-    doc = await loop.run_in_executor(None, metrics_document, app)
+    doc = await loop.run_in_executor(None, document, app)
     # Only a running proxy knows what is in flight and the last hour's timeline.
     doc["live"] = app[ACTIVITY].document()
     return _json(doc)

@@ -17,36 +17,21 @@ from aiohttp.typedefs import Handler
 from cachelayer.protocol.chat import ChatResult
 from cachelayer.protocol.early_usage import as_replayed
 from cachelayer.protocol.sse import render_sse, write_sse
-from cachelayer.proxy.identity import request_tenant
-from cachelayer.proxy.memo import Memo
-from cachelayer.proxy.state import (
-    BACKGROUND,
-    EXCHANGE,
-    LEDGER,
-    SETTINGS,
-    STORE,
-    CacheStatus,
-    Exchange,
-)
+from cachelayer.proxy.background import BACKGROUND
+from cachelayer.proxy.prefix.ledger import LEDGER, Ledger
+from cachelayer.proxy.state import EXCHANGE, SETTINGS, CacheStatus, Exchange
 from cachelayer.proxy.store.backends.base import AnswerStore
-from cachelayer.proxy.store.coalesce import Coalescer
 from cachelayer.proxy.store.keys import response_key
+from cachelayer.proxy.store.layer import COALESCER, KEY_MEMO, RENDER_MEMO, STORE
 from cachelayer.proxy.store.policy import decide, parse_cache_control, unstorable_reason
 from cachelayer.telemetry import counters as c
-from cachelayer.telemetry.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
 
-KEY_MEMO = web.AppKey("key_memo", Memo[str])
-COALESCER = web.AppKey("coalescer", Coalescer)
-# Rendered answers are a few KB; 256 of them cover every agent session in flight.
-RENDER_MEMO = web.AppKey("render_memo", Memo[bytes])
-
-
 def request_key(request: web.Request, exchange: Exchange) -> str:
     """The response key for this request: its meaning, its tenant, its upstream."""
-    tenant = request_tenant(request.headers)
+    tenant = exchange.tenant
     memo = request.app[KEY_MEMO]
     memo_key = (exchange.fingerprint, tenant)
     key = memo.get(memo_key) if exchange.fingerprint else None
@@ -56,13 +41,6 @@ def request_key(request: web.Request, exchange: Exchange) -> str:
         if exchange.fingerprint:
             memo.put(memo_key, key)
     return key
-
-
-def setup_store_layer(app: web.Application) -> None:
-    """Install the layer's state on the app (the store itself opens in a cleanup context)."""
-    app[KEY_MEMO] = Memo(entries=256)
-    app[RENDER_MEMO] = Memo(entries=256)
-    app[COALESCER] = Coalescer()
 
 
 def render(exchange: Exchange, result: ChatResult) -> bytes:

@@ -14,8 +14,8 @@ from aiohttp import web
 
 from cachelayer.config import Settings
 from cachelayer.proxy.app import make_app
-from cachelayer.proxy.routes.count_tokens import COUNT_ROUTE
-from cachelayer.proxy.state import BACKGROUND
+from cachelayer.proxy.background import BACKGROUND
+from cachelayer.proxy.forward.upstream import COUNT_ROUTE
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.servers import RunningServer, serve_app
 

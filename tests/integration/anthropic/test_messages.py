@@ -9,7 +9,7 @@ import openai
 import orjson
 import pytest
 
-from cachelayer.proxy.state import STORE
+from cachelayer.proxy.store.layer import STORE
 from tests.integration.anthropic.conftest import wait_for_writes
 from tests.integration.conftest import ProxyFactory
 from tests.support import http

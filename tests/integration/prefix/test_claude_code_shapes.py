@@ -8,7 +8,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from cachelayer.proxy.state import LEDGER
+from cachelayer.proxy.prefix.ledger import LEDGER
 from tests.integration.anthropic.conftest import wait_for_writes
 from tests.integration.conftest import ProxyFactory
 from tests.support.fake_upstream import FakeUpstream

@@ -14,8 +14,9 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from cachelayer.proxy.conversation import CONVERSATION, conversation_of
+from cachelayer.proxy.identity import request_tenant
+from cachelayer.proxy.prefix.ledger import LEDGER
 from cachelayer.proxy.prefix.middleware import client_of
-from cachelayer.proxy.state import LEDGER
 from tests.integration.conftest import ProxyFactory
 from tests.support import http
 from tests.support.fake_upstream import FakeUpstream
@@ -116,9 +117,10 @@ def test_the_ledger_names_the_client_by_its_conversation_within_its_tenant() -> 
     codex = make_mocked_request("POST", "/v1/responses", headers={"Authorization": "Bearer k"})
     codex[CONVERSATION] = "conv-9"
     assert conversation_of(plain) is None and conversation_of(opencode) == "s1"
-    assert client_of(plain).startswith("t-")
-    assert client_of(opencode) == client_of(plain).join(["c:", ":s1"])
-    assert client_of(codex).endswith(":conv-9")
+    tenant = request_tenant(plain.headers)  # the edge names it once per request
+    assert client_of(plain, tenant).startswith("t-")
+    assert client_of(opencode, tenant) == client_of(plain, tenant).join(["c:", ":s1"])
+    assert client_of(codex, tenant).endswith(":conv-9")
 
 
 def _miss_reasons(proxy: RunningServer) -> dict[str, int]:

@@ -13,7 +13,7 @@ import anthropic
 import openai
 import pytest
 
-from cachelayer.proxy.state import STORE
+from cachelayer.proxy.store.layer import STORE
 from tests.integration.conftest import ProxyFactory
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.recording import RecordingTransport, keepalives

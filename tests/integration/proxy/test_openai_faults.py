@@ -7,7 +7,7 @@ import contextlib
 import openai
 import pytest
 
-from cachelayer.proxy.state import STORE
+from cachelayer.proxy.store.layer import STORE
 from tests.integration.conftest import ProxyFactory
 from tests.support import http
 from tests.support.fake_upstream import FakeUpstream, Reply

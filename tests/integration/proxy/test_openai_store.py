@@ -128,7 +128,7 @@ def test_text_completions_are_cached_too(proxy: RunningServer) -> None:
 def _wait_for_writes(proxy: RunningServer) -> None:
     import time
 
-    from cachelayer.proxy.state import BACKGROUND
+    from cachelayer.proxy.background import BACKGROUND
 
     deadline = time.time() + 10
     while proxy.app[BACKGROUND].tasks and time.time() < deadline:
@@ -151,7 +151,8 @@ def test_a_full_write_queue_makes_the_request_wait_for_its_own_write(
     start_proxy: ProxyFactory, upstream: tuple[FakeUpstream, RunningServer],
     max_pending: int, waits: int,
 ) -> None:
-    from cachelayer.proxy.state import LEDGER, STORE
+    from cachelayer.proxy.prefix.ledger import LEDGER
+    from cachelayer.proxy.store.layer import STORE
 
     with start_proxy(upstream=upstream[1].url, max_pending_writes=max_pending) as proxy:
         for n in range(3):

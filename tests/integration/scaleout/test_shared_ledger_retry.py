@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from cachelayer.config import Settings
-from cachelayer.proxy.prefix.ledger import PrefixRecord
 from cachelayer.proxy.store.backends.redis import connect
 from cachelayer.proxy.store.backends.redis_ledger import _ADD_COUNTERS, SharedLedger
+from cachelayer.telemetry.prefix_records import PrefixRecord
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow

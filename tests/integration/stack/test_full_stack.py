@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from cachelayer.proxy.app import make_app
-from cachelayer.proxy.state import LEDGER
+from cachelayer.proxy.prefix.ledger import LEDGER
 from tests.integration.stack.conftest import stack_settings
 from tests.support import http
 from tests.support.processes import ServerProcess

@@ -12,11 +12,11 @@ import pytest
 from cachelayer.cli.main import main
 from cachelayer.cli.stats import format_stats
 from cachelayer.protocol.chat import ChatResult, Choice, Usage
-from cachelayer.proxy.prefix.ledger import PrefixRecord
+from cachelayer.proxy.prefix.ledger import Ledger
 from cachelayer.proxy.prefix.stabilize import PrefixIds
 from cachelayer.proxy.store.backends.disk import ResponseStore
 from cachelayer.telemetry.export import build_metrics
-from cachelayer.telemetry.ledger import Ledger
+from cachelayer.telemetry.prefix_records import PrefixRecord
 
 
 def _document() -> dict[str, object]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cachelayer.proxy.activity import BUCKET_S, Timeline
-from cachelayer.telemetry.ledger import Ledger
+from cachelayer.proxy.prefix.ledger import Ledger
 from cachelayer.telemetry.sessions import MIN_TIMED_TOKENS, name_conversation, session_rows
 
 

@@ -32,9 +32,9 @@ from cachelayer.config import Settings, check_store_url, redact_url
 from cachelayer.errors import StoreUnavailable
 from cachelayer.periodic import Periodic
 from cachelayer.protocol.chat import ChatResult
-from cachelayer.proxy.prefix.ledger import PrefixRecord
 from cachelayer.proxy.store.backends.disk import HotAnswers, PutOutcome, StoredAnswer
 from cachelayer.proxy.store.backends.redis_ledger import SharedLedger
+from cachelayer.telemetry.prefix_records import PrefixRecord
 
 log = logging.getLogger(__name__)
 MAGIC = b"CLR1"  # a value without it was not written by cachelayer: a miss, never parsed

@@ -28,7 +28,7 @@ from dataclasses import asdict
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
-from cachelayer.proxy.prefix.ledger import PrefixRecord
+from cachelayer.telemetry.prefix_records import PrefixRecord
 
 log = logging.getLogger(__name__)
 BATCH_MARK_TTL_S = 7 * 24 * 3600

@@ -8,11 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cachelayer.protocol.chat import Usage
-from cachelayer.proxy.prefix.ledger import HIT, MISS, PARTIAL, STORE, Outcome, classify, top_entries
+from cachelayer.proxy.prefix.ledger import Ledger
+from cachelayer.proxy.prefix.prefixes import HIT, MISS, PARTIAL, REPLAYED, Outcome, classify
 from cachelayer.proxy.prefix.stabilize import PrefixIds
 from cachelayer.telemetry.counters import MissReason
 from cachelayer.telemetry.export import build_metrics
-from cachelayer.telemetry.ledger import Ledger
+from cachelayer.telemetry.prefix_records import top_entries
 
 NEW_SESSION, EVICTED = MissReason.NEW_SESSION, MissReason.EVICTED
 SYSTEM_CHANGED, TOOLS_CHANGED = MissReason.SYSTEM_CHANGED, MissReason.TOOLS_CHANGED
@@ -118,7 +119,7 @@ def test_classify_is_the_whole_rule() -> None:
 def test_store_hits_are_their_own_category(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path)
     assert ledger.prefixes.record(A, Usage(100, 7, 0), from_store=True,
-                                  client="c") == Outcome(STORE)
+                                  client="c") == Outcome(REPLAYED)
     record = ledger.prefixes.records()["prefix-a"]
     assert record.store_hits == 1 and record.store_tokens_saved == 107
     assert (record.hits, record.partial, record.misses) == (0, 0, 0)
@@ -162,7 +163,7 @@ _HAMMER = """
 import sys
 from pathlib import Path
 from cachelayer.proxy.prefix.stabilize import PrefixIds
-from cachelayer.telemetry.ledger import Ledger
+from cachelayer.proxy.prefix.ledger import Ledger
 from cachelayer.protocol.chat import Usage
 ledger = Ledger(Path(sys.argv[1]))
 prefix = PrefixIds("tools-a", "sys-a", "prefix-a", 3)

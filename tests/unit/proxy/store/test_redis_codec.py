@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from cachelayer.protocol.chat import ChatResult, Choice, Usage
-from cachelayer.proxy.prefix.ledger import PrefixRecord
 from cachelayer.proxy.store.backends.redis import MAGIC, decode, encode
 from cachelayer.proxy.store.backends.redis_ledger import decode_record, encode_record
+from cachelayer.telemetry.prefix_records import PrefixRecord
 
 RESULT = ChatResult(kind="chat", id="c1", created=5, model="m",
                     choices=(Choice(0, "hello", "stop", ()),), usage=Usage(10, 2, 4))
