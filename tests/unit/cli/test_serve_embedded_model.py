@@ -9,7 +9,7 @@ import orjson
 from cachelayer.cli.main import build_parser
 from cachelayer.cli.serve import settings_from_args
 from cachelayer.config import Settings
-from cachelayer.proxy.app import make_codecs
+from cachelayer.proxy.edge import make_codecs
 from cachelayer.proxy.store.keys import response_key
 
 
