@@ -2,9 +2,9 @@
 
 The backend (mlx-lm with persistent prompt caches) runs as a child process so the proxy
 never imports mlx; the demo model is built, once and offline, by a child process too.
-Both live inside the app's cleanup context: started before the proxy accepts requests,
-restarted if the backend dies (supervisor.py), stopped (SIGTERM, then SIGKILL after a
-grace period) when it shuts down.
+Both live inside a cleanup context of the forward layer (forward/layer.py): started
+before the proxy accepts requests, restarted if the backend dies (supervisor.py),
+stopped (SIGTERM, then SIGKILL after a grace period) when it shuts down.
 """
 
 from __future__ import annotations
