@@ -53,24 +53,24 @@ class UpstreamPool:
     """Every upstream, its health, and the routing rule."""
 
     def __init__(self, settings: Settings) -> None:
-        self.backends = {url: Upstream(url) for url in settings.backend_urls}
+        self.upstreams = {url: Upstream(url) for url in settings.backend_urls}
         self.mode = settings.routing
         self.balance = settings.routing_balance
         self.interval_s = settings.health_interval_s
-        self._ring = build_ring(list(self.backends))
+        self._ring = build_ring(list(self.upstreams))
         self._turn = itertools.count()
 
     @property
     def routed(self) -> bool:
         """True when there is a choice to make (more than one upstream)."""
-        return len(self.backends) > 1
+        return len(self.upstreams) > 1
 
     def candidates(self, key: str) -> list[Upstream]:
         """Backends in the order to try them for this routing key. Every backend is a
         last resort when none is healthy (the checks may simply be behind)."""
         if not self.routed:
-            return list(self.backends.values())
-        healthy = [url for url, b in self.backends.items() if b.healthy]
+            return list(self.upstreams.values())
+        healthy = [url for url, b in self.upstreams.items() if b.healthy]
         if self.mode is RoutingMode.ROUND_ROBIN:
             if healthy:
                 start = next(self._turn) % len(healthy)
@@ -78,16 +78,16 @@ class UpstreamPool:
             else:
                 order = []
         else:
-            loads = {url: b.in_flight for url, b in self.backends.items()}
+            loads = {url: b.in_flight for url, b in self.upstreams.items()}
             order = choose(self._ring, key, healthy=healthy, loads=loads, balance=self.balance)
-        rest = [url for url in self.backends if url not in order]
-        return [self.backends[url] for url in order + rest]
+        rest = [url for url in self.upstreams if url not in order]
+        return [self.upstreams[url] for url in order + rest]
 
     def first_healthy(self) -> str:
         """A backend for requests that are not routed (models, token counts): the first
         healthy one, else the first one."""
-        return next((b.url for b in self.backends.values() if b.healthy),
-                    next(iter(self.backends)))
+        return next((b.url for b in self.upstreams.values() if b.healthy),
+                    next(iter(self.upstreams)))
 
     def failed(self, backend: Upstream, reason: str) -> None:
         """A connection to the backend failed: out of the ring until a check passes."""
@@ -108,7 +108,7 @@ class UpstreamPool:
 
     async def check(self, session: aiohttp.ClientSession) -> None:
         """One round of health checks, all backends at once."""
-        await asyncio.gather(*(self._check_one(session, b) for b in self.backends.values()))
+        await asyncio.gather(*(self._check_one(session, b) for b in self.upstreams.values()))
 
     async def _check_one(self, session: aiohttp.ClientSession, backend: Upstream) -> None:
         timeout = aiohttp.ClientTimeout(total=max(0.5, self.interval_s))
@@ -126,4 +126,4 @@ class UpstreamPool:
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every backend's numbers."""
-        return [b.as_dict() for b in self.backends.values()]
+        return [b.as_dict() for b in self.upstreams.values()]

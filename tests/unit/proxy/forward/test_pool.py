@@ -24,7 +24,7 @@ def test_one_upstream_is_never_routed_or_taken_out() -> None:
 def test_a_failed_backend_goes_last_and_others_keep_their_keys() -> None:
     p = pool()
     owners = {k: p.candidates(k)[0].url for k in (f"prefix-{i}" for i in range(60))}
-    victim = p.backends[owners["prefix-0"]]
+    victim = p.upstreams[owners["prefix-0"]]
     p.failed(victim, "connection refused")
     for key, owner in owners.items():
         order = [b.url for b in p.candidates(key)]
