@@ -37,6 +37,57 @@ def imported(path: Path) -> Iterator[str]:
                 yield node.module
 
 
+def loaded_on_import(path: Path) -> Iterator[str]:
+    """The modules a file imports when it is imported: module-level imports (also under
+    `if`/`try`), not those inside functions (which load only when called) nor those under
+    `if TYPE_CHECKING:`."""
+    module = module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+
+    def walk(body: list[ast.stmt]) -> Iterator[str]:
+        for node in body:
+            if isinstance(node, ast.Import):
+                yield from (alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    yield ".".join(base + ([node.module] if node.module else []))
+                elif node.module:
+                    yield node.module
+                    # `from package import name` may name a submodule, which loads too.
+                    yield from (f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.If):
+                if "TYPE_CHECKING" not in ast.unparse(node.test):
+                    yield from walk(node.body)
+                yield from walk(node.orelse)
+            elif isinstance(node, ast.Try):
+                for part in (node.body, node.orelse, node.finalbody,
+                             *(h.body for h in node.handlers)):
+                    yield from walk(part)
+
+    yield from walk(ast.parse(path.read_text(), str(path)).body)
+
+
+def loaded_by(start: str) -> set[str]:
+    """Every module importing `start` loads (its packages' __init__ too), transitively."""
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    # Names that are not modules (`from aiohttp import web` gives `aiohttp.web`, a
+    # module, but also `cachelayer.config.Settings`) are kept and simply lead nowhere.
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        parts = module.split(".")
+        parents = [".".join(parts[:i]) for i in range(1, len(parts))]
+        path = files.get(module)
+        targets = list(loaded_on_import(path)) if path is not None else []
+        todo += [*parents, *targets]
+    return seen
+
+
 def unit(module: str) -> str:
     """The graph's node a module belongs to: a subpackage of cachelayer (`telemetry`),
     and inside the proxy each layer package or shared module (`proxy.prefix`,
@@ -127,6 +178,14 @@ def test_mlx_is_imported_only_under_backend() -> None:
         if mlx:
             outside[module_name(path)] = mlx
     assert outside == {}
+
+
+def test_the_proxy_and_its_cli_load_no_mlx_when_imported() -> None:
+    # The proxy runs where mlx is absent: importing the CLI entry point or the app may
+    # load backend modules that are pure (kv_files), never one that imports mlx.
+    for start in ("cachelayer.cli.main", "cachelayer.proxy.app"):
+        mlx = sorted(m for m in loaded_by(start) if m == "mlx" or m.startswith(("mlx.", "mlx_")))
+        assert mlx == [], f"{start} loads {mlx}"
 
 
 def test_the_graph_sees_a_cycle_when_there_is_one() -> None:
