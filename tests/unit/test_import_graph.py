@@ -10,6 +10,7 @@ TYPE_CHECKING): an arrow is an arrow.
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,11 +23,17 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+@functools.cache
+def parsed(path: Path) -> ast.Module:
+    """A file's syntax tree, parsed once for all the tests here."""
+    return ast.parse(path.read_text(), str(path))
+
+
 def imported(path: Path) -> Iterator[str]:
     """Every module a file imports, relative imports resolved."""
     module = module_name(path)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(parsed(path)):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -65,7 +72,7 @@ def loaded_on_import(path: Path) -> Iterator[str]:
                              *(h.body for h in node.handlers)):
                     yield from walk(part)
 
-    yield from walk(ast.parse(path.read_text(), str(path)).body)
+    yield from walk(parsed(path).body)
 
 
 def loaded_by(start: str) -> set[str]:
