@@ -304,8 +304,8 @@ class PagedStore:
         a checkpoint at the end; returns the bytes written.
 
         A `base` above 0 says the snapshot's attention arrays hold only tokens [base, n)
-        (a prefill checkpoint copies only what is new); if the store lacks any token
-        before base, nothing is written."""
+        (a prefill checkpoint copies only what is new; its other layers hold their whole
+        state at n); if the store lacks any token before base, nothing is written."""
         n = len(tokens)
         if n < self.min_tokens:
             return 0
@@ -313,7 +313,7 @@ class PagedStore:
             block, used, pos = self.index.longest(tokens, tenant)
             if block is not None:
                 block.last_used = time.time()
-        if pos < base or (base and any(k != "kv" for k in kinds)):
+        if pos < base:
             return 0
         written = 0
         parent, cut = (block.hash, used) if block is not None else (ROOT, 0)

@@ -252,8 +252,8 @@ class PersistentPromptCache(BudgetedPromptCache):
 
     def checkpoint_ready(self) -> bool:
         """Whether a prefill checkpoint may be queued now (bounded: see _MAX_CHECKPOINTS)."""
-        if self.kinds is None or any(k != "kv" for k in self.kinds):
-            return False  # windows of new tokens only exist for attention-only models
+        if self.kinds is None:
+            return False  # a model whose caches stay in memory only
         if self._checkpoint_slots.acquire(blocking=False):
             self._checkpoint_slots.release()
             return True
@@ -262,7 +262,8 @@ class PersistentPromptCache(BudgetedPromptCache):
 
     def checkpoint(self, tokens: tuple[int, ...], window: list[Any], base: int) -> bool:
         """Queue a prefill in progress for the disk: `window` holds the attention arrays of
-        tokens [base, len(tokens)) only, evaluated; False if the queue is full."""
+        tokens [base, len(tokens)) only, and the whole state of any other layer at
+        len(tokens), evaluated; False if the queue is full."""
         if not self._checkpoint_slots.acquire(blocking=False):
             self.checkpoints["skipped"] += 1
             return False

@@ -12,8 +12,10 @@ and queued for the `PersistentPromptCache` writer, which appends them as blocks 
 chain already on disk. The re-sent request then restores them and prefills only the rest.
 
 The queue is bounded (`PersistentPromptCache.checkpoint`): when the disk is behind, a
-checkpoint is skipped and the next one covers its tokens. Models with sliding-window or
-recurrent layers are not checkpointed mid-prompt (their state is not a window of tokens).
+checkpoint is skipped and the next one covers its tokens. For a model with sliding-window
+or recurrent layers a checkpoint is also the whole state of those layers at the block
+boundary (their state is not a window of tokens), so such a prompt's steps end exactly
+at block boundaries (below).
 
 Prefill that shares the machine. mlx-lm prefills every prompt of the batch in lockstep,
 padded to the longest chunk, and a step is `prefill_step_size` tokens (2048) whatever
@@ -29,9 +31,18 @@ token. This class sizes each step instead:
 * a prompt that has just finished (its first token is next) makes that step one token
   long for the others, so its first token comes after a tiny step, not a long one.
 
-Only for attention-only models: with sliding-window or recurrent layers mlx-lm's answer
-depends on how the prompt is chunked, so those keep its fixed steps (an answer must not
-depend on timing).
+Models with sliding-window or recurrent layers (gemma3, gpt_oss, qwen3_next, nemotron_h)
+take fixed, block-aligned steps instead: every step of such a prompt ends at the next
+multiple of `block_tokens` or of `prefill_step_size` in absolute token positions, or at
+a segment end, so a cold prefill and one resumed from a checkpoint at a block boundary run
+the very same model calls (same tokens, same starting state) and answer bit for bit
+alike. Why: Mamba-2's chunked scan (nemotron_h) sums over the tokens of one call in one
+matrix product, so its result depends on where calls start and end (logprobs differ by
+~1e-6 between 256-token and 100-token calls, measured); the windows (RotatingKVCache)
+and the gated delta net (qwen3_next) did not change with the chunking in that
+experiment, but get the same rule, since an answer must never depend on timing. The
+steps are not timed (a timed length would change the boundaries) and not cut to the
+shortest prompt of the batch; a newcomer waits for at most one block of them.
 
 `install` makes mlx_lm.server build this class instead of its own.
 """
@@ -49,6 +60,25 @@ from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
 from cachelayer.backend.persistent_cache import PersistentPromptCache
 
 logger = logging.getLogger(__name__)
+
+
+def aligned_pieces(segments: list[list[int]], start: int, units: tuple[int, ...],
+                   ) -> tuple[list[list[int]], set[int]]:
+    """`segments` (of a prompt whose first `start` tokens are cached) cut at every
+    multiple of each of `units` in absolute positions; also the real segment ends,
+    counted in tokens from the first segment's start, as mlx-lm reports progress."""
+    pieces: list[list[int]] = []
+    ends: set[int] = set()
+    pos = start
+    for segment in segments:
+        i = 0
+        while i < len(segment):
+            take = min(len(segment) - i, *(u - pos % u for u in units))
+            pieces.append(segment[i:i + take])
+            i += take
+            pos += take
+        ends.add(pos - start)
+    return pieces, ends
 
 
 def kv_window(layer: Any, idx: int, lo: int, hi: int) -> KVCache | None:
@@ -84,7 +114,15 @@ class BatchGenerator(MlxBatchGenerator):
         # Only attention layers answer the same whatever the chunking (mlx-lm's sliding
         # windows and recurrent states do not): other models keep mlx-lm's fixed steps,
         # so an answer never depends on timing.
-        self._reschedule = all(type(c) is KVCache for c in make_prompt_cache(self.model))
+        attention_only = all(type(c) is KVCache for c in make_prompt_cache(self.model))
+        self._reschedule = attention_only
+        # The others take block-aligned steps (see the module docstring), unless mlx-lm's
+        # own fixed steps were asked for (step_seconds 0: nothing of this class's
+        # scheduling, and no mid-prompt checkpoints for them).
+        self._aligned = not attention_only and self.step_seconds > 0
+        # Cuts at every block boundary (checkpoints) and every step (mlx-lm's limit).
+        self._units = (self.block_tokens, max(1, self.prefill_step_size))
+        self._segment_ends: dict[int, set[int]] = {}
 
     def insert_segments(self, segments: Any, max_tokens: Any = None, caches: Any = None,
                         all_tokens: Any = None, *args: Any, **kwargs: Any) -> list[int]:
@@ -94,19 +132,33 @@ class BatchGenerator(MlxBatchGenerator):
                                                   *args, **kwargs)
         for uid, restored in zip(uids, all_tokens or [[] for _ in uids], strict=True):
             self._kept[uid] = len(restored) // self.block_tokens * self.block_tokens
+        if self._aligned:
+            self._align(uids, [len(r) for r in all_tokens or [[] for _ in uids]])
         return uids
+
+    def _align(self, uids: list[int], starts: list[int]) -> None:
+        """Cut the newly queued prompts' segments at absolute multiples of the unit."""
+        starts_of = dict(zip(uids, starts, strict=True))
+        for seq in self._unprocessed_sequences:
+            uid = seq[0]
+            if uid in starts_of:
+                # mlx-lm's entry holds its segment list; cut it in place.
+                pieces, ends = aligned_pieces(seq[1], starts_of[uid], self._units)
+                seq[1][:] = pieces
+                self._segment_ends[uid] = ends
 
     def remove(self, uids: Any, return_prompt_caches: bool = False) -> Any:
         """As mlx-lm's; forgets the removed prompts' checkpoint marks."""
         for uid in uids:
             self._kept.pop(uid, None)
+            self._segment_ends.pop(uid, None)
         return super().remove(uids, return_prompt_caches)
 
     def step_tokens(self) -> int:
         """How many tokens each prompt in the batch advances by in the next step."""
         step = self._max_step
         if not self._reschedule:
-            return step
+            return step  # block-aligned pieces (or mlx-lm's fixed steps) set the length
         if self.step_seconds > 0:
             timed = (self.first_step_tokens if self._speed is None
                      else int(self._speed * self.step_seconds))
@@ -134,8 +186,14 @@ class BatchGenerator(MlxBatchGenerator):
         self._measure(self._counters.prompt_tokens - tokens,
                       self._counters.prompt_time - seconds)
         for r in prompt_responses:
+            ends = self._segment_ends.get(r.uid)
+            if ends is not None and r.end_of_segment and not r.end_of_prompt:
+                # A cut of ours is not one of the prompt's segments: mlx-lm's server
+                # saves the prompt cache at segment ends only.
+                r.end_of_segment = r.progress[0] in ends
             if r.end_of_prompt:
                 self._kept.pop(r.uid, None)
+                self._segment_ends.pop(r.uid, None)
         if self.persistent is not None and len(self._prompt_batch):
             self._checkpoint(self.persistent)
         return prompt_responses, generation_responses
@@ -149,21 +207,32 @@ class BatchGenerator(MlxBatchGenerator):
                 self.persistent.restores.prefill_speed = self._speed
 
     def _checkpoint(self, persistent: PersistentPromptCache) -> None:
-        """Queue the new whole blocks of every prompt still prefilling."""
+        """Queue the new whole blocks of every prompt still prefilling (with, for
+        sliding-window and recurrent layers, their whole state at the boundary)."""
         batch = self._prompt_batch
+        kinds = persistent.kinds
+        if kinds is None or len(kinds) != len(batch.prompt_cache):
+            return
+        stateful = any(k != "kv" for k in kinds)
+        if stateful and not self._aligned:
+            return  # mlx-lm's fixed steps end anywhere: no state at a boundary to keep
         for idx, uid in enumerate(batch.uids):
             tokens = batch.tokens[idx]
             kept = self._kept.get(uid, 0)
             aligned = len(tokens) // self.block_tokens * self.block_tokens
             if aligned <= kept or aligned < persistent.store.min_tokens:
                 continue
+            if stateful and aligned != len(tokens):
+                continue  # the state is at len(tokens): only a boundary can be kept
             if not persistent.checkpoint_ready():
                 return  # the disk is behind: the next step's checkpoint covers these
-            window = [kv_window(layer, idx, kept, aligned) for layer in batch.prompt_cache]
+            window: list[Any] = [kv_window(layer, idx, kept, aligned) if kind == "kv"
+                                 else layer.extract(idx)
+                                 for layer, kind in zip(batch.prompt_cache, kinds, strict=True)]
             if any(w is None for w in window):
-                self.persistent = None  # not an attention-only batch: never checkpointed
+                self.persistent = None  # not the batch caches expected: never checkpointed
                 return
-            mx.eval([(w.keys, w.values) for w in window if w is not None])
+            mx.eval([w.state for w in window])
             if persistent.checkpoint(tuple(tokens[:aligned]), window, kept):
                 self._kept[uid] = aligned
                 logger.debug("prefill checkpoint: tokens %d-%d queued", kept, aligned)

@@ -1,0 +1,99 @@
+"""Long prefills of sliding-window and recurrent models: kept at block boundaries and
+sharing the machine, with answers equal to a cold prefill's.
+
+Their steps end at absolute block-aligned positions (`backend/prefill.py`), so a prefill
+resumed from a checkpoint runs the same model calls as a cold one; a checkpoint holds the
+window or recurrent state at the boundary beside the attention blocks."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.backend.conftest import StartBackend
+from tests.integration.backend.test_prefill_shared import _race
+from tests.support.processes import ServerProcess
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.slow
+# ~4,000 tokens: several 256-token blocks, seconds of prefill on a tiny model.
+LONG = " ".join(f"line {i} of the long file says hello." for i in range(300))
+# 48 does not divide a block: steps are cut at block boundaries too, so every block
+# boundary the prefill passes has its state to checkpoint.
+STEP = ("--prefill-step-size", "48")
+ASK = {"max_tokens": 6, "logprobs": True, "top_logprobs": 3}
+
+
+def _chat(server: ServerProcess) -> Any:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    return client.chat.completions.create(model="m", temperature=0,
+                                          messages=[{"role": "user", "content": LONG}], **ASK)
+
+
+def _answer(response: Any) -> list[tuple[str, float, list[tuple[str, float]]]]:
+    return [(t.token, t.logprob, [(top.token, top.logprob) for top in t.top_logprobs])
+            for t in response.choices[0].logprobs.content]
+
+
+def _hang_up_half_way(server: ServerProcess) -> tuple[int, int]:
+    """Stream the long prompt, hang up once half of it is prefilled; (done, total)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
+    body = {"model": "m", "temperature": 0, "stream": True, "max_tokens": 6,
+            "messages": [{"role": "user", "content": LONG}]}
+    conn.request("POST", "/v1/chat/completions", json.dumps(body),
+                 {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    try:
+        for line in response:
+            match = re.match(rb": keepalive (\d+)/(\d+)", line)
+            if match and int(match[1]) * 2 >= int(match[2]):
+                return int(match[1]), int(match[2])
+            assert not line.startswith(b"data:"), "the prefill ended before half-way"
+        raise AssertionError("the stream ended before half-way")
+    finally:
+        response.close()
+        conn.close()
+
+
+@pytest.mark.parametrize("family", ["gemma3_text", "nemotron_h", "qwen3_next"])
+def test_a_hang_up_half_way_is_resumed_from_a_block_checkpoint_and_answers_as_cold(
+    family: str, family_model_dir: Callable[[str], Path], tmp_path: Path,
+    start_backend: StartBackend, api: Any,
+) -> None:
+    model = family_model_dir(family)
+    cold = _chat(start_backend(model, tmp_path / "kv-cold", *STEP))
+    assert api.cached_tokens(cold) == 0
+
+    server = start_backend(model, tmp_path / "kv", *STEP)
+    done, total = _hang_up_half_way(server)
+    # The checkpoints at block boundaries up to the hang-up reach the disk: attention
+    # blocks plus the sliding-window / recurrent state beside the last one.
+    stats = wait_until(
+        lambda: (s := api.get_json(server, "/v1/cachelayer/kv"))["pending_writes"] == 0
+        and s["checkpoints_written"] >= done // 256 and s,
+        "the prefill's block checkpoints on disk", timeout=120)
+    assert stats["prefill_checkpoints"]["queued"] >= 1
+    resent = _chat(server)
+    reused = api.cached_tokens(resent)
+    assert 256 <= reused < total and reused % 256 == 0
+    assert _answer(resent) == _answer(cold)
+
+
+@pytest.mark.parametrize("family", ["gemma3_text", "nemotron_h"])
+def test_a_short_request_gets_its_first_token_before_a_stateful_models_long_prefill_ends(
+    family: str, family_model_dir: Callable[[str], Path], tmp_path: Path,
+    start_backend: StartBackend,
+) -> None:
+    # One mlx-lm step would hold the whole prompt; block-aligned steps let it in.
+    server = start_backend(family_model_dir(family), tmp_path / "kv",
+                           "--prefill-step-size", "8192")
+    long_first, short_first = _race(server)
+    assert short_first < long_first, server.log()[-2000:]
