@@ -17,6 +17,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,8 @@ from cachelayer.backend.kv_codec import (
 from cachelayer.fs import TMP_PREFIX, ensure_private_dir
 
 logger = logging.getLogger(__name__)
+# A restore tries this many ever shorter prefixes when files fail their checks.
+_LOAD_TRIES = 3
 
 
 @dataclass
@@ -256,6 +259,24 @@ class PagedStore:
         for block, _ in match.chain:
             with contextlib.suppress(OSError):
                 os.utime(block.path)
+
+    def load_nearest(self, tokens: list[int], kinds: tuple[str, ...], tenant: str = "", *,
+                     beyond: int = 0, accept: Callable[[Match], bool] | None = None,
+                     ) -> tuple[list[Any], int] | None:
+        """The cache of `tenant`'s longest restorable prefix of `tokens` and its length,
+        if longer than `beyond` tokens and `accept`ed; None if there is none. A file that
+        fails its checks cuts its chain, and the next shorter prefix is tried (at most
+        three tries: each bad file costs a read)."""
+        for _ in range(_LOAD_TRIES):
+            match = self.nearest(tokens, kinds, tenant)
+            if match is None or match.n_tokens <= beyond:
+                return None
+            if accept is not None and not accept(match):
+                return None
+            caches = self.load(match, kinds)
+            if caches is not None:
+                return caches, match.n_tokens
+        return None
 
     def load(self, match: Match, kinds: tuple[str, ...]) -> list[Any] | None:
         """Restore the cache of `match`; None (chain cut, counted) if a file fails its checks."""

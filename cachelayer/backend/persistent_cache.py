@@ -164,16 +164,10 @@ class PersistentPromptCache(BudgetedPromptCache):
             # Memory was thought to hold it when the read ahead ran, and no longer does:
             # read as without a read ahead (below).
         if model == self.persist_key and self.kinds is not None and len(tokens) > 1:
-            for _ in range(3):  # a bad file cuts the chain; the next try finds a shorter one
-                match = self.store.nearest(tokens, self.kinds, tenant)
-                if match is None or match.n_tokens <= from_memory:
-                    break
-                if not self.restores.worth_reading(match):
-                    break
-                disk_cache = self.store.load(match, self.kinds)
-                if disk_cache is None:
-                    continue
-                n = match.n_tokens
+            loaded = self.store.load_nearest(tokens, self.kinds, tenant, beyond=from_memory,
+                                             accept=self.restores.worth_reading)
+            if loaded is not None:
+                disk_cache, n = loaded
                 self._count(len(tokens), n, disk=True)
                 logger.info("kv disk hit: %d of %d tokens", n, len(tokens))
                 return disk_cache, tokens[n:]

@@ -227,8 +227,10 @@ def make_handler_class(settings: BackendSettings, limits: ModelLimits) -> type:
     return CachelayerHandler
 
 
-class Backend:
-    """The running pieces: model provider, generator, persistent cache, HTTP server."""
+class BackendServer:
+    """One `cachelayer backend` process's running pieces: model provider, generator,
+    persistent prompt cache and HTTP server (the proxy's pool of upstreams is another
+    thing)."""
 
     def __init__(self, settings: BackendSettings) -> None:
         """Load the model, rebuild the disk index and bind the socket (not serving yet)."""
@@ -319,12 +321,13 @@ class Backend:
         logger.info("shutdown: kv writes finished (%d dropped)", self.prompt_cache.writes_dropped)
 
 
-def serve(settings: BackendSettings) -> int:
-    """Run the backend in this process until SIGINT or SIGTERM, then exit the process
-    (0 after a clean shutdown, 1 if the generation thread died); returns only by raising."""
+def serve(settings: BackendSettings) -> NoReturn:
+    """Run the backend in this process until SIGINT or SIGTERM, then end the process with
+    exit status 0 after a clean shutdown, 1 if the generation thread died. Never returns;
+    a failure to start (model, socket) raises."""
     configure_backend_logging(settings.log_level)
     stop = threading.Event()
-    backend: Backend | None = None
+    backend: BackendServer | None = None
 
     def on_signal(signum: int, _frame: Any) -> None:
         """Ask the main loop to shut down. A repeated signal never aborts: queued kv
@@ -340,7 +343,7 @@ def serve(settings: BackendSettings) -> int:
     # Installed before the model loads, so a signal during start-up is no abort either.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    backend = Backend(settings)
+    backend = BackendServer(settings)
     server_thread = threading.Thread(target=backend.serve_forever, name="http", daemon=True)
     server_thread.start()
     # The main thread waits here because Python delivers signals only to it.

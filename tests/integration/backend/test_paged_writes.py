@@ -17,7 +17,7 @@ from tests.support.processes import free_port
 
 @dataclass
 class InProcess:
-    """A `Backend` served from a thread of the test process, so its writer can be observed."""
+    """A `BackendServer` served from a thread of the test process, so its writer can be observed."""
 
     backend: Any
     url: str
@@ -25,11 +25,11 @@ class InProcess:
 
 @pytest.fixture
 def in_process_backend(demo_model: Path, tmp_path: Path) -> Iterator[InProcess]:
-    from cachelayer.backend.server import Backend
+    from cachelayer.backend.server import BackendServer
 
     settings = BackendSettings(model=str(demo_model), kv_dir=tmp_path / "kv", port=free_port(),
                                kv_min_tokens=256, kv_max_bytes=1 << 30, max_tokens=16)
-    backend = Backend(settings)
+    backend = BackendServer(settings)
     thread = threading.Thread(target=backend.serve_forever, daemon=True)
     thread.start()
     try:

@@ -22,11 +22,10 @@ from tests.support.processes import ServerProcess
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
-# ~4,000 tokens: several 256-token blocks, seconds of prefill on a tiny model.
-LONG = " ".join(f"line {i} of the long file says hello." for i in range(300))
-# 48 does not divide a block: steps are cut at block boundaries too, so every block
-# boundary the prefill passes has its state to checkpoint.
-STEP = ("--prefill-step-size", "48")
+# ~6,000 tokens in 16-token steps: seconds of prefill on these tiny models, long enough
+# that the backend notices the hang-up (within mlx-lm's 0.5 s loop) well before the end.
+LONG = " ".join(f"line {i} of the long file says hello." for i in range(450))
+STEP = ("--prefill-step-size", "16")
 ASK = {"max_tokens": 6, "logprobs": True, "top_logprobs": 3}
 
 

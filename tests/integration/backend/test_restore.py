@@ -35,7 +35,7 @@ def _answer(response: Any) -> list[tuple[str, float, list[tuple[str, float]]]]:
 def test_a_restore_is_read_off_the_generation_thread_and_holds_nobody_up(
     demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any,
 ) -> None:
-    from cachelayer.backend.server import Backend
+    from cachelayer.backend.server import BackendServer
 
     # A first process leaves the long prompt on disk, and gives the cold answer.
     first = start_backend(demo_model, tmp_path / "kv")
@@ -45,7 +45,7 @@ def test_a_restore_is_read_off_the_generation_thread_and_holds_nobody_up(
 
     settings = BackendSettings(model=str(demo_model), kv_dir=tmp_path / "kv", port=free_port(),
                                kv_min_tokens=256, kv_max_bytes=1 << 30)
-    backend = Backend(settings)
+    backend = BackendServer(settings)
     store = backend.prompt_cache.store
     readers: list[str] = []
     reading, release = threading.Event(), threading.Event()
