@@ -195,6 +195,22 @@ def block_from_header(header: dict[str, Any], path: Path, nbytes: int, mtime: fl
     return block
 
 
+def checkpoint_header(ckpt_id: bytes, block: bytes, used: int, trimmable: bool,
+                      layers: list[dict[str, Any]], fingerprint: str) -> dict[str, Any]:
+    """The header of a checkpoint file (the state of the stateful layers `used` tokens
+    into block `block`), without its payload's size and checksum."""
+    return {"format": FORMAT, "kind": "checkpoint", "fingerprint": fingerprint,
+            "id": ckpt_id.hex(), "block": block.hex(), "used": used,
+            "trimmable": trimmable, "layers": layers}
+
+
+def checkpoint_from_header(header: dict[str, Any], path: Path, nbytes: int,
+                           mtime: float) -> Checkpoint:
+    """Rebuild a Checkpoint from its header (its payload is checked when it is read)."""
+    return Checkpoint(bytes.fromhex(header["id"]), bytes.fromhex(header["block"]),
+                      int(header["used"]), path, nbytes, mtime, bool(header["trimmable"]))
+
+
 class BlockIndex:
     """Every block and checkpoint of one model, from headers; not thread-safe (callers lock)."""
 

@@ -4,7 +4,9 @@
 directory): what to write (only blocks past the longest stored prefix, and a
 checkpoint where stateful layers need one), what to restore (the longest chain a
 request follows), integrity (a bad file cuts its chain), the byte budget (least
-recently used leaves first). `kv_blocks` defines the files and the index;
+recently used leaves first), and the retries of a restore whose files fail their
+checks. `kv_blocks` defines the files (blocks and checkpoints) and the index;
+`kv_startup` rebuilds the index at start-up and writes files whole or not at all;
 `kv_codec` turns mlx-lm cache objects into payloads and back, bit for bit.
 """
 
@@ -16,7 +18,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,21 +30,18 @@ from mlx_lm.models.cache import KVCache
 from cachelayer.backend.kv_blocks import (
     BLOCK_SUFFIX,
     CKPT_SUFFIX,
-    FORMAT,
     ROOT,
-    BadFile,
     Block,
     BlockIndex,
     Checkpoint,
     Match,
-    block_from_header,
     block_header,
     chain_hash,
     chain_seed,
+    checkpoint_header,
     checkpoint_id,
     encode_header,
     remove_files,
-    scan_dir,
 )
 from cachelayer.backend.kv_codec import (
     HostArrays,
@@ -56,7 +54,8 @@ from cachelayer.backend.kv_codec import (
     read_block_into,
     read_checkpoint,
 )
-from cachelayer.fs import TMP_PREFIX, ensure_private_dir
+from cachelayer.backend.kv_startup import rebuild_index, write_whole
+from cachelayer.fs import ensure_private_dir
 
 logger = logging.getLogger(__name__)
 # A restore tries this many ever shorter prefixes when files fail their checks.
@@ -135,59 +134,22 @@ class PagedStore:
             }
 
     def rebuild_index(self) -> None:
-        """Index the model directory from headers alone; drop bad, orphaned and old files."""
-        old = [p for p in self.root.iterdir() if p.suffix == ".safetensors"]
-        if old:
-            freed = sum(p.stat().st_size for p in old if p.exists())
-            remove_files(old)
-            self.count(old_format_removed=len(old))
+        """Index the model directory from headers alone; drop bad, orphaned and old files
+        (`kv_startup.rebuild_index`), then evict down to the budget."""
+        rebuilt = rebuild_index(self.root, self.fingerprint)
+        if rebuilt.old_removed:
+            self.count(old_format_removed=rebuilt.old_removed)
             logger.info("kv: removed %d files of the old whole-prompt format (%d bytes); "
-                        "the paged store refills as prompts come in", len(old), freed)
-        now = time.time()
-        for path in self.root.glob(f"{TMP_PREFIX}*"):
-            with contextlib.suppress(OSError):
-                if now - path.stat().st_mtime > 3600:
-                    path.unlink()
-        index = BlockIndex(self.fingerprint)
-        bad: list[Path] = []
-        blocks, ckpts = [], []
-        for path, header, size, mtime in scan_dir(self.root):
-            if header.get("fingerprint") != self.fingerprint:
-                bad.append(path)
-            elif header["kind"] == "block":
-                blocks.append((path, header, size, mtime))
-            else:
-                ckpts.append((path, header, size, mtime))
-        # Parents start before their children, so one pass in start order links every chain.
-        blocks.sort(key=lambda item: int(item[1].get("start") or 0))
-        for path, header, size, mtime in blocks:
-            try:
-                block = block_from_header(header, path, size, mtime)
-                if path.name != block.hash.hex() + BLOCK_SUFFIX:
-                    raise BadFile("name does not match address")
-            except (ValueError, KeyError, TypeError):  # BadFile is a ValueError
-                bad.append(path)
-                continue
-            if not index.add_block(block):
-                bad.append(path)  # its parent is gone: unreachable
-        for path, header, size, mtime in ckpts:
-            try:
-                ckpt = Checkpoint(
-                    bytes.fromhex(header["id"]), bytes.fromhex(header["block"]),
-                    int(header["used"]), path, size, mtime, bool(header["trimmable"]),
-                )
-            except (ValueError, KeyError, TypeError):
-                bad.append(path)
-                continue
-            if not index.add_checkpoint(ckpt):
-                bad.append(path)  # its block is gone
-        remove_files(bad)
+                        "the paged store refills as prompts come in", rebuilt.old_removed,
+                        rebuilt.old_bytes)
+        index = rebuilt.index
         with self._lock:
             self.index = index
-            self.counters.corrupt_dropped += len(bad)
+            self.counters.corrupt_dropped += len(rebuilt.bad)
         self.evict()
         logger.info("kv index: %d blocks, %d checkpoints, %d bytes in %s (%d dropped)",
-                    len(index.blocks), index.n_checkpoints, index.nbytes, self.root, len(bad))
+                    len(index.blocks), index.n_checkpoints, index.nbytes, self.root,
+                    len(rebuilt.bad))
 
     def nearest(self, tokens: list[int], kinds: tuple[str, ...],
                 tenant: str = "") -> Match | None:
@@ -378,9 +340,8 @@ class PagedStore:
     ) -> int:
         layers, parts, trimmable = checkpoint_parts(snapshot, kinds, stateful)
         ckpt_id = checkpoint_id(block.hash, used, self.fingerprint)
-        header = {"format": FORMAT, "kind": "checkpoint",
-                  "fingerprint": self.fingerprint, "id": ckpt_id.hex(), "block": block.hash.hex(),
-                  "used": used, "trimmable": trimmable, "layers": layers,
+        header = {**checkpoint_header(ckpt_id, block.hash, used, trimmable, layers,
+                                      self.fingerprint),
                   "payload_bytes": sum(p.nbytes for p in parts)}
         path = self.root / f"{ckpt_id.hex()}{CKPT_SUFFIX}"
         size = self._write_file(path, encode_header(header, checksum(parts)), parts)
@@ -397,28 +358,13 @@ class PagedStore:
         return max(0, size)
 
     def _write_file(self, path: Path, head: bytes, parts: list[np.ndarray]) -> int:
-        """Write via a temp file and rename: a file is on disk whole or not at all.
-
-        A file already at that address (another backend on the same directory)
-        holds the same content by construction; it is indexed, not rewritten, and
-        its checks run when it is loaded."""
-        with contextlib.suppress(FileNotFoundError):
-            return -path.stat().st_size
-        tmp = self.root / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+        """Write a file whole or not at all (`kv_startup.write_whole`); 0 on failure,
+        counted and logged (the store goes on without that file)."""
         try:
-            ensure_private_dir(self.root)  # `clear --kv` may have removed it
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(head)
-                for p in parts:
-                    f.write(p.data.cast("B"))
-            os.replace(tmp, path)
-            return path.stat().st_size
+            return write_whole(self.root, path, head, parts)
         except OSError as e:
             self.count(write_errors=1)
             logger.warning("cannot write kv file %s: %s", path.name, e)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             return 0
 
     def _drop(self, item: Block | Checkpoint, error: Exception) -> None:
