@@ -12,7 +12,9 @@ rewriting that block's head.
 
 Layers that cannot be rebuilt from per-token KV (sliding windows, recurrent
 state) are stored as *checkpoints*: their whole state at one position, beside the
-block that position falls in, at the points where mlx-lm itself checkpoints.
+block that position falls in, at the points where mlx-lm itself checkpoints (a
+segment's end, a prompt plus its answer) and at the block boundaries a long prefill
+passes (`prefill.py`). This module defines both file formats.
 
 File layout (``.kvb`` block, ``.kvc`` checkpoint)::
 
@@ -20,7 +22,8 @@ File layout (``.kvb`` block, ``.kvc`` checkpoint)::
 
 The header carries the payload's xxh3-64; a flipped byte, a truncated file or a
 file of another model fails its checks and is dropped, and the chain is cut there.
-The proxy's `stats` and `clear --kv` import this module, so it stays mlx-free.
+`cachelayer stats` and `clear --kv` import this module (through `kv_files`) where mlx
+may be absent, so it stays mlx-free.
 """
 
 from __future__ import annotations

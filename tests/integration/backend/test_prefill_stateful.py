@@ -10,14 +10,16 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.backend.conftest import StartBackend
-from tests.integration.backend.test_prefill_shared import _race
+from tests.integration.backend.test_prefill_shared import _first_token
 from tests.support.processes import ServerProcess
 from tests.support.wait import wait_until
 
@@ -26,6 +28,10 @@ pytestmark = pytest.mark.slow
 # that the backend notices the hang-up (within mlx-lm's 0.5 s loop) well before the end.
 LONG = " ".join(f"line {i} of the long file says hello." for i in range(450))
 STEP = ("--prefill-step-size", "16")
+# ~40,000 tokens: these tiny models prefill ~15,000 tokens/s here, and mlx-lm's server
+# takes new requests only between its 0.5 s loops; a few seconds of prefill is a race
+# the short request can only win by being let in between steps.
+LONGER = " ".join(f"line {i} of the long file says hello." for i in range(3000))
 ASK = {"max_tokens": 6, "logprobs": True, "top_logprobs": 3}
 
 
@@ -86,13 +92,38 @@ def test_a_hang_up_half_way_is_resumed_from_a_block_checkpoint_and_answers_as_co
     assert _answer(resent) == _answer(cold)
 
 
+def _race(server: ServerProcess) -> tuple[float, float]:
+    """(first token of the long request, first token of a short one sent during its
+    prefill)."""
+    _first_token(server, "warm up")
+    started = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        long = pool.submit(_first_token, server, LONGER, started)
+        wait_until(started.is_set, "the long prompt's first prefill progress", timeout=120)
+        short_first = _first_token(server, "What is in README.md?")
+        return long.result(timeout=600), short_first
+
+
+# One mlx-lm step would hold the whole prompt (65536 > its ~40,000 tokens).
+ONE_STEP = ("--prefill-step-size", "65536")
+
+
 @pytest.mark.parametrize("family", ["gemma3_text", "nemotron_h"])
 def test_a_short_request_gets_its_first_token_before_a_stateful_models_long_prefill_ends(
     family: str, family_model_dir: Callable[[str], Path], tmp_path: Path,
     start_backend: StartBackend,
 ) -> None:
-    # One mlx-lm step would hold the whole prompt; block-aligned steps let it in.
-    server = start_backend(family_model_dir(family), tmp_path / "kv",
-                           "--prefill-step-size", "8192")
+    # Block-aligned steps (256 tokens) let the short request in between them.
+    server = start_backend(family_model_dir(family), tmp_path / "kv", *ONE_STEP)
     long_first, short_first = _race(server)
     assert short_first < long_first, server.log()[-2000:]
+
+
+def test_with_mlx_lms_fixed_steps_the_short_request_waits_for_the_stateful_prefill(
+    family_model_dir: Callable[[str], Path], tmp_path: Path, start_backend: StartBackend,
+) -> None:
+    # The reference: --prefill-step-seconds 0 is mlx-lm's own scheduling (one step).
+    server = start_backend(family_model_dir("nemotron_h"), tmp_path / "kv", *ONE_STEP,
+                           "--prefill-step-seconds", "0")
+    long_first, short_first = _race(server)
+    assert short_first >= long_first
