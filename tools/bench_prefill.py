@@ -9,11 +9,16 @@ hidden size, random weights, built here), for each server:
      stock keeps nothing across a restart, so it prefills again);
   4. the time an interruption loses: the long request is abandoned half-way through its
      prefill and re-sent at once; lost = (time until the hang-up + the re-send's time to
-     first token) - a cold prefill's time to first token.
+     first token) - a cold prefill's time to first token;
+  5. restore speed (GB/s) against the disk's sequential read and memcpy, with the page
+     cache warm and cold (cold without root: fadvise DONTNEED, checked with mincore):
+     `benchlib/restore_speed.py`. Stock keeps nothing on disk, so this row has no
+     stock column.
 
-Writes bench-prefill.json to --out and prints a markdown table.
+Writes bench-prefill.json to --out and prints markdown tables.
 
     python tools/bench_prefill.py [--lines 60] [--out DIR] [--work-dir DIR]
+                                  [--restore-tokens 2048] [--only servers|restore]
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from typing import Any
 # Run from a checkout without installing: make the repository importable.
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 
 from tests.support.processes import (  # noqa: E402
     ServerProcess,
@@ -177,7 +183,19 @@ def run_server(kind: str, model: Path, work: Path, long_text: str) -> dict[str, 
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The results as a markdown table, both servers side by side."""
+    """The results as markdown tables, both servers side by side."""
+    from benchlib.restore_speed import markdown as restore_markdown
+
+    tables = []
+    if report.get("servers"):
+        tables.append(servers_markdown(report))
+    if report.get("restore_speed"):
+        tables.append(restore_markdown(report["restore_speed"]))
+    return "\n\n".join(tables)
+
+
+def servers_markdown(report: dict[str, Any]) -> str:
+    """The server measurements, stock and cachelayer side by side."""
     rows = {r["server"]: r for r in report["servers"]}
     stock, ours = rows["stock"], rows["cachelayer"]
 
@@ -213,15 +231,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="lines of the long prompt (about 14 tokens each; default 60)")
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--restore-tokens", type=int, default=2048,
+                        help="tokens of the chain whose restore speed is measured "
+                             "(96 KiB each; default 2048)")
+    parser.add_argument("--only", choices=("servers", "restore"), default=None,
+                        help="run only the server comparison or only the restore speed")
     args = parser.parse_args(argv)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-prefill-"))
     work.mkdir(parents=True, exist_ok=True)
-    model = build_geometry_model(work / "geometry-model")
-    long_text = " ".join(f"line {i} of the long file says hello." for i in range(args.lines))
     report: dict[str, Any] = {"lines": args.lines, "load_average": os.getloadavg(),
-                              "servers": []}
-    for kind in ("stock", "cachelayer"):
-        report["servers"].append(run_server(kind, model, work, long_text))
+                              "cpus": os.cpu_count(), "servers": []}
+    if args.only != "restore":
+        model = build_geometry_model(work / "geometry-model")
+        long_text = " ".join(f"line {i} of the long file says hello."
+                             for i in range(args.lines))
+        for kind in ("stock", "cachelayer"):
+            report["servers"].append(run_server(kind, model, work, long_text))
+    if args.only != "servers":
+        from benchlib.restore_speed import bench_restore_speed
+
+        report["restore_speed"] = bench_restore_speed(work, args.restore_tokens)
     report["load_average_after"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench-prefill.json").write_text(json.dumps(report, indent=2))
