@@ -111,9 +111,9 @@ class BatchGenerator(MlxBatchGenerator):
         self._kept: dict[int, int] = {}
         self._max_step = self.prefill_step_size
         self._speed: float | None = None  # prefill tokens per second, smoothed
-        # Only attention layers answer the same whatever the chunking (mlx-lm's sliding
-        # windows and recurrent states do not): other models keep mlx-lm's fixed steps,
-        # so an answer never depends on timing.
+        # Only attention-only models take time-sized steps: with a recurrent layer the
+        # answer depends on where steps cut (see the module docstring), and it must
+        # never depend on timing.
         attention_only = all(type(c) is KVCache for c in make_prompt_cache(self.model))
         self._reschedule = attention_only
         # The others take block-aligned steps (see the module docstring), unless mlx-lm's
@@ -137,7 +137,7 @@ class BatchGenerator(MlxBatchGenerator):
         return uids
 
     def _align(self, uids: list[int], starts: list[int]) -> None:
-        """Cut the newly queued prompts' segments at absolute multiples of the unit."""
+        """Cut the newly queued prompts' segments at absolute multiples of the units."""
         starts_of = dict(zip(uids, starts, strict=True))
         for seq in self._unprocessed_sequences:
             uid = seq[0]
