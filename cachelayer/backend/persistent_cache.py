@@ -257,7 +257,8 @@ class PersistentPromptCache(BudgetedPromptCache):
     def checkpoint(self, tokens: tuple[int, ...], window: list[Any], base: int) -> bool:
         """Queue a prefill in progress for the disk: `window` holds the attention arrays of
         tokens [base, len(tokens)) only, and the whole state of any other layer at
-        len(tokens), evaluated; False if the queue is full."""
+        len(tokens), evaluated; False if it was not queued (the disk is behind, or no
+        tenant sent these tokens to keep them for)."""
         if not self._checkpoint_slots.acquire(blocking=False):
             self.checkpoints["skipped"] += 1
             return False

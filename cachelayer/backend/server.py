@@ -180,7 +180,8 @@ def make_handler_class(settings: BackendSettings, limits: ModelLimits) -> type:
             super().handle_completion(request, stop_words)
 
         def do_GET(self) -> None:
-            """Serve /v1/cachelayer/kv; everything else as mlx-lm does."""
+            """Serve /v1/cachelayer/kv (counters) and the model's limits (MODEL_ROUTE);
+            everything else as mlx-lm does."""
             if self.path == KV_ROUTE:
                 cache: Any = self.response_generator.prompt_cache
                 self._send_json(200, cache.stats())
