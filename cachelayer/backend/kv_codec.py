@@ -146,6 +146,8 @@ class HostArrays:
     dtypes: dict[tuple[int, str], str]
     nbytes: int
     seconds: float
+    # The sliding-window / recurrent layers' state, when the match ends at a checkpoint.
+    checkpoint: list[HostLayerState] | None = None
 
 
 def alloc_host(heads: int, n: int, dim: int, dtype: str) -> tuple[str, np.ndarray]:
@@ -211,9 +213,20 @@ def read_block_into(
     finally:
         os.close(fd)
 
-def read_checkpoint(ckpt: Checkpoint, fingerprint: str, kinds: tuple[str, ...],
-                    caches: list[Any]) -> int:
-    """Rebuild the stateful layers of `caches` from a checkpoint file; returns its size."""
+@dataclass
+class HostLayerState:
+    """One stateful layer of a checkpoint read into host memory (no mlx yet)."""
+
+    layer: int
+    kind: str
+    meta: dict[str, Any]
+    arrays: list[tuple[np.ndarray, str] | None]
+
+
+def read_checkpoint_host(ckpt: Checkpoint, fingerprint: str, kinds: tuple[str, ...],
+                         ) -> tuple[list[HostLayerState], int]:
+    """Read and check a checkpoint file into host arrays without any mlx call, so an I/O
+    thread can do it; returns the layers' states and the file's size."""
     with ckpt.path.open("rb") as f:
         size = os.fstat(f.fileno()).st_size
         header, _ = read_header(f, size)
@@ -223,11 +236,12 @@ def read_checkpoint(ckpt: Checkpoint, fingerprint: str, kinds: tuple[str, ...],
     if f"{xxhash.xxh3_64_intdigest(payload):016x}" != header["checksum"]:
         raise BadFile("payload checksum mismatch")
     pos = 0
+    states = []
     for spec in header["layers"]:
         i, kind = int(spec["layer"]), spec["kind"]
         if i >= len(kinds) or kinds[i] != kind:
             raise BadFile("checkpoint layers do not match the model")
-        arrays: list[mx.array | None] = []
+        arrays: list[tuple[np.ndarray, str] | None] = []
         for entry in spec["arrays"]:
             if entry is None:
                 arrays.append(None)
@@ -236,16 +250,31 @@ def read_checkpoint(ckpt: Checkpoint, fingerprint: str, kinds: tuple[str, ...],
             npd = np_dtype(dtype)
             count = int(np.prod(shape)) * npd.itemsize
             a = np.frombuffer(payload, dtype=npd, count=count // npd.itemsize, offset=pos)
-            arrays.append(to_mx(a.reshape(shape), dtype))
+            arrays.append((a.reshape(shape), dtype))
             pos += count
+        states.append(HostLayerState(i, kind, spec.get("meta") or {}, arrays))
+    return states, size
+
+
+def checkpoint_caches(states: list[HostLayerState], caches: list[Any]) -> None:
+    """Put the mlx caches of checkpoint `states` into `caches` (one copy per array)."""
+    for state in states:
+        arrays = [None if a is None else to_mx(*a) for a in state.arrays]
         c: Any
-        if kind == "rotating":
-            meta = spec["meta"]
+        if state.kind == "rotating":
+            meta = state.meta
             c = RotatingKVCache(max_size=meta["max_size"], keep=meta["keep"])
             c.state = (arrays[0], arrays[1], meta["offset"], meta["keep"], meta["max_size"],
                        meta["idx"])
         else:
             c = ArraysCache(len(arrays))
             c.cache = arrays
-        caches[i] = c
+        caches[state.layer] = c
+
+
+def read_checkpoint(ckpt: Checkpoint, fingerprint: str, kinds: tuple[str, ...],
+                    caches: list[Any]) -> int:
+    """Rebuild the stateful layers of `caches` from a checkpoint file; returns its size."""
+    states, size = read_checkpoint_host(ckpt, fingerprint, kinds)
+    checkpoint_caches(states, caches)
     return size

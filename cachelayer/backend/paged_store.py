@@ -47,12 +47,14 @@ from cachelayer.backend.kv_codec import (
     HostArrays,
     alloc_host,
     block_parts,
+    checkpoint_caches,
     checkpoint_parts,
     checksum,
     host_to_mx,
     kv_views,
     read_block_into,
     read_checkpoint,
+    read_checkpoint_host,
 )
 from cachelayer.backend.kv_startup import rebuild_index, write_whole
 from cachelayer.fs import ensure_private_dir
@@ -160,11 +162,13 @@ class PagedStore:
                                       tenant=tenant)
 
     def read(self, match: Match, kinds: tuple[str, ...]) -> HostArrays | None:
-        """Read an attention-only match into host memory without any mlx call, so an
-        I/O thread can do it while the generation thread works; `restore` then makes
-        the cache. None (chain cut, counted) if a file fails its checks."""
-        if match.checkpoint is not None or any(k != "kv" for k in kinds):
-            return None
+        """Read a match (its blocks, and its checkpoint for sliding-window and recurrent
+        layers) into host memory without any mlx call, so an I/O thread can do it while
+        the generation thread works; `restore` then makes the cache. None (chain cut,
+        counted) if a file fails its checks."""
+        stateful = any(k != "kv" for k in kinds)
+        if stateful != (match.checkpoint is not None):
+            return None  # stateful layers restore only at a checkpoint
         started = time.monotonic()
         kv_layers = [i for i, k in enumerate(kinds) if k == "kv"]
         dest: dict[tuple[int, str], tuple[Any, np.ndarray]] = {}
@@ -178,9 +182,19 @@ class PagedStore:
                 self._drop(block, e)
                 return None
             pos += used
+        states = None
+        if match.checkpoint is not None:
+            try:
+                states, size = read_checkpoint_host(match.checkpoint, self.fingerprint, kinds)
+            except (OSError, ValueError, KeyError, TypeError) as e:  # BadFile is a ValueError
+                self._drop(match.checkpoint, e)
+                return None
+            nbytes += size
+            if {s.layer for s in states} != {i for i, k in enumerate(kinds) if k != "kv"}:
+                return None
         return HostArrays(match, {k: v for k, (_, v) in dest.items()},
                           {k: d for k, (d, _) in dest.items()}, nbytes,
-                          time.monotonic() - started)
+                          time.monotonic() - started, states)
 
     def restore(self, host: HostArrays, kinds: tuple[str, ...]) -> list[Any]:
         """The cache of arrays `read` brought in (one copy each into mlx memory)."""
@@ -192,9 +206,23 @@ class PagedStore:
                            host_to_mx(host.arrays[i, "v"], host.dtypes[i, "v"]),
                            host.match.n_tokens)
                 caches[i] = c
+        if host.checkpoint is not None:
+            checkpoint_caches(host.checkpoint, caches)
+            self._trim_to_match(host.match, caches)
         mx.eval([c.state for c in caches])
         self._touch(host.match, host.nbytes)
         return caches
+
+    @staticmethod
+    def _trim_to_match(match: Match, caches: list[Any]) -> None:
+        """A trimmable checkpoint past where the match ends (a branch inside its block)
+        is trimmed back to it (the attention layers hold exactly the match's tokens)."""
+        assert match.checkpoint is not None
+        extra = match.chain[-1][1] - match.checkpoint.used
+        if extra < 0:
+            for c in caches:
+                if not isinstance(c, KVCache):
+                    c.trim(-extra)
 
     def _read_ahead(self, match: Match) -> None:
         # Ask the kernel to read every file of the chain ahead, so the disk streams
@@ -268,11 +296,7 @@ class PagedStore:
             except (OSError, ValueError, KeyError, TypeError) as e:  # BadFile is a ValueError
                 self._drop(match.checkpoint, e)
                 return None
-            extra = match.chain[-1][1] - match.checkpoint.used
-            if extra < 0:
-                for c in caches:
-                    if not isinstance(c, KVCache):
-                        c.trim(-extra)
+            self._trim_to_match(match, caches)
         if any(c is None for c in caches):
             return None
         mx.eval([c.state for c in caches])

@@ -75,8 +75,15 @@ def test_a_restored_cache_continues_bit_for_bit_like_the_written_one(
     restored = restarted.load(match, kinds)
     assert restored is not None
     assert [type(c) for c in restored] == [type(c) for c in live]
+    # The read ahead's path: host memory on an I/O thread, then the copy into mlx.
+    host = restarted.read(match, kinds)
+    assert host is not None
+    read_ahead = restarted.restore(host, kinds)
+    assert [type(c) for c in read_ahead] == [type(c) for c in live]
     suffix = _tokens(20, start=500)
-    assert mx.array_equal(_logits(model, suffix, restored), _logits(model, suffix, live))
+    expected = _logits(model, suffix, live)
+    assert mx.array_equal(_logits(model, suffix, restored), expected)
+    assert mx.array_equal(_logits(model, suffix, read_ahead), expected)
 
 
 def test_a_later_turn_writes_only_the_tokens_it_adds(family_model: Family, tmp_path: Path) -> None:
