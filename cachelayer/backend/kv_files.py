@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,30 @@ _FINGERPRINT_SALT = "cachelayer-kv/1"
 # cheaply; with names, sizes and mtimes it separates any two real checkpoints.
 _SAMPLE_BYTES = 1 << 20
 _SUFFIXES = (BLOCK_SUFFIX, CKPT_SUFFIX, OLD_SUFFIX)
+
+
+@dataclass
+class KVCounters:
+    """What the paged store did since the process started: exported in kv-stats.json,
+    which `kv_stats` merges with what it counts on disk."""
+
+    lookups: int = 0
+    disk_hits: int = 0
+    memory_hits: int = 0
+    tokens_restored_disk: int = 0
+    tokens_restored_memory: int = 0
+    tokens_prefilled: int = 0
+    blocks_written: int = 0
+    checkpoints_written: int = 0
+    bytes_written: int = 0
+    blocks_read: int = 0
+    bytes_read: int = 0
+    evicted_blocks: int = 0
+    evicted_checkpoints: int = 0
+    corrupt_dropped: int = 0
+    missing_files: int = 0
+    write_errors: int = 0
+    old_format_removed: int = 0
 
 
 def model_fingerprint(model_dir: Path) -> str:

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -56,35 +56,13 @@ from cachelayer.backend.kv_codec import (
     read_checkpoint,
     read_checkpoint_host,
 )
+from cachelayer.backend.kv_files import KVCounters
 from cachelayer.backend.kv_startup import rebuild_index, write_whole
 from cachelayer.fs import ensure_private_dir
 
 logger = logging.getLogger(__name__)
 # A restore tries this many ever shorter prefixes when files fail their checks.
 _LOAD_TRIES = 3
-
-
-@dataclass
-class KVCounters:
-    """What the store did since the process started (exported as JSON)."""
-
-    lookups: int = 0
-    disk_hits: int = 0
-    memory_hits: int = 0
-    tokens_restored_disk: int = 0
-    tokens_restored_memory: int = 0
-    tokens_prefilled: int = 0
-    blocks_written: int = 0
-    checkpoints_written: int = 0
-    bytes_written: int = 0
-    blocks_read: int = 0
-    bytes_read: int = 0
-    evicted_blocks: int = 0
-    evicted_checkpoints: int = 0
-    corrupt_dropped: int = 0
-    missing_files: int = 0
-    write_errors: int = 0
-    old_format_removed: int = 0
 
 
 class PagedStore:
