@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
+import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -48,8 +50,10 @@ def _answer(response: Any) -> list[tuple[str, float, list[tuple[str, float]]]]:
             for t in response.choices[0].logprobs.content]
 
 
-def _hang_up_half_way(server: ServerProcess) -> tuple[int, int]:
-    """Stream the long prompt, hang up once half of it is prefilled; (done, total)."""
+def _hang_up_half_way(server: ServerProcess,
+                      then: Callable[[], None] = lambda: None) -> tuple[int, int]:
+    """Stream the long prompt; once half of it is prefilled call `then` and hang up;
+    returns (tokens done at half-way, tokens in all)."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
     body = {"model": "m", "temperature": 0, "stream": True, "max_tokens": 6,
             "messages": [{"role": "user", "content": LONG}]}
@@ -60,6 +64,7 @@ def _hang_up_half_way(server: ServerProcess) -> tuple[int, int]:
         for line in response:
             match = re.match(rb": keepalive (\d+)/(\d+)", line)
             if match and int(match[1]) * 2 >= int(match[2]):
+                then()
                 return int(match[1]), int(match[2])
             assert not line.startswith(b"data:"), "the prefill ended before half-way"
         raise AssertionError("the stream ended before half-way")
@@ -90,6 +95,29 @@ def test_a_hang_up_half_way_is_resumed_from_a_block_checkpoint_and_answers_as_co
     reused = api.cached_tokens(resent)
     assert 256 <= reused < total and reused % 256 == 0
     assert _answer(resent) == _answer(cold)
+
+
+def test_a_kill_9_half_way_keeps_a_recurrent_models_block_checkpoints_for_the_restart(
+    family_model_dir: Callable[[str], Path], tmp_path: Path, start_backend: StartBackend,
+    api: Any,
+) -> None:
+    model = family_model_dir("nemotron_h")
+    cold = _chat(start_backend(model, tmp_path / "kv-cold", *STEP))
+    server = start_backend(model, tmp_path / "kv", *STEP)
+
+    def kill() -> None:
+        wait_until(lambda: api.get_json(server, "/v1/cachelayer/kv")["checkpoints_written"]
+                   >= 4, "four block checkpoints (1,024 tokens) on disk", timeout=120)
+        os.kill(server.proc.pid, signal.SIGKILL)
+        server.proc.wait(30)
+
+    _, total = _hang_up_half_way(server, kill)
+    restarted = start_backend(model, tmp_path / "kv", *STEP)
+    resent = _chat(restarted)
+    reused = api.cached_tokens(resent)
+    assert 1024 <= reused < total and reused % 256 == 0
+    assert _answer(resent) == _answer(cold)
+    assert api.get_json(restarted, "/v1/cachelayer/kv")["tokens_restored_disk"] == reused
 
 
 def _race(server: ServerProcess) -> tuple[float, float]:
