@@ -95,6 +95,12 @@ class Settings:
     # request waits for its own write. Bounds the memory a storm of misses can queue,
     # and what a crash (kill -9, power) can lose: at most this many answers.
     max_pending_writes: int = 64
+    # With --store redis://: a proxy computing a miss holds an in-flight marker with this
+    # lease (renewed every third of it, until its answer's write landed); an identical
+    # request at another proxy waits for that answer, at most fleet_wait_s, and a proxy
+    # that died releases its marker when the lease runs out.
+    fleet_lease_s: float = 5.0
+    fleet_wait_s: float = 300.0
     # The backend's prompt-KV reuse is scoped by credential (X-Cachelayer-Tenant), so one
     # client cannot time or count another's cached prompt. True shares prefixes across
     # credentials: for a single-user machine whose clients use several keys.

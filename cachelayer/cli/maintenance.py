@@ -153,16 +153,15 @@ def clear_one(name: str, settings: Settings) -> str:
     if name == "responses":
         if not settings.responses_dir.exists():
             return "nothing stored"
-        from cachelayer.proxy.store.backends.disk import ResponseStore
+        from cachelayer.proxy.store.backends.disk import DiskTier
 
-        def open_store() -> ResponseStore:
-            return ResponseStore(settings.responses_dir, size_limit=1 << 62, ttl_s=0,
-                                 entry_max_bytes=0)
+        def open_store() -> DiskTier:
+            return DiskTier(settings.responses_dir, size_limit=1 << 62)
 
         store = open_store()
         try:
             if store.degraded is None:
-                return f"removed {store.clear()} stored answers"
+                return f"removed {store.clear_now()} stored answers"
             why = store.degraded
         except sqlite3.Error as exc:  # opened, but its tables are unreadable
             why = f"cannot read the response store: {exc}"

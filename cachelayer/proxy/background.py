@@ -1,9 +1,9 @@
 """Work that runs off the request path (store writes, prefix size counts), awaited at
 shutdown so nothing half-done is lost.
 
-Layer 2 spawns its writes here (and counts how many are queued: a full queue makes the
-request wait for its own write), layer 1 its prefix measurements. The observer drains it
-before the last metrics export, so the export counts every write.
+Layer 1 spawns its prefix measurements here. Layer 2's writes queue in its store front
+(proxy/store/front.py), which bounds them itself. The observer drains both before the
+last metrics export, so the export counts every write.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from cachelayer.proxy.background import BACKGROUND
 from cachelayer.proxy.layer import LAYERS
 from cachelayer.proxy.prefix.ledger import LEDGER
 from cachelayer.proxy.state import SETTINGS
-from cachelayer.proxy.store.layer import SHARED
+from cachelayer.proxy.store.layer import SHARED, STORE
 from cachelayer.telemetry.export import Snapshots, metrics_document, write_metrics_file
 from cachelayer.telemetry.kv_memory import exported_kv_stats
 from cachelayer.telemetry.prometheus import render_prometheus
@@ -90,6 +90,9 @@ async def observe_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await exporter.stop()
     await app[BACKGROUND].drain()
+    store = app.get(STORE)
+    if store is not None:
+        await store.drain()  # layer 2's queued writes: their counts belong in the export
     try:
         await export_cycle(app)
     except OSError as exc:

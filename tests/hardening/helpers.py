@@ -20,6 +20,7 @@ from aiohttp.typedefs import Handler
 
 from cachelayer.config import MiB, Settings
 from cachelayer.proxy.background import BACKGROUND
+from cachelayer.proxy.store.layer import STORE
 from tests.support import http
 from tests.support.fake_upstream import FakeUpstream, default_reply
 from tests.support.servers import RunningServer
@@ -69,7 +70,8 @@ class CountingUpstream(FakeUpstream):
 def wait_for_writes(proxy: RunningServer, timeout: float = 10.0) -> None:
     """Let layer 2's background store writes land."""
     deadline = time.time() + timeout
-    while proxy.app[BACKGROUND].tasks and time.time() < deadline:
+    while (proxy.app[BACKGROUND].tasks or proxy.app[STORE].pending_writes) \
+            and time.time() < deadline:
         time.sleep(0.01)
 
 

@@ -26,7 +26,7 @@ import pytest
 
 from cachelayer.config import Settings
 from cachelayer.proxy.prefix.ledger import LEDGER, Ledger
-from cachelayer.proxy.store.backends.disk import ResponseStore
+from cachelayer.proxy.store.backends.disk import DiskTier
 from cachelayer.proxy.store.layer import STORE
 from tests.hardening.helpers import (
     SUMMARY,
@@ -511,8 +511,7 @@ def test_kill_9_during_a_write_storm_leaves_a_clean_store_that_replays_byte_iden
     data = tmp_path / "data"
     for db in (data / "responses" / "cache.db", data / "ledger" / "cache.db"):
         assert _integrity(db) == "ok"
-    store = ResponseStore(data / "responses", size_limit=1 << 30, ttl_s=3600.0,
-                          entry_max_bytes=1 << 24)
+    store = DiskTier(data / "responses", size_limit=1 << 30)
     entries = len(store)
     store.close()
     Ledger(data / "ledger").close()

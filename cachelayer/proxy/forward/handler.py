@@ -24,7 +24,7 @@ from cachelayer.protocol.openai import parse_response
 from cachelayer.protocol.sse import render_sse
 from cachelayer.proxy.conversation import AFFINITY, conversation_of
 from cachelayer.proxy.forward.errors import UPSTREAM_FAILURES, upstream_error
-from cachelayer.proxy.forward.keepalive import Downstream
+from cachelayer.proxy.forward.keepalive import DOWNSTREAM, Downstream
 from cachelayer.proxy.forward.layer import POOL
 from cachelayer.proxy.forward.pool import Upstream
 from cachelayer.proxy.forward.relay import relay_stream
@@ -103,9 +103,14 @@ async def _handle_streamed(request: web.Request, exchange: Exchange) -> web.Stre
     an upstream that fails after the stream began ends it with the API's error event."""
     started = time.perf_counter()
     supervisor = request.app.get(SUPERVISOR)
-    if supervisor is not None and not supervisor.up:
+    # A request that waited on a coalesced one may have heard keep-alives already.
+    downstream = request.get(DOWNSTREAM)
+    if supervisor is not None and not supervisor.up and (
+            downstream is None or downstream.response is None):
+        if downstream is not None:
+            downstream.first_token()
         raise unavailable(supervisor)  # before anything is sent: a 503 with its status
-    downstream = Downstream(request)
+    downstream = downstream or Downstream(request)
     try:
         backend, upstream, url = await downstream.paced(open_supervised(request, exchange))
         return await _answer(request, exchange, backend, upstream, url, started, downstream)

@@ -109,6 +109,11 @@ class Downstream:
                 task.cancel()
 
 
+# A streamed request that already heard keep-alives while it waited on a coalesced one
+# (proxy/store/waiters.py) carries its Downstream here, so the handler goes on with it.
+DOWNSTREAM = web.RequestKey("downstream", Downstream)
+
+
 async def next_or_none(iterator: AsyncIterator[T]) -> T | None:
     """The iterator's next item, or None at its end (a task cannot end in
     StopAsyncIteration)."""

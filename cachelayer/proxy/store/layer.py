@@ -17,11 +17,10 @@ from aiohttp import web
 from cachelayer.config import Settings
 from cachelayer.proxy.memo import Memo
 from cachelayer.proxy.prefix.ledger import LEDGER
-from cachelayer.proxy.store.backends import redis as redis_store
 from cachelayer.proxy.store.backends.base import AnswerStore
-from cachelayer.proxy.store.backends.disk import ResponseStore
 from cachelayer.proxy.store.backends.redis_ledger import SharedLedger
 from cachelayer.proxy.store.coalesce import Coalescer
+from cachelayer.proxy.store.open import open_store
 
 STORE = web.AppKey("store", AnswerStore)
 # Only with --store redis://: the ledger's shared half (absent otherwise: use app.get()).
@@ -32,17 +31,6 @@ COALESCER = web.AppKey("coalescer", Coalescer)
 RENDER_MEMO = web.AppKey("render_memo", Memo[bytes])
 
 StoreOpener = Callable[[Settings], tuple[AnswerStore, SharedLedger | None]]
-
-
-def open_store(settings: Settings) -> tuple[AnswerStore, SharedLedger | None]:
-    """Layer 2's store for --store (Redis, with the ledger's shared half) or diskcache."""
-    if settings.store_url:
-        client = redis_store.connect(settings)
-        return (redis_store.RedisStore(client, settings),
-                SharedLedger(client, settings.store_namespace))
-    return ResponseStore(settings.responses_dir, size_limit=settings.response_max_bytes,
-                         ttl_s=settings.response_ttl_s, entry_max_bytes=settings.entry_max_bytes,
-                         hot_bytes=settings.hot_tier_bytes), None
 
 
 class StoreLayer:

@@ -17,13 +17,15 @@ from aiohttp.typedefs import Handler
 from cachelayer.protocol.chat import ChatResult
 from cachelayer.protocol.early_usage import as_replayed
 from cachelayer.protocol.sse import render_sse, write_sse
-from cachelayer.proxy.background import BACKGROUND
 from cachelayer.proxy.prefix.ledger import LEDGER, Ledger
 from cachelayer.proxy.state import EXCHANGE, SETTINGS, CacheStatus, Exchange
+from cachelayer.proxy.store import waiters
+from cachelayer.proxy.store.answer import PutOutcome
 from cachelayer.proxy.store.backends.base import AnswerStore
 from cachelayer.proxy.store.keys import response_key
 from cachelayer.proxy.store.layer import COALESCER, KEY_MEMO, RENDER_MEMO, STORE
 from cachelayer.proxy.store.policy import decide, parse_cache_control, unstorable_reason
+from cachelayer.proxy.store.waiters import paced
 from cachelayer.telemetry import counters as c
 
 log = logging.getLogger(__name__)
@@ -103,53 +105,74 @@ async def store_middleware(request: web.Request, handler: Handler) -> web.Stream
     coalescer = app[COALESCER]
     leads = False
     if decision.store and exchange.cache_status != CacheStatus.BYPASS:
+        miss_status = exchange.cache_status
+        # A waiter's stream may begin (keep-alives) before its answer: it expects a HIT.
+        exchange.cache_status = CacheStatus.HIT
         leader = coalescer.leading(key)
         if leader is None:
             coalescer.lead(key)
             leads = True
-        else:
-            shared = await coalescer.follow(leader)
+            try:
+                # Another proxy computing the same key: wait for its answer instead.
+                fleet = await paced(request, exchange, store.await_fleet(key)) \
+                    if store.fleet_wide else None
+            except BaseException:
+                coalescer.settle(key, None)
+                raise
+            shared = fleet.result if fleet is not None else None
             if shared is not None:
-                exchange.cache_status = CacheStatus.HIT
-                exchange.result = shared
-                ledger.count(c.RESPONSE_COALESCED)
-                return await replay(request, exchange, shared, 0.0)
+                coalescer.settle(key, shared)
+        else:
+            shared = await paced(request, exchange, coalescer.follow(leader))
+        if shared is not None:
+            exchange.result = shared
+            ledger.count(c.RESPONSE_COALESCED)
+            begun = waiters.begun(request)
+            if begun is not None:
+                return await waiters.finish_begun(begun, shared)
+            return await replay(request, exchange, shared, 0.0)
+        exchange.cache_status = miss_status
     ledger.count(c.LOOKUP_COUNTERS[exchange.cache_status.value])
+    kept = False
     try:
         response = await handler(request)
+        result = exchange.result
+        if result is None:
+            ledger.count(c.RESPONSE_ERRORS)
+        elif decision.store:
+            kept = await _keep(store, ledger, key, result, exchange.oversized,
+                               settings.store_truncated)
+        return response
     except Exception:
         ledger.count(c.RESPONSE_ERRORS)
         raise
     finally:
         if leads:
             coalescer.settle(key, None if exchange.oversized else exchange.result)
-    result = exchange.result
-    if result is None:
-        ledger.count(c.RESPONSE_ERRORS)
-        return response
-    if decision.store:
-        reason = "over --entry-max-size" if exchange.oversized else unstorable_reason(
-            result, store_truncated=settings.store_truncated)
-        if reason is None:
-            store.stage(key, result)
-            background = app[BACKGROUND]
-            if len(background) < settings.max_pending_writes:
-                background.spawn(_put(store, ledger, key, result))
-            else:
-                # Backpressure: the queue of writes is full, so this request pays for its
-                # own (a non-streamed answer leaves once it is stored).
-                ledger.count(c.RESPONSE_WRITE_WAITS)
-                await _put(store, ledger, key, result)
+            if not kept:
+                store.release(key)
+
+
+async def _keep(store: AnswerStore, ledger: Ledger, key: str, result: ChatResult,
+                oversized: bool, store_truncated: bool) -> bool:
+    """Stage the answer and queue its write, unless it must not be stored; True when
+    it was kept (its write then releases the fleet's marker once it landed)."""
+    reason = "over --entry-max-size" if oversized else unstorable_reason(
+        result, store_truncated=store_truncated)
+    if reason is not None:
+        ledger.count(c.RESPONSE_NOT_STORED)
+        log.debug("not storing answer: %s", reason)
+        return False
+
+    def done(outcome: PutOutcome) -> None:
+        if outcome.stored:
+            ledger.count(c.RESPONSE_STORED)
+            ledger.count(c.RESPONSE_EVICTIONS, outcome.evicted + outcome.expired)
         else:
             ledger.count(c.RESPONSE_NOT_STORED)
-            log.debug("not storing answer: %s", reason)
-    return response
 
-
-async def _put(store: AnswerStore, ledger: Ledger, key: str, result: ChatResult) -> None:
-    outcome = await store.save(key, result)
-    if outcome.stored:
-        ledger.count(c.RESPONSE_STORED)
-        ledger.count(c.RESPONSE_EVICTIONS, outcome.evicted + outcome.expired)
-    else:
-        ledger.count(c.RESPONSE_NOT_STORED)
+    if await store.keep(key, result, done):
+        # Backpressure: the write queue was full, so this request paid for its own
+        # (a non-streamed answer leaves once it is stored).
+        ledger.count(c.RESPONSE_WRITE_WAITS)
+    return True

@@ -16,6 +16,7 @@ from cachelayer.config import Settings
 from cachelayer.proxy.app import make_app
 from cachelayer.proxy.background import BACKGROUND
 from cachelayer.proxy.forward.upstream import COUNT_ROUTE
+from cachelayer.proxy.store.layer import STORE
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.servers import RunningServer, serve_app
 
@@ -31,7 +32,8 @@ def client(proxy: RunningServer) -> anthropic.Anthropic:
 def wait_for_writes(proxy: RunningServer) -> None:
     """Let layer 2's background store writes land before the next request."""
     deadline = time.time() + 10
-    while proxy.app[BACKGROUND].tasks and time.time() < deadline:
+    while (proxy.app[BACKGROUND].tasks or proxy.app[STORE].pending_writes) \
+            and time.time() < deadline:
         time.sleep(0.01)
 
 

@@ -129,11 +129,15 @@ def _wait_for_writes(proxy: RunningServer) -> None:
     import time
 
     from cachelayer.proxy.background import BACKGROUND
+    from cachelayer.proxy.store.layer import STORE
+
+    def busy() -> int:
+        return len(proxy.app[BACKGROUND].tasks) + proxy.app[STORE].pending_writes
 
     deadline = time.time() + 10
-    while proxy.app[BACKGROUND].tasks and time.time() < deadline:
+    while busy() and time.time() < deadline:
         time.sleep(0.01)
-    assert not proxy.app[BACKGROUND].tasks, "background store writes did not finish in 10 s"
+    assert not busy(), "background store writes did not finish in 10 s"
 
 
 def test_model_map_renames_the_model_sent_upstream(

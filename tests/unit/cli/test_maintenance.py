@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -14,9 +14,11 @@ from cachelayer.cli.stats import format_stats
 from cachelayer.protocol.chat import ChatResult, Choice, Usage
 from cachelayer.proxy.prefix.ledger import Ledger
 from cachelayer.proxy.prefix.stabilize import PrefixIds
-from cachelayer.proxy.store.backends.disk import ResponseStore
+from cachelayer.proxy.store.backends.disk import DiskTier
+from cachelayer.proxy.store.front import StoreFront
 from cachelayer.telemetry.export import build_metrics
 from cachelayer.telemetry.prefix_records import PrefixRecord
+from tests.support.wait import wait_until
 
 
 def _document() -> dict[str, object]:
@@ -68,14 +70,17 @@ def test_stats_offline_without_a_metrics_file_reads_the_ledger(
 def test_clear_responses_removes_stored_answers_and_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    store = ResponseStore(tmp_path / "responses", size_limit=1 << 30, ttl_s=60,
-                          entry_max_bytes=1 << 20)
-    store.put("k", ChatResult("chat", "i", 0, "m", (Choice(0, "hi", "stop"),)))
+    running = StoreFront(DiskTier(tmp_path / "responses", size_limit=1 << 30), ttl_s=60,
+                         entry_max_bytes=1 << 20)
+    result = ChatResult("chat", "i", 0, "m", (Choice(0, "hi", "stop"),))
+    assert asyncio.run(running.save("k", result)).stored
+    assert asyncio.run(running.lookup("k")) is not None  # now held in its memory too
     assert main(["clear", "--responses", "--yes", "--data-dir", str(tmp_path)]) == 0
     assert "removed 1 stored answers" in capsys.readouterr().out
-    time.sleep(0.3)  # a running store looks at the clear marker every 0.25 s
-    assert store.get("k") is None  # the running store sees the clear
-    store.close()
+    # The running store looks at the clear marker every 0.25 s, then forgets its memory.
+    wait_until(lambda: asyncio.run(running.lookup("k")) is None,
+               "the running store to see the clear")
+    asyncio.run(running.aclose())
 
 
 def test_clear_all_reports_every_cache(tmp_path: Path,
@@ -124,7 +129,7 @@ def test_clear_of_a_store_that_cannot_be_opened_recreates_it_and_says_so(
     assert main(["clear", "--responses", "--yes", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "removed the whole store (an empty one created)" in out, out
-    store = ResponseStore(responses, size_limit=1 << 30, ttl_s=60, entry_max_bytes=1 << 20)
+    store = DiskTier(responses, size_limit=1 << 30)
     try:
         assert store.degraded is None and len(store) == 0
     finally:

@@ -1,9 +1,13 @@
-"""Where layer 2 keeps answers: a size-bounded diskcache with counted evictions.
+"""The diskcache cold tier: answers in one size-bounded SQLite database, evictions counted.
 
 diskcache culls silently once past its size limit (1 GB by default). Here automatic
-culling is off (`cull_limit=0`) and the store evicts the oldest entries after each write
+culling is off (`cull_limit=0`) and the tier evicts the oldest entries after each write
 itself, so every eviction is counted. Reads never write (least-recently-stored policy),
-which keeps a hit to one SQLite read on the event loop.
+which keeps a read to one SQLite read: cheaper on the loop than a hop to a thread, so
+`read` runs there, while writes and clears go to a thread.
+
+A `cachelayer clear` in another process rewrites the generation marker file; the front
+compares `generation()` (a stat, at most every CHECK_EVERY_S) and forgets its hot tier.
 """
 
 from __future__ import annotations
@@ -13,10 +17,7 @@ import logging
 import os
 import sqlite3
 import struct
-import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import diskcache
 
 from cachelayer.fs import ensure_private_dir, write_atomic
 from cachelayer.protocol.chat import ChatResult
+from cachelayer.proxy.store.answer import PutOutcome, StoredAnswer
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct("<d")  # stored_at, then the result's bytes
@@ -31,130 +33,19 @@ GENERATION_MARKER = "generation"
 CHECK_EVERY_S = 0.25  # how soon a `cachelayer clear` from another process takes effect
 
 
-@dataclass(frozen=True)
-class StoredAnswer:
-    """A stored result and when it was stored."""
+class DiskTier:
+    """Answers in a diskcache directory, with a total size limit; degraded (a pass-through)
+    when the directory cannot be opened or written."""
 
-    result: ChatResult
-    stored_at: float
+    kind = "diskcache"
 
-    def age(self, now: float) -> float:
-        """Seconds since it was stored."""
-        return max(0.0, now - self.stored_at)
-
-
-class HotAnswers:
-    """The most recently used answers in memory, bounded in bytes (thread-safe).
-
-    A hit from memory skips SQLite. Another process (`cachelayer clear`) can empty the
-    store underneath; it rewrites the store's generation marker, and a changed marker
-    empties this memory before the next lookup.
-    """
-
-    def __init__(self, marker: Path | None, max_bytes: int = 64 * 1024 * 1024) -> None:
-        self.marker = marker
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[str, tuple[StoredAnswer, int]] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self._generation = (0, 0)
-        self._checked_at = -CHECK_EVERY_S
-        self._generation = self._read_generation()
-
-    def _read_generation(self) -> tuple[int, int]:
-        # A stat per hit costs a twentieth of the hit: look at most every CHECK_EVERY_S.
-        now = time.monotonic()
-        if self.marker is None or now - self._checked_at < CHECK_EVERY_S:
-            return self._generation
-        self._checked_at = now
-        try:
-            st = os.stat(self.marker)
-        except OSError:
-            return (0, 0)
-        return (st.st_ino, st.st_mtime_ns)
-
-    def get(self, key: str) -> StoredAnswer | None:
-        """The remembered answer, unless the store was cleared since."""
-        generation = self._read_generation()
-        with self._lock:
-            if generation != self._generation:
-                self._generation = generation
-                self._entries.clear()
-                self._bytes = 0
-                return None
-            found = self._entries.get(key)
-            if found is None:
-                return None
-            self._entries.move_to_end(key)
-            return found[0]
-
-    def put(self, key: str, answer: StoredAnswer, nbytes: int) -> None:
-        """Remember an answer, forgetting the least recently used past the byte budget."""
-        if nbytes > self.max_bytes // 8:
-            return
-        with self._lock:
-            old = self._entries.pop(key, None)
-            self._bytes += nbytes - (old[1] if old else 0)
-            self._entries[key] = (answer, nbytes)
-            while self._bytes > self.max_bytes:
-                _, (_, size) = self._entries.popitem(last=False)
-                self._bytes -= size
-
-    def discard(self, key: str) -> None:
-        """Forget one answer."""
-        with self._lock:
-            old = self._entries.pop(key, None)
-            if old:
-                self._bytes -= old[1]
-
-    def forget_all(self) -> None:
-        """Forget every answer (the shared store was cleared elsewhere)."""
-        with self._lock:
-            self._entries.clear()
-            self._bytes = 0
-
-    def bump_generation(self) -> None:
-        """Tell every process's memory that the store was cleared."""
-        if self.marker is not None:
-            write_atomic(self.marker, str(time.time_ns()).encode())
-        with self._lock:
-            self._entries.clear()
-            self._bytes = 0
-            self._checked_at = -CHECK_EVERY_S
-            self._generation = self._read_generation()
-
-
-@dataclass(frozen=True)
-class PutOutcome:
-    """What one write did to the store."""
-
-    stored: bool
-    nbytes: int = 0
-    evicted: int = 0
-    expired: int = 0
-
-
-class ResponseStore:
-    """Complete answers by key, with a TTL, a total size limit and a per-entry cap."""
-
-    def __init__(
-        self,
-        directory: Path,
-        *,
-        size_limit: int,
-        ttl_s: float,
-        entry_max_bytes: int,
-        hot_bytes: int = 64 * 1024 * 1024,
-    ) -> None:
+    def __init__(self, directory: Path, *, size_limit: int) -> None:
         self.directory = directory
         self.size_limit = size_limit
-        self.ttl_s = ttl_s
-        self.entry_max_bytes = entry_max_bytes
         self.degraded: str | None = None
-        # Answers on their way to disk: a repeat that arrives before the write lands
-        # must still be a hit (agents re-send at once).
-        self._staged: dict[str, StoredAnswer] = {}
-        self._hot = HotAnswers(directory / GENERATION_MARKER, hot_bytes)
+        self.marker = directory / GENERATION_MARKER
+        self._generation = (0, 0)
+        self._checked_at = -CHECK_EVERY_S
         self._cache: diskcache.Cache | None = None
         try:
             self._cache = diskcache.Cache(
@@ -169,16 +60,22 @@ class ResponseStore:
             self.degraded = f"cannot open the response store in {directory}: {exc}"
             log.error("%s; serving without a response store", self.degraded)
 
-    def get(self, key: str) -> StoredAnswer | None:
-        """The stored answer for key, or None; an unreadable entry is dropped as a miss."""
-        staged = self._staged.get(key)
-        if staged is not None:
-            return staged
-        hot = self._hot.get(key)
-        if hot is not None:
-            if time.time() - hot.stored_at <= self.ttl_s:
-                return hot
-            self._hot.discard(key)
+    def generation(self) -> object:
+        """The marker file's identity; a stat per hit costs a twentieth of the hit, so
+        look at most every CHECK_EVERY_S."""
+        now = time.monotonic()
+        if now - self._checked_at < CHECK_EVERY_S:
+            return self._generation
+        self._checked_at = now
+        try:
+            st = os.stat(self.marker)
+            self._generation = (st.st_ino, st.st_mtime_ns)
+        except OSError:
+            self._generation = (0, 0)
+        return self._generation
+
+    def read_now(self, key: str) -> tuple[StoredAnswer, int] | None:
+        """The stored answer and its size, or None; an unreadable entry is dropped."""
         if self._cache is None:
             return None
         try:
@@ -190,40 +87,24 @@ class ResponseStore:
             return None
         try:
             (stored_at,) = _HEADER.unpack_from(raw)
-            result = ChatResult.from_bytes(raw[_HEADER.size :])
+            result = ChatResult.from_bytes(raw[_HEADER.size:])
         except (ValueError, struct.error) as exc:
             log.warning("dropping unreadable response entry: %s", exc)
             self.delete(key)
             return None
-        answer = StoredAnswer(result, stored_at)
-        if time.time() - stored_at > self.ttl_s:
-            return None  # diskcache expires by write time; the answer's own age decides
-        self._hot.put(key, answer, len(raw))
-        return answer
+        return StoredAnswer(result, stored_at), len(raw)
 
-    def stage(self, key: str, result: ChatResult, *, now: float | None = None) -> None:
-        """Make an answer visible to get() at once; put() then writes it to disk."""
-        self._staged[key] = StoredAnswer(result, time.time() if now is None else now)
-
-    def put(self, key: str, result: ChatResult, *, now: float | None = None) -> PutOutcome:
-        """Store an answer (blocking: call it off the event loop) and cull past the limit."""
-        staged = self._staged.get(key)
-        stored_at = staged.stored_at if staged else (time.time() if now is None else now)
-        payload = _HEADER.pack(stored_at) + result.to_bytes()
-        try:
-            outcome = self._write(key, payload)
-            if outcome.stored:
-                self._hot.put(key, StoredAnswer(result, stored_at), len(payload))
-            return outcome
-        finally:
-            self._staged.pop(key, None)
-
-    def _write(self, key: str, payload: bytes) -> PutOutcome:
-        if len(payload) > self.entry_max_bytes or self._cache is None:
+    def write_now(self, key: str, answer: StoredAnswer, body: bytes | None = None,
+                  ttl_left_s: float | None = None) -> PutOutcome:
+        """Store an answer (blocking) and evict the oldest past the size limit."""
+        if self._cache is None:
             return PutOutcome(stored=False)
+        body = answer.result.to_bytes() if body is None else body
+        payload = _HEADER.pack(answer.stored_at) + body
         try:
-            self._cache.set(key, payload, expire=self.ttl_s)
-            expired = evicted = 0
+            self._cache.set(key, payload, expire=ttl_left_s)
+            expired = 0
+            evicted: tuple[str, ...] = ()
             if self._cache.volume() > self.size_limit:
                 expired = self._cache.expire()
                 evicted = self._evict_to_limit(keep=key)
@@ -233,24 +114,24 @@ class ResponseStore:
             log.error("%s; serving without storing", self.degraded)
             return PutOutcome(stored=False)
         self.degraded = None
-        return PutOutcome(stored=True, nbytes=len(payload), evicted=evicted, expired=expired)
+        return PutOutcome(stored=True, nbytes=len(payload), evicted=len(evicted),
+                          expired=expired, evicted_keys=evicted)
 
-    def _evict_to_limit(self, keep: str) -> int:
+    def _evict_to_limit(self, keep: str) -> tuple[str, ...]:
         assert self._cache is not None
         # diskcache's own cull() deletes in batches of ten, which empties a small store;
         # evict the oldest entries one by one instead (iteration order is insertion order).
-        evicted = 0
+        evicted: list[str] = []
         while self._cache.volume() > self.size_limit:
             oldest = next(iter(self._cache), None)
             if oldest is None or oldest == keep:
                 break
-            self._hot.discard(oldest)
-            evicted += int(self._cache.delete(oldest))
-        return evicted
+            if self._cache.delete(oldest):
+                evicted.append(oldest)
+        return tuple(evicted)
 
     def delete(self, key: str) -> None:
         """Remove one entry if present."""
-        self._hot.discard(key)
         if self._cache is None:
             return
         try:
@@ -258,14 +139,15 @@ class ResponseStore:
         except (sqlite3.Error, OSError) as exc:
             log.warning("response store delete failed: %s", exc)
 
-    def clear(self) -> int:
-        """Remove every entry, here and in every process sharing the directory."""
-        self._staged.clear()
+    def clear_now(self) -> int:
+        """Remove every entry and move the generation marker, so every process sharing
+        the directory forgets what it holds in memory (blocking)."""
         removed = int(self._cache.clear()) if self._cache is not None else 0
         try:
-            self._hot.bump_generation()
+            write_atomic(self.marker, str(time.time_ns()).encode())
         except OSError as exc:
             log.warning("could not mark the store as cleared: %s", exc)
+        self._checked_at = -CHECK_EVERY_S
         return removed
 
     def __len__(self) -> int:
@@ -280,30 +162,30 @@ class ResponseStore:
         if self._cache is not None:
             self._cache.close()
 
-    # The async face every store backend shares (backends/base.py's AnswerStore). A hit
-    # stays one SQLite read on the loop, as before; writes and clears go off the loop.
-    kind = "diskcache"
+    # The cold tier's async face (backends/base.py's ColdTier).
 
-    async def lookup(self, key: str) -> StoredAnswer | None:
-        """get(), as the shared interface spells it."""
-        return self.get(key)
+    async def start(self) -> None:
+        """Nothing to connect to: diskcache opened in the constructor."""
 
-    async def save(self, key: str, result: ChatResult) -> PutOutcome:
-        """put(), off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(None, self.put, key, result)
+    async def read(self, key: str) -> tuple[StoredAnswer, int] | None:
+        """read_now(), on the loop (one SQLite read)."""
+        return self.read_now(key)
 
-    async def wipe(self) -> int:
-        """clear(), off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(None, self.clear)
+    async def write(self, key: str, answer: StoredAnswer, body: bytes,
+                    ttl_left_s: float) -> PutOutcome:
+        """write_now(), off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self.write_now, key, answer, body, ttl_left_s)
+
+    async def clear(self) -> int:
+        """clear_now(), off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.clear_now)
 
     def snapshot(self) -> dict[str, Any]:
         """Live numbers for the metrics (blocking: counts in SQLite)."""
         return {"backend": self.kind, "entries": len(self), "bytes": self.volume(),
                 "limitBytes": self.size_limit, "degraded": self.degraded}
 
-    async def start(self) -> None:
-        """Nothing to connect to: diskcache opened in the constructor."""
-
     async def aclose(self) -> None:
-        """close(), as the shared interface spells it."""
+        """close(), as the interface spells it."""
         self.close()

@@ -1,13 +1,14 @@
-"""Layer 2's answers in Redis or Valkey, shared by every proxy pointed at the same server.
+"""The Redis (or Valkey) cold tier: answers shared by every proxy pointed at one server.
 
 An entry is one string key, `<ns>:r:<response key>`, holding a magic tag, the time it
 was stored and the answer's bytes; Redis's own expiry (PX) is the TTL, and Redis's
 maxmemory policy bounds the size (its evictions are read from INFO and reported).
 
-In front sits the same in-process hot tier as the diskcache store. A `clear` on any
-proxy (or from the CLI) increments `<ns>:generation`; every proxy polls that counter
-four times a second and empties its hot tier when it moves, so a clear reaches every
-proxy within a second, and a Redis that restarted empty (the counter gone) does too.
+The front (front.py) keeps the hot tier, staging and write queue in front of it, as for
+diskcache. A `clear` on any proxy (or from the CLI) increments `<ns>:generation`; every
+proxy polls that counter four times a second and its front empties the hot tier when it
+moves, so a clear reaches every proxy within a second, and a Redis that restarted empty
+(the counter gone) does too. Coalescing across proxies is redis_fleet.py's.
 
 Redis down, at start or mid-run: lookups and writes are skipped (the proxy is a
 pass-through), `degraded` says why, and the same poll notices when Redis is back.
@@ -32,7 +33,7 @@ from cachelayer.config import Settings, check_store_url, redact_url
 from cachelayer.errors import StoreUnavailable
 from cachelayer.periodic import Periodic
 from cachelayer.protocol.chat import ChatResult
-from cachelayer.proxy.store.backends.disk import HotAnswers, PutOutcome, StoredAnswer
+from cachelayer.proxy.store.answer import PutOutcome, StoredAnswer
 from cachelayer.proxy.store.backends.redis_ledger import SharedLedger
 from cachelayer.telemetry.prefix_records import PrefixRecord
 
@@ -70,22 +71,18 @@ def decode(raw: object) -> StoredAnswer | None:
         return None
 
 
-class RedisStore:
-    """Answers in Redis, recent ones also in memory; a pass-through while Redis is down."""
+class RedisTier:
+    """Answers in Redis under `<ns>:r:<key>`; a pass-through while Redis is down."""
 
     kind = "redis"
 
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self.client = client
         self.label = settings.store_label
-        self.ttl_s = settings.response_ttl_s
-        self.entry_max_bytes = settings.entry_max_bytes
         self.size_limit = 0  # Redis's maxmemory bounds the size; read from INFO
         self.degraded: str | None = "not connected yet"
         self.prefix = f"{settings.store_namespace}:r:"
         self.generation_key = f"{settings.store_namespace}:generation"
-        self._hot = HotAnswers(None, settings.hot_tier_bytes)
-        self._staged: dict[str, StoredAnswer] = {}
         self._generation: bytes | None = None
         self._stats: dict[str, Any] = {}
         self._foreign = 0
@@ -93,7 +90,7 @@ class RedisStore:
         self._last_stats = 0.0
 
     async def start(self) -> None:
-        """Check Redis once (a failure only marks the store degraded) and start watching."""
+        """Check Redis once (a failure only marks the tier degraded) and start watching."""
         await self.poll()
         await self.refresh_stats()
         self._last_stats = time.monotonic()
@@ -105,9 +102,14 @@ class RedisStore:
             log.error("%s; serving as a pass-through until it is back", reason)
         self.degraded = reason
 
+    def generation(self) -> object:
+        """The shared counter as last polled: it moves on a clear anywhere, and a Redis
+        that restarted empty gets a new one."""
+        return self._generation
+
     async def poll(self) -> None:
-        """Read the generation: proves Redis answers, and empties the hot tier after a
-        clear anywhere (or after Redis lost its data)."""
+        """Read the generation: proves Redis answers, and tells the front to forget its
+        hot tier after a clear anywhere (or after Redis lost its data)."""
         try:
             generation = await self.client.get(self.generation_key)
             if generation is None:
@@ -125,9 +127,7 @@ class RedisStore:
             self.degraded = None
         if isinstance(generation, str):
             generation = generation.encode()
-        if generation != self._generation:
-            self._generation = generation
-            self._hot.forget_all()
+        self._generation = generation
 
     async def refresh_stats(self) -> None:
         """Memory, limit, policy and evictions from INFO; keys from DBSIZE."""
@@ -155,22 +155,11 @@ class RedisStore:
             if time.monotonic() - self._last_stats >= STATS_EVERY_S:
                 self._last_stats = time.monotonic()
                 await self.refresh_stats()
-        except Exception as exc:  # the watch is what brings the store back: never die
+        except Exception as exc:  # the watch is what brings the tier back: never die
             self._down(exc)
 
-    def _fresh(self, answer: StoredAnswer) -> bool:
-        return time.time() - answer.stored_at <= self.ttl_s
-
-    async def lookup(self, key: str) -> StoredAnswer | None:
-        """Staged, then memory, then Redis; anything unreadable or foreign is a miss."""
-        staged = self._staged.get(key)
-        if staged is not None:
-            return staged
-        hot = self._hot.get(key)
-        if hot is not None:
-            if self._fresh(hot):
-                return hot
-            self._hot.discard(key)
+    async def read(self, key: str) -> tuple[StoredAnswer, int] | None:
+        """One GET; anything unreadable or foreign is a miss."""
         if self.degraded is not None:
             return None
         try:
@@ -189,41 +178,25 @@ class RedisStore:
             self._foreign += 1
             log.warning("redis entry for a key is not a cachelayer answer: a miss")
             return None
-        if not self._fresh(answer):
-            return None
-        self._hot.put(key, answer, len(raw))
-        return answer
+        return answer, len(raw)
 
-    def stage(self, key: str, result: ChatResult) -> None:
-        """Visible to this proxy at once; other proxies see it once save() lands."""
-        self._staged[key] = StoredAnswer(result, time.time())
-
-    async def save(self, key: str, result: ChatResult) -> PutOutcome:
-        """SET with Redis's own expiry; an entry over the cap or a Redis that is down
+    async def write(self, key: str, answer: StoredAnswer, body: bytes,
+                    ttl_left_s: float) -> PutOutcome:
+        """SET with Redis's own expiry (what is left of the TTL); a Redis that is down
         stores nothing."""
-        staged = self._staged.get(key)
-        stored_at = staged.stored_at if staged else time.time()
+        remaining_ms = int(ttl_left_s * 1000)
+        if self.degraded is not None or remaining_ms <= 0:
+            return PutOutcome(stored=False)
+        payload = _HEADER.pack(MAGIC, answer.stored_at) + body
         try:
-            payload = encode(result, stored_at)
-            remaining_ms = int((self.ttl_s - (time.time() - stored_at)) * 1000)
-            if len(payload) > self.entry_max_bytes or remaining_ms <= 0:
-                return PutOutcome(stored=False)
-            if self.degraded is not None:
-                return PutOutcome(stored=False)
-            try:
-                await self.client.set(self.prefix + key, payload, px=remaining_ms)
-            except (RedisError, OSError) as exc:
-                self._down(exc)
-                return PutOutcome(stored=False)
-            self._hot.put(key, StoredAnswer(result, stored_at), len(payload))
-            return PutOutcome(stored=True, nbytes=len(payload))
-        finally:
-            self._staged.pop(key, None)
+            await self.client.set(self.prefix + key, payload, px=remaining_ms)
+        except (RedisError, OSError) as exc:
+            self._down(exc)
+            return PutOutcome(stored=False)
+        return PutOutcome(stored=True, nbytes=len(payload))
 
-    async def wipe(self) -> int:
-        """Remove every answer and tell every proxy's hot tier (the generation moves)."""
-        self._staged.clear()
-        self._hot.forget_all()
+    async def clear(self) -> int:
+        """Remove every answer and move the generation (every proxy's hot tier follows)."""
         try:
             removed = await wipe_answers(self.client, self.prefix, self.generation_key)
         except (RedisError, OSError) as exc:
@@ -241,7 +214,8 @@ class RedisStore:
         return int(self._stats.get("keys", 0))
 
     async def aclose(self) -> None:
-        """Stop watching and close the connection pool."""
+        """Stop watching and close the connection pool (the front closes this tier
+        last: the fleet and the shared ledger use the same client)."""
         await self._watcher.stop()
         await self.client.aclose()
 
@@ -298,10 +272,10 @@ async def _read_shared(settings: Settings) -> tuple[dict[str, int], dict[str, Pr
         ledger = SharedLedger(client, settings.store_namespace)
         if not await ledger.refresh():
             raise ValueError(ledger.error or "no answer")
-        store = RedisStore(client, settings)
-        await store.poll()
-        await store.refresh_stats()
-        return ledger.totals(), ledger.records(), store.snapshot()
+        tier = RedisTier(client, settings)
+        await tier.poll()
+        await tier.refresh_stats()
+        return ledger.totals(), ledger.records(), tier.snapshot()
     finally:
         await client.aclose()
 
