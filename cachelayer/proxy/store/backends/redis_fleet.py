@@ -77,6 +77,7 @@ class RedisFleet:
         self._listener: asyncio.Task[None] | None = None
         self._closing = False
         self.waits = 0
+        self.renewals = 0
         self.lease_expiries = 0
 
     async def start(self) -> None:
@@ -148,6 +149,7 @@ class RedisFleet:
         except (RedisError, OSError) as exc:
             log.debug("fleet lease renewal failed: %s", exc)
             return
+        self.renewals += 1
         if int(renewed) < len(held):
             # A stall past the lease let a marker expire (another proxy may compute it
             # too); only a duplicate computation, never a wrong answer.
