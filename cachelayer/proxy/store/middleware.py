@@ -119,7 +119,10 @@ async def store_middleware(request: web.Request, handler: Handler) -> web.Stream
             except BaseException:
                 coalescer.settle(key, None)
                 raise
-            shared = fleet.result if fleet is not None else None
+            # The fleet's answer may be one stored a while ago: max-age still applies.
+            fresh = fleet is not None and (
+                decision.max_age is None or fleet.age(time.time()) <= decision.max_age)
+            shared = fleet.result if fleet is not None and fresh else None
             if shared is not None:
                 coalescer.settle(key, shared)
         else:

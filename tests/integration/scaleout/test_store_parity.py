@@ -3,7 +3,6 @@ cap, failures never stored, Cache-Control honoured (diskcache and a real Redis).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -13,14 +12,16 @@ import pytest
 
 from cachelayer.config import Settings
 from cachelayer.proxy.app import make_app
+from cachelayer.proxy.state import LEDGER, STORE
+from cachelayer.telemetry import counters as c
 from tests.support import http
 from tests.support.fake_upstream import FakeUpstream, Reply, default_reply
 from tests.support.redis_server import running_redis
 from tests.support.servers import RunningServer, serve_app
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
 ROUTE = "/v1/chat/completions"
-SETTLE_S = 0.4  # the store writes just after answering
 
 
 def script(body: dict[str, Any]) -> Reply:
@@ -64,6 +65,19 @@ def send(server: RunningServer, text: str, *, key: str = "k", stream: bool = Fal
                      headers={"Authorization": f"Bearer {key}", **(headers or {})})
 
 
+def decided(server: RunningServer, answers: int) -> None:
+    """Wait until layer 2 has settled this many answers: stored (its write landed), not
+    stored, or failed. A streamed answer's last bytes leave before that happens."""
+    def settled() -> int:
+        totals = server.call(lambda: server.app[LEDGER].totals())
+        assert isinstance(totals, dict)
+        done = sum(totals.get(name, 0) for name in
+                   (c.RESPONSE_STORED, c.RESPONSE_NOT_STORED, c.RESPONSE_ERRORS))
+        return done >= answers and not server.app[STORE].pending_writes
+
+    wait_until(settled, f"layer 2 to settle {answers} answers")
+
+
 def status(answer: http.Answer) -> str:
     """X-Cache-Status of an answer."""
     return answer.headers.get("X-Cache-Status", "")
@@ -73,7 +87,7 @@ def test_repeat_is_a_hit_and_another_tenant_misses(
         proxy: tuple[FakeUpstream, RunningServer, Settings]) -> None:
     fake, server, _ = proxy
     assert status(send(server, "hello", key="alice")) == "MISS"
-    time.sleep(SETTLE_S)
+    # No wait: an answer is visible to lookups before its response leaves.
     assert status(send(server, "hello", key="alice")) == "HIT"
     assert status(send(server, "hello", key="bob")) == "MISS"
     assert len(fake.calls) == 2
@@ -84,7 +98,7 @@ def test_answer_over_the_entry_cap_is_never_stored(
     fake, server, _ = proxy
     big = "a big answer, please"  # 3000 characters: over --entry-max-size (1 KiB)
     send(server, big)
-    time.sleep(SETTLE_S)
+    decided(server, 1)  # counted as not stored
     assert status(send(server, big)) == "MISS"
     assert len(fake.calls) == 2
 
@@ -94,7 +108,7 @@ def test_failures_and_cut_streams_are_never_stored(
     fake, server, _ = proxy
     assert send(server, "please fail").status == 500
     send(server, "cut this stream", stream=True)
-    time.sleep(SETTLE_S)
+    decided(server, 2)  # both counted as failed or not stored
     assert send(server, "please fail").status == 500
     assert status(send(server, "cut this stream", stream=True)) == "MISS"
     assert len(fake.calls) == 4
@@ -104,11 +118,11 @@ def test_cache_control_no_store_no_cache_and_max_age(
         proxy: tuple[FakeUpstream, RunningServer, Settings]) -> None:
     _, server, _ = proxy
     send(server, "private", headers={"Cache-Control": "no-store"})
-    time.sleep(SETTLE_S)
+    # A non-streamed response leaves once layer 2 is done with it (no-store: nothing).
     assert status(send(server, "private")) == "MISS"
-    time.sleep(SETTLE_S)
+    decided(server, 1)  # that one stored
     assert status(send(server, "private", headers={"Cache-Control": "no-cache"})) == "BYPASS"
-    time.sleep(1.1)
+    # max-age=0: any stored answer is already older than that.
     assert status(send(server, "private", headers={"Cache-Control": "max-age=0"})) == "EXPIRED"
     assert status(send(server, "private", headers={"Cache-Control": "max-age=60"})) == "HIT"
 
@@ -123,13 +137,12 @@ def test_redis_evictions_under_maxmemory_are_counted_where_they_can_be_seen(
         with serve_app(lambda: make_app(settings)) as proxy:
             for n in range(80):  # about 5 MB of answers into 3 MB
                 assert send(proxy, f"answer {n}").status == 200
-            deadline = time.monotonic() + 6
-            response: dict[str, Any] = {}
-            while time.monotonic() < deadline:
-                response = http.get(proxy.url + "/cache/stats").json()["layers"]["response"]
-                if response.get("evictedKeys"):
-                    break
-                time.sleep(0.2)
+            def evictions() -> dict[str, Any] | None:
+                found = http.get(proxy.url + "/cache/stats").json()["layers"]["response"]
+                return found if found.get("evictedKeys") else None
+
+            # Redis's INFO is read every 2 s: wait for the numbers that show evictions.
+            response = wait_until(evictions, "evictions in the proxy's stats", timeout=10)
             assert response["evictedKeys"] > 0
             assert response["evictionPolicy"] == "allkeys-lru"
             assert response["limitBytes"] == 3 * 1024 * 1024
