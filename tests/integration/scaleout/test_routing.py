@@ -4,7 +4,6 @@ backend that holds their prefix; one backend dies mid-run and comes back."""
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -18,6 +17,7 @@ from cachelayer.proxy.app import make_app
 from tests.support import http
 from tests.support.kv_fake import KvFake
 from tests.support.servers import RunningServer, free_port, serve_app
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
 ROUTE = "/v1/chat/completions"
@@ -94,13 +94,14 @@ def run_turn(proxy_url: str, conversations: list[Conversation], k: int) -> list[
 
 
 def wait_health(url: str, predicate: Any, timeout_s: float = 5.0) -> dict[str, Any]:
-    """Poll /health until predicate(body) holds."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        body = http.get(url + "/health").json()
-        if predicate(body) or time.monotonic() > deadline:
-            return dict(body)
-        time.sleep(0.1)
+    """Poll /health until predicate(body) holds; its body then."""
+    def holds() -> dict[str, Any] | None:
+        body = dict(http.get(url + "/health").json())
+        return body if predicate(body) else None
+
+    found = wait_until(holds, "the health document to change", timeout=timeout_s)
+    assert found is not None
+    return found
 
 
 def test_conversations_stay_on_their_backend_through_a_failure_and_a_return(

@@ -20,6 +20,7 @@ from tests.support.fake_upstream import FakeUpstream
 from tests.support.proxy_process import REPO_ROOT, ProxyProcess
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.servers import RunningServer
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
 ROUTE = "/v1/chat/completions"
@@ -42,25 +43,38 @@ def status_of(proxy: ProxyProcess, body: dict[str, Any]) -> tuple[str, bytes]:
     return answer.headers.get("X-Cache-Status", ""), answer.content
 
 
-def wait_for_hit(proxy: ProxyProcess, body: dict[str, Any], timeout_s: float = 5.0) -> bytes:
-    """Send until the proxy answers a HIT (another proxy's write lands in Redis
-    moments after its answer); the HIT's bytes."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status, content = status_of(proxy, body)
-        if status == "HIT":
-            return content
-        time.sleep(0.1)
-    raise AssertionError(f"{proxy.url} never answered a HIT")
+def hit(proxy: ProxyProcess, body: dict[str, Any]) -> bytes:
+    """Send once; it must be a HIT (an answer any proxy sent is one everywhere at once).
+    The HIT's bytes."""
+    status, content = status_of(proxy, body)
+    assert status == "HIT", f"{proxy.url} answered {status}"
+    return content
 
 
 def wait_stored(redis_server: RedisServer, entries: int, timeout_s: float = 5.0) -> None:
     """Wait until Redis holds this many answers (a proxy writes just after answering)."""
     client = redis_server.client()
-    deadline = time.monotonic() + timeout_s
-    while len(list(client.scan_iter(match="cachelayer:r:*"))) < entries:
-        assert time.monotonic() < deadline, f"fewer than {entries} answers in Redis"
-        time.sleep(0.02)
+    wait_until(lambda: len(list(client.scan_iter(match="cachelayer:r:*"))) >= entries,
+               f"{entries} answers in Redis", timeout=timeout_s)
+
+
+def wait_cleared(redis_server: RedisServer, fleet: list[ProxyProcess]) -> None:
+    """Wait until every proxy has seen the store's current generation: a clear made
+    anywhere has emptied its memory."""
+    generation = redis_server.client().get("cachelayer:generation")
+    assert generation is not None
+    now = generation.decode()
+
+    def seen() -> bool:
+        return all(http.get(p.url + "/cache/stats").json()["layers"]["response"]
+                   .get("generation") == now for p in fleet)
+
+    wait_until(seen, f"every proxy to see generation {now}", timeout=5)
+
+
+def health_of(proxy: ProxyProcess) -> dict[str, Any]:
+    """The proxy's /health document."""
+    return dict(http.get(proxy.url + "/health").json())
 
 
 def test_answer_stored_through_one_proxy_is_a_hit_on_the_other_byte_identical(
@@ -68,11 +82,10 @@ def test_answer_stored_through_one_proxy_is_a_hit_on_the_other_byte_identical(
         proxies: SpawnProxies) -> None:
     upstream, server = fake
     a, b = proxies(2, server.url, "--store", redis_server.url())
-    for n, stream in enumerate((False, True)):
+    for stream in (False, True):
         body = chat(f"shared answer, stream={stream}", stream=stream)
         first_status, _ = status_of(a, body)
         assert first_status == "MISS"
-        wait_stored(redis_server, n + 1)
         status, on_b = status_of(b, body)
         assert status == "HIT"  # the first time b sees it
         status, again_on_a = status_of(a, body)
@@ -152,14 +165,14 @@ def test_clear_on_one_proxy_reaches_every_proxys_hot_tier_within_a_second(
         body = chat(f"to be cleared via {how}")
         status_of(fleet[0], body)
         for child in fleet:
-            wait_for_hit(child, body)  # now in every proxy's hot tier
+            hit(child, body)  # now in every proxy's hot tier
         if how == "admin route":
             assert http.post(fleet[1].url + "/cache/clear", {}).status == 200
         else:
             subprocess.run([sys.executable, "-m", "cachelayer", "clear", "--yes",
                             "--store", redis_server.url()], cwd=str(REPO_ROOT), check=True,
                            capture_output=True)
-        time.sleep(1.0)
+        wait_cleared(redis_server, fleet)
         for n, child in enumerate(fleet):
             assert status_of(child, body)[0] != "HIT", (how, f"proxy {n}")
             # That miss stores the answer again, off the request path: once it has landed
@@ -167,7 +180,7 @@ def test_clear_on_one_proxy_reaches_every_proxys_hot_tier_within_a_second(
             # clear sent before the write lands would leave the write standing).
             wait_stored(redis_server, 1)
             http.post(fleet[1].url + "/cache/clear", {})
-            time.sleep(1.0)
+            wait_cleared(redis_server, fleet)
 
 
 def test_redis_killed_and_restarted_mid_run_serves_throughout_and_recovers(
@@ -187,30 +200,24 @@ def test_redis_killed_and_restarted_mid_run_serves_throughout_and_recovers(
 
     known = chat("answered before the outage")
     status_of(a, known)
-    wait_for_hit(a, known)  # now in a's hot tier
+    hit(a, known)  # now in a's hot tier
     threads = [threading.Thread(target=load, args=(p, n)) for n, p in enumerate((a, b))]
     for t in threads:
         t.start()
     try:
-        time.sleep(1.0)
+        wait_until(lambda: sum(statuses.values()) >= 20, "20 answers under load")
         redis_server.kill()
-        deadline = time.monotonic() + 5
-        health: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            health = http.get(a.url + "/health").json()
-            if health["status"] == "degraded":
-                break
-            time.sleep(0.1)
-        assert health["status"] == "degraded" and "unavailable" in health["store"]["error"]
+        health = wait_until(lambda: (h := health_of(a))["status"] == "degraded" and h,
+                            "a to notice redis is gone", timeout=5)
+        assert "unavailable" in health["store"]["error"]
         assert status_of(a, known)[0] == "HIT"  # the hot tier needs no Redis
-        time.sleep(1.5)  # requests keep flowing, as a pass-through
+        served = sum(statuses.values())
+        # Requests keep flowing, as a pass-through.
+        wait_until(lambda: sum(statuses.values()) >= served + 20,
+                   "20 more answers while redis is down")
         redis_server.start()
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if all(http.get(p.url + "/health").json()["status"] == "ok" for p in (a, b)):
-                break
-            time.sleep(0.1)
-        assert all(http.get(p.url + "/health").json()["status"] == "ok" for p in (a, b))
+        wait_until(lambda: all(health_of(p)["status"] == "ok" for p in (a, b)),
+                   "both proxies to use redis again", timeout=5)
     finally:
         stop.set()
         for t in threads:
@@ -220,7 +227,7 @@ def test_redis_killed_and_restarted_mid_run_serves_throughout_and_recovers(
     assert status_of(a, known)[0] == "MISS"
     body = chat("after the outage")
     status_of(a, body)
-    wait_for_hit(b, body)  # the shared store works again, across proxies
+    hit(b, body)  # the shared store works again, across proxies
 
 
 def test_redis_password_never_appears_in_logs_or_health(
@@ -231,11 +238,11 @@ def test_redis_password_never_appears_in_logs_or_health(
     with running_redis(tmp_path / "redis-auth", password=secret) as redis_auth:
         (proxy,) = proxies(1, server.url, "--store", redis_auth.url(), "--log-level", "debug")
         status_of(proxy, chat("with a password"))
-        wait_for_hit(proxy, chat("with a password"))
+        hit(proxy, chat("with a password"))
         redis_auth.kill()  # errors get logged now
-        time.sleep(1.0)
+        wait_until(lambda: health_of(proxy)["status"] == "degraded",
+                   "the proxy to notice redis is gone", timeout=5)
         health = http.get(proxy.url + "/health")
-        assert health.json()["status"] == "degraded"
         assert secret not in health.content.decode()
         assert "***" in health.json()["store"]["url"]
         proxy.stop()
@@ -251,7 +258,7 @@ def test_foreign_or_garbage_redis_values_are_misses(
     garbage, wrong_type = chat("garbage value"), chat("wrong type")
     for body in (garbage, wrong_type):
         status_of(a, body)
-        wait_for_hit(a, body)
+        hit(a, body)
     client = redis_server.client()
     keys = sorted(client.scan_iter(match="cachelayer:r:*"))
     assert len(keys) == 2
@@ -275,12 +282,10 @@ def test_redis_down_at_start_is_a_pass_through_until_it_comes_up(
         body = chat("before redis exists")
         assert [status_of(proxy, body)[0] for _ in range(2)] == ["MISS", "MISS"]
         late.start()
-        deadline = time.monotonic() + 5
-        while http.get(proxy.url + "/health").json()["status"] != "ok":
-            assert time.monotonic() < deadline, "never recovered"
-            time.sleep(0.1)
+        wait_until(lambda: health_of(proxy)["status"] == "ok", "the proxy to recover",
+                   timeout=5)
         status_of(proxy, body)
-        wait_for_hit(proxy, body)
+        hit(proxy, body)
         assert len(upstream.calls) == 3
     finally:
         late.stop()

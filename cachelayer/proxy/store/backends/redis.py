@@ -207,8 +207,10 @@ class RedisTier:
 
     def snapshot(self) -> dict[str, Any]:
         """The last INFO numbers (refreshed every few seconds), never a network call."""
+        generation = self._generation.decode(errors="replace") if self._generation else None
         return {"backend": self.kind, "url": self.label, "entries": self._stats.get("keys"),
-                **self._stats, "foreignEntries": self._foreign, "degraded": self.degraded}
+                **self._stats, "foreignEntries": self._foreign, "degraded": self.degraded,
+                "generation": generation}
 
     def __len__(self) -> int:
         return int(self._stats.get("keys", 0))
