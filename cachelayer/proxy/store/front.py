@@ -155,8 +155,8 @@ class StoreFront:
         its answer. None means compute here: with the marker when it could be taken,
         without when the fleet is down or the wait passed `fleet_wait_s`."""
         fleet = self.fleet
-        if fleet is None:
-            return None
+        if fleet is None or self.cold.degraded is not None:
+            return None  # no fleet, or its Redis is down: no round trip to fail
         deadline = time.monotonic() + self.fleet_wait_s
         while True:
             claim = await fleet.claim(key)
