@@ -162,6 +162,28 @@ def prefix_overhead(r: Data) -> list[str]:
             *verdict_table(prefix_verdicts(r))]
 
 
+def fleet(r: Data) -> list[str]:
+    """The fleet's cost on a miss (this checkout vs the reference, Redis and diskcache)
+    and read-after-write across two proxies."""
+    misses = r["miss_path"]["targets"]
+    rows = ["| miss (new ~50 KB request, instant upstream) | requests | p50 | p90 |",
+            "|---|---:|---:|---:|"]
+    for name, m in misses.items():
+        rows.append(f"| {name} | {m['n']} | {m['p50_ms']:.2f} ms | {m['p90_ms']:.2f} ms |")
+    added = r["miss_path"]["added_p50_ms"]
+    rows += ["", "Added at the median, this checkout over the reference: "
+             + ", ".join(f"{store} {ms:+.2f} ms" for store, ms in added.items()) + ".", "",
+             "| read-after-write: asked of proxy B the moment proxy A's client had it "
+             "| sent | HIT on B | not a HIT |", "|---|---:|---:|---:|"]
+    for who, x in r["read_after_write"].items():
+        rows.append(f"| {who} | {x['sent']} | {x['b_statuses'].get('HIT', 0)} "
+                    f"| {x['b_not_hit']} |")
+    low, high = r["loadavg_1m"]
+    rows += ["", f"1-minute load average during the run: {min(low, high):.2f}-"
+             f"{max(low, high):.2f}."]
+    return rows
+
+
 def _results(bench: Data) -> Data:
     return dict(bench["results"])
 
@@ -191,6 +213,7 @@ BLOCKS: dict[str, Block] = {
     "kv-paged-families": Block(("kv-paged.json",), kv_paged_families),
     "kv-paged-targets": Block(("kv-paged.json",), kv_paged_targets),
     "scaleout-store": Block(("scaleout-store.json",), scaleout_store),
+    "scaleout-fleet": Block(("fleet.json",), fleet),
     "scaleout-routing": Block(("scaleout.json",), scaleout_routing),
     "scaleout-targets": Block(("scaleout-store.json", "scaleout.json"), scaleout_targets),
     "prefix-overhead": Block(("prefix.json",), prefix_overhead),
