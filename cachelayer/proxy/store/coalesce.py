@@ -4,6 +4,10 @@ The first miss for a key leads: it forwards and, when done, settles a future wit
 complete answer (or None if it failed). Misses for the same key that arrive meanwhile
 follow: they wait for that future and replay the answer. A follower whose leader failed
 forwards on its own, so one failure never fails the others.
+
+This is one proxy's half. Across proxies on one Redis, the leader also takes the
+fleet's in-flight marker (front.py, backends/redis_fleet.py), and the leader at another
+proxy waits on that; a streamed follower hears keep-alives either way (waiters.py).
 """
 
 from __future__ import annotations
