@@ -322,7 +322,7 @@ def test_store_write_failures_keep_serving_as_pass_through_and_report_degraded(
     fault: Callable[[], Exception],
 ) -> None:
     fake, _ = upstream
-    cache = proxy.app[STORE]._cache
+    cache = proxy.app[STORE].cold._cache  # the diskcache tier behind the front
 
     def refuse(*args: Any, **kwargs: Any) -> bool:
         raise fault()

@@ -12,7 +12,8 @@ import pytest
 
 from cachelayer.config import Settings
 from cachelayer.proxy.app import make_app
-from cachelayer.proxy.state import LEDGER, STORE
+from cachelayer.proxy.prefix.ledger import LEDGER
+from cachelayer.proxy.store.layer import STORE
 from cachelayer.telemetry import counters as c
 from tests.support import http
 from tests.support.fake_upstream import FakeUpstream, Reply, default_reply
