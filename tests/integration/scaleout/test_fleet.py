@@ -11,6 +11,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import anthropic
+import openai
 import pytest
 
 from cachelayer.config import Settings
@@ -18,6 +20,7 @@ from tests.integration.scaleout.conftest import SpawnProxies
 from tests.support import http
 from tests.support.fake_upstream import FakeUpstream, Reply, default_reply
 from tests.support.proxy_process import ProxyProcess
+from tests.support.recording import RecordingTransport, keepalives
 from tests.support.redis_server import RedisServer
 from tests.support.servers import serve_app
 from tests.support.wait import wait_until
@@ -146,3 +149,48 @@ def test_a_streamed_request_waiting_on_a_coalesced_one_hears_keepalives(
     assert raw.startswith(": keepalive"), raw[:200]  # before any event
     assert raw.count(": keepalive") >= 2
     assert text_of(follower) == text_of(first)
+
+
+@pytest.mark.parametrize("api", ["anthropic", "responses"])
+def test_a_waiter_on_another_proxy_hears_its_apis_keepalives_then_one_well_formed_stream(
+        api: str, redis_server: RedisServer, proxies: SpawnProxies) -> None:
+    upstream = FakeUpstream(lambda body: Reply(text="Hello there.", headers_delay_s=2.5))
+    with serve_app(upstream.make_app) as server:
+        a, b = proxies(2, server.url, "--store", redis_server.url(),
+                       "--keepalive-interval", "0.3")
+        recorders = {"a": RecordingTransport(), "b": RecordingTransport()}
+
+        def ask(name: str, proxy: ProxyProcess) -> Any:
+            http_client = recorders[name].client()
+            if api == "anthropic":
+                client = anthropic.Anthropic(base_url=proxy.url, api_key="k", max_retries=0,
+                                             http_client=http_client)
+                with client.messages.stream(model="m", max_tokens=16, messages=[
+                        {"role": "user", "content": "hello"}]) as stream:
+                    return stream.get_final_message()
+            sdk = openai.OpenAI(base_url=proxy.url + "/v1", api_key="k", max_retries=0,
+                                http_client=http_client)
+            return list(sdk.responses.create(model="m", input="hello", stream=True))
+
+        with ThreadPoolExecutor(2) as pool:
+            leader = pool.submit(ask, "a", a)
+            wait_until(lambda: upstream.calls, "the leader to reach the upstream")
+            waited = pool.submit(ask, "b", b).result(30)
+            leader.result(30)
+    assert len(upstream.calls) == 1
+    assert fleet_waits(b) == 1
+    recorder = recorders["b"]
+    if api == "anthropic":
+        assert waited.content[0].text == "Hello there."
+        before = recorder.before(b"event: message_start")
+        assert len(keepalives(before)) >= 2
+        assert b"event: ping" not in before  # never a ping before message_start
+    else:
+        types = [event.type for event in waited]
+        assert types[0] == "response.created" and types[-1] == "response.completed"
+        assert types.count("response.created") == 1  # the stream began once, not twice
+        before = recorder.before(b"event: response.output_item.added")
+        assert before.count(b"event: response.in_progress") >= 2
+        assert waited[-1].response.id == waited[0].response.id
+        text = "".join(e.delta for e in waited if e.type == "response.output_text.delta")
+        assert text == "Hello there."
