@@ -14,11 +14,12 @@ import json
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from tests.support.wait import WaitTimeout, async_wait_until
 
 CANDIDATES = ("chromium", "chromium-browser")
 
@@ -85,16 +86,13 @@ class Page:
         return result.get("result", {}).get("value")
 
     async def wait_for(self, expression: str, timeout: float = 20.0) -> Any:
-        """Poll an expression until it is truthy; its value."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = await self.evaluate(expression)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{expression!r} still false after {timeout}s; "
-                                   f"errors: {self.errors}")
-            await asyncio.sleep(0.1)
+        """Poll an expression until it is truthy; its value. On timeout the failure names
+        the expression, its last value and the errors the page recorded."""
+        try:
+            return await async_wait_until(lambda: self.evaluate(expression), repr(expression),
+                                          timeout=timeout, interval=0.1)
+        except WaitTimeout as exc:
+            raise WaitTimeout(f"{exc}; page errors: {self.errors}") from exc
 
     async def close(self) -> None:
         """Stop reading and close the socket."""
@@ -121,11 +119,19 @@ class Browser:
              f"--user-data-dir={self.profile}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         active = self.profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 60
-        while not active.exists() or not active.read_text().strip():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"chromium did not start (exit {self.proc.poll()})")
-            await asyncio.sleep(0.1)
+        proc = self.proc
+
+        def port_written() -> str:
+            if proc.poll() is not None:
+                raise RuntimeError(f"chromium did not start (exit {proc.poll()})")
+            return active.read_text().strip() if active.exists() else ""
+
+        try:
+            await async_wait_until(port_written, f"chromium to write {active}", timeout=60,
+                                   interval=0.1)
+        except BaseException:
+            await self.__aexit__()  # __aexit__ does not run when __aenter__ raises
+            raise
         self.port = int(active.read_text().split()[0])
         self.session = aiohttp.ClientSession()
         return self

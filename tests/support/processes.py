@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from cachelayer.cli.serve import free_port as free_port
 from cachelayer.proxy.embedded import backend_command as backend_command
+from tests.support.wait import WaitTimeout, wait_until
 
 
 @dataclass
@@ -60,19 +60,22 @@ def stock_command(model: Path | str, port: int, *extra: str) -> list[str]:
 
 def wait_healthy(proc: subprocess.Popen[bytes], url: str, timeout: float, *,
                  output: Callable[[], str] = lambda: "", path: str = "/health") -> None:
-    """Poll GET url+path until it answers 200; raise with the output if it never does."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Poll GET url+path until it answers 200; raise with the output if it never does.
+
+    RuntimeError at once if the process exits; TimeoutError (the benchmarks catch it)
+    naming the URL and carrying the output if it is still not healthy after `timeout`.
+    """
+    def healthy() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"{url}: process exited with {proc.returncode}:\n{output()}")
-        with (
-            contextlib.suppress(OSError, urllib.error.URLError, ValueError),
-            urllib.request.urlopen(url + path, timeout=2) as r,
-        ):
-            if r.status == 200:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not healthy after {timeout}s:\n{output()}")
+        with urllib.request.urlopen(url + path, timeout=2) as r:
+            return bool(r.status == 200)
+
+    try:
+        wait_until(healthy, f"{url}{path} to answer 200", timeout=timeout, interval=0.1,
+                   errors=(OSError, urllib.error.URLError, ValueError))
+    except WaitTimeout as exc:
+        raise TimeoutError(f"{exc}\n{output()}") from exc
 
 
 def start_server(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ import redis
 
 from tests.support.processes import free_port, terminate
 from tests.support.tls import TlsFiles
+from tests.support.wait import wait_until
 
 REDIS_SERVER = "redis-server"
 
@@ -65,16 +65,19 @@ class RedisServer:
         with log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-            with contextlib.suppress(redis.RedisError, OSError):
-                if self.client().ping():
-                    return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+        proc = self.proc
+
+        def answers() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {proc.returncode}")
+            return bool(self.client().ping())
+
+        try:
+            wait_until(answers, f"redis-server on port {self.port} to answer PING",
+                       timeout=timeout_s, interval=0.05, errors=(redis.RedisError, OSError))
+        except BaseException:
+            self.stop()
+            raise
 
     def kill(self) -> None:
         """SIGKILL: the data is gone, clients see refused connections."""
