@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -19,8 +18,6 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from cachelayer.config import MiB, Settings
-from cachelayer.proxy.background import BACKGROUND
-from cachelayer.proxy.store.layer import STORE
 from tests.support import http
 from tests.support.fake_upstream import FakeUpstream, default_reply
 from tests.support.servers import RunningServer
@@ -65,24 +62,6 @@ class CountingUpstream(FakeUpstream):
         prefix at /v1/cachelayer/count_tokens is not one)."""
         return sum(1 for method, path in self.requests
                    if method == "POST" and path in ("/v1/chat/completions", "/v1/completions"))
-
-
-def wait_for_writes(proxy: RunningServer, timeout: float = 10.0) -> None:
-    """Let layer 2's background store writes land."""
-    deadline = time.time() + timeout
-    while (proxy.app[BACKGROUND].tasks or proxy.app[STORE].pending_writes) \
-            and time.time() < deadline:
-        time.sleep(0.01)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll predicate until it holds or timeout passes; returns its last value."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def api_of(path: str) -> str:

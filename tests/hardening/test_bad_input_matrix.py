@@ -25,10 +25,10 @@ from tests.hardening.helpers import (
     api_of,
     error_message,
     hardened_settings,
-    wait_for_writes,
 )
 from tests.support import http
 from tests.support.servers import RunningServer, serve_app
+from tests.support.store_writes import wait_for_writes
 
 CHAT = "/v1/chat/completions"
 TEXT = "/v1/completions"

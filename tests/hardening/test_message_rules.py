@@ -14,9 +14,9 @@ import pytest
 from cachelayer.proxy.app import make_app
 from cachelayer.proxy.store.layer import STORE
 from tests.hardening.helpers import CountingUpstream, error_message, hardened_settings
-from tests.hardening.helpers import wait_for_writes as settle
 from tests.support import http
 from tests.support.servers import RunningServer, serve_app
+from tests.support.store_writes import wait_for_writes
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
@@ -135,7 +135,7 @@ def test_violation_is_a_400_naming_the_field_with_nothing_stored(
         assert answer.json()["error"]["param"] == rule.field
     else:
         assert answer.json()["error"]["type"] == "invalid_request_error"
-    settle(proxy)
+    wait_for_writes(proxy)
     assert len(store) == entries and fake.posts() == posts
     assert http.get(proxy.url + "/health", timeout=10).status == 200
 

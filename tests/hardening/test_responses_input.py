@@ -19,11 +19,11 @@ from tests.hardening.helpers import (
     CountingUpstream,
     error_message,
     hardened_settings,
-    wait_for,
-    wait_for_writes,
 )
 from tests.support import http
 from tests.support.servers import RunningServer, serve_app
+from tests.support.store_writes import wait_for_writes
+from tests.support.wait import wait_until
 
 PATH = "/v1/responses"
 TEN_MB = 10 * 1024 * 1024
@@ -196,7 +196,8 @@ def test_stored_responses_are_owner_only_and_never_hold_the_credential(env: Env)
     assert made.status == 200, made.content
     state = env.data_dir / "response-state"
     states = env.proxy.app[RESPONSE_STATES]
-    assert wait_for(lambda: len(states) > 0 and states.pending() == 0)  # on disk now
+    wait_until(lambda: len(states) > 0 and states.pending() == 0,
+               "the response state to be on disk")
     assert state.stat().st_mode & 0o777 == 0o700
     for path in state.rglob("*"):
         if path.is_file():

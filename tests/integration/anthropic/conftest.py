@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
@@ -14,9 +13,7 @@ from aiohttp import web
 
 from cachelayer.config import Settings
 from cachelayer.proxy.app import make_app
-from cachelayer.proxy.background import BACKGROUND
 from cachelayer.proxy.forward.upstream import COUNT_ROUTE
-from cachelayer.proxy.store.layer import STORE
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.servers import RunningServer, serve_app
 
@@ -27,14 +24,6 @@ COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 def client(proxy: RunningServer) -> anthropic.Anthropic:
     """The real anthropic SDK pointed at the proxy, without retries."""
     return anthropic.Anthropic(base_url=proxy.url, api_key="k1", max_retries=0)
-
-
-def wait_for_writes(proxy: RunningServer) -> None:
-    """Let layer 2's background store writes land before the next request."""
-    deadline = time.time() + 10
-    while (proxy.app[BACKGROUND].tasks or proxy.app[STORE].pending_writes) \
-            and time.time() < deadline:
-        time.sleep(0.01)
 
 
 @contextmanager

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from cachelayer.proxy.store.layer import STORE
-from tests.integration.anthropic.conftest import wait_for_writes
+from tests.support.store_writes import wait_for_writes
 from tests.integration.conftest import ProxyFactory
 from tests.support import http
 from tests.support.fake_upstream import FakeUpstream, Reply

@@ -12,7 +12,7 @@ from typing import Any
 import anthropic
 import openai
 
-from tests.integration.anthropic.conftest import wait_for_writes
+from tests.support.store_writes import wait_for_writes
 from tests.integration.conftest import ProxyFactory
 from tests.support import http
 from tests.support.fake_upstream import FakeUpstream, Reply

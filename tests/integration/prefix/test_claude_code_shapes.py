@@ -9,7 +9,7 @@ import anthropic
 import pytest
 
 from cachelayer.proxy.prefix.ledger import LEDGER
-from tests.integration.anthropic.conftest import wait_for_writes
+from tests.support.store_writes import wait_for_writes
 from tests.integration.conftest import ProxyFactory
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.servers import RunningServer

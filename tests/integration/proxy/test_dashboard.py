@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.anthropic.conftest import wait_for_writes
+from tests.support.store_writes import wait_for_writes
 from tests.integration.conftest import ProxyFactory
 from tests.support import http
 from tests.support.browser import Browser, chromium_path
