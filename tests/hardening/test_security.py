@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import stat
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,6 @@ from tests.hardening.helpers import (
     error_message,
     raw_tcp_server,
     read_request_head,
-    wait_for,
-    wait_for_writes,
 )
 from tests.support import http
 from tests.support.fake_upstream import Reply
@@ -40,6 +37,8 @@ from tests.support.proxy_process import (
     spawn_proxy,
 )
 from tests.support.servers import RunningServer, free_port, serve_app
+from tests.support.store_writes import wait_for_writes
+from tests.support.wait import wait_until
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
@@ -146,12 +145,23 @@ def secret_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecretRun]:
             "Authorization": f"Bearer {ADMIN_SECRET}"}).status == 200
         for path in (CHAT, MESSAGES):  # a few more stored after the clear
             http.post(url + path, json=body_for(path, "after clear"), headers=both)
-        time.sleep(1.0)  # let a metrics export run (interval 0.5 s)
+        # A periodic export (interval 0.5 s) that counts every request above has run.
+        sent = http.get(url + "/cache/stats", headers=both).json()["metrics"]["totalRequests"]
+        wait_until(lambda: _exported_requests(child.metrics_file) >= sent,
+                   f"the metrics file to count the {sent} requests sent")
         for route in ("/metrics", "/cache/stats", "/health", "/v1/models"):
             answer = http.get(url + route, headers=both)
             live[route] = answer.content
         child.stop_cleanly()
     yield SecretRun(tmp, child.data_dir, child.metrics_file, live)
+
+
+def _exported_requests(metrics_file: Path) -> int:
+    """totalRequests in the metrics file, 0 before the first export."""
+    try:
+        return int(json.loads(metrics_file.read_bytes())["metrics"]["totalRequests"])
+    except (OSError, ValueError):
+        return 0
 
 
 def test_credentials_never_reach_files_logs_or_metrics(secret_run: SecretRun) -> None:
@@ -282,13 +292,15 @@ def test_binding_a_non_loopback_address_prints_a_warning(tmp_path: Path) -> None
         child = spawn_proxy(tmp_path, upstream.url, "--host", "0.0.0.0",
                             port=free_port(), name="wide")
         try:
-            assert wait_for(lambda: WARNING in child.output(), timeout=5), child.output()
+            wait_until(lambda: WARNING in child.output(), "the wide-bind warning", timeout=5)
             assert "0.0.0.0" in child.output()
         finally:
             child.stop()
         quiet = spawn_proxy(tmp_path, upstream.url, name="narrow")
         try:
-            time.sleep(0.3)
+            # The warning is logged before the banner, so once the banner is out its
+            # absence means it was never written.
+            wait_until(lambda: "cachelayer listening on" in quiet.output(), "the banner")
             assert WARNING not in quiet.output()
         finally:
             quiet.stop()
