@@ -10,11 +10,11 @@ import orjson
 import pytest
 
 from cachelayer.proxy.store.layer import STORE
-from tests.support.store_writes import wait_for_writes
 from tests.integration.conftest import ProxyFactory
 from tests.support import http
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.servers import RunningServer
+from tests.support.store_writes import wait_for_writes
 
 Upstream = tuple[FakeUpstream, RunningServer]
 MESSAGES: list[Any] = [{"role": "user", "content": "hi"}]

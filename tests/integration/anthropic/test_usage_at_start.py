@@ -12,11 +12,11 @@ from typing import Any
 import anthropic
 import openai
 
-from tests.support.store_writes import wait_for_writes
 from tests.integration.conftest import ProxyFactory
 from tests.support import http
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.servers import RunningServer, serve_app
+from tests.support.store_writes import wait_for_writes
 
 INPUT_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 

@@ -9,10 +9,10 @@ import anthropic
 import pytest
 
 from cachelayer.proxy.prefix.ledger import LEDGER
-from tests.support.store_writes import wait_for_writes
 from tests.integration.conftest import ProxyFactory
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.servers import RunningServer
+from tests.support.store_writes import wait_for_writes
 
 Upstream = tuple[FakeUpstream, RunningServer]
 MAIN = "You are a Claude agent.\n - You are powered by the model named Opus 4.8{ctx}. " \

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from tests.support.store_writes import wait_for_writes
 from tests.integration.conftest import ProxyFactory
 from tests.support import http
 from tests.support.browser import Browser, chromium_path
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.servers import RunningServer
+from tests.support.store_writes import wait_for_writes
 
 CHAT = "/v1/chat/completions"
 

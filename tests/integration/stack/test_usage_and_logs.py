@@ -14,11 +14,11 @@ import anthropic
 import pytest
 
 from cachelayer.proxy.app import make_app
-from tests.support.store_writes import wait_for_writes
 from tests.integration.stack.conftest import stack_settings
 from tests.support import http
 from tests.support.processes import ServerProcess, backend_command, free_port, running_server
 from tests.support.servers import RunningServer, serve_app
+from tests.support.store_writes import wait_for_writes
 
 pytestmark = pytest.mark.slow  # real mlx inference, child servers or CLIs
 
