@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from tests.support import http
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.proxy_process import running_proxy
 from tests.support.servers import serve_app
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow  # real mlx inference, child servers or CLIs
 
@@ -29,7 +29,8 @@ def test_sigterm_drains_a_stream_then_flushes_metrics(tmp_path: Path) -> None:
             target=lambda: answers.append(http.post(child.url + "/v1/chat/completions",
                                                     json=body)))
         client.start()
-        time.sleep(0.5)  # the stream is under way (it takes about 2 s)
+        # The stream is under way: the upstream has the request (its 20 words take 2 s).
+        wait_until(lambda: fake.calls, "the upstream to receive the streamed request")
         assert not child.metrics_file.exists()
         child.proc.send_signal(signal.SIGTERM)
         client.join(30)
