@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 from cachelayer.backend.demo_model import build_demo_model
 from tests.support import http
 from tests.support.proxy_process import ProxyProcess, running_proxy
+from tests.support.wait import WaitTimeout, wait_until
 
 pytestmark = pytest.mark.slow
 USER = [{"role": "user", "content": "hi"}]
@@ -23,13 +23,11 @@ USER = [{"role": "user", "content": "hi"}]
 
 def _until(condition: Callable[[], Any], timeout: float, what: str,
            child: ProxyProcess) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}:\n{child.output()[-4000:]}")
+    """wait_until, failing with the tail of the proxy's output (the supervisor's log)."""
+    try:
+        return wait_until(condition, what, timeout=timeout, interval=0.1)
+    except WaitTimeout as exc:
+        raise WaitTimeout(f"{exc}\n{child.output()[-4000:]}") from exc
 
 
 def _health(child: ProxyProcess) -> http.Answer:
