@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.support import http
 from tests.support.proxy_process import spawn_proxy
+from tests.support.wait import WaitTimeout, wait_until
 
 pytestmark = pytest.mark.slow
 # Long enough for the backend to persist KV blocks (--kv-min-tokens defaults to 256).
@@ -34,10 +34,13 @@ def test_serve_creates_only_private_files_and_leaves_the_cwd_alone(
         body = {"model": "m", "max_tokens": 2, "messages": [
             {"role": "system", "content": SYSTEM}, {"role": "user", "content": "hi"}]}
         assert http.post(proxy.url + "/v1/chat/completions", body).status == 200
-        deadline = time.monotonic() + 60
-        while not list((data / "kv").rglob("*.kvb")) or not proxy.metrics_file.exists():
-            assert time.monotonic() < deadline, proxy.output()[-3000:]
-            time.sleep(0.2)
+        try:
+            wait_until(lambda: list((data / "kv").rglob("*.kvb"))
+                       and proxy.metrics_file.exists(),
+                       "a KV block and the metrics file on disk", timeout=60, interval=0.2)
+        except WaitTimeout:
+            print(proxy.output()[-3000:])  # shown with the failure
+            raise
         proxy.stop_cleanly()
     finally:
         proxy.stop()
