@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from cachelayer.backend.demo_model import build_demo_model
+from tests.support.kv_writes import wait_for_kv_writes
 from tests.support.processes import (
     ServerProcess,
     backend_command,
@@ -123,22 +124,8 @@ def family_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str]
 
 
 def wait_for_writes(server: ServerProcess, timeout: float = 60.0) -> dict[str, Any]:
-    """Poll the kv route until the writer is idle and stays idle; returns the stats.
-
-    mlx-lm inserts an answer's cache just after sending the answer, so one idle poll
-    right after a response can come before that write is even queued."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    last: tuple[int, int] | None = None
-    while True:
-        stats = get_json(server, "/v1/cachelayer/kv")
-        now = (stats["blocks_written"], stats["checkpoints_written"])
-        if stats["pending_writes"] == 0 and now == last:
-            return dict(stats)
-        last = now if stats["pending_writes"] == 0 else None
-        assert time.monotonic() < deadline, "kv writes did not finish"
-        time.sleep(0.3)
+    """The backend's KV writes are on disk (tests/support/kv_writes.py); its kv stats."""
+    return wait_for_kv_writes(server.url, timeout)
 
 
 Api.wait_for_writes = staticmethod(wait_for_writes)  # type: ignore[attr-defined]
