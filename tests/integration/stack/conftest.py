@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -57,9 +58,16 @@ def stack_settings(tmp_path: Path, upstream: str, **overrides: object) -> Settin
     return replace(base, **overrides)  # type: ignore[arg-type]
 
 
+@contextmanager
+def stack_proxy(tmp_path: Path, upstream: str, **overrides: object) -> Iterator[RunningServer]:
+    """The proxy (in this process) in front of `upstream`, settings from stack_settings."""
+    settings = stack_settings(tmp_path, upstream, **overrides)
+    with serve_app(lambda: make_app(settings)) as proxy:
+        yield proxy
+
+
 @pytest.fixture
 def stack(backend: ServerProcess, tmp_path: Path) -> Iterator[RunningServer]:
     """The proxy in front of the real backend."""
-    settings = stack_settings(tmp_path, backend.url)
-    with serve_app(lambda: make_app(settings)) as proxy:
+    with stack_proxy(tmp_path, backend.url) as proxy:
         yield proxy

@@ -4,17 +4,16 @@ system prompt are equal; `share_kv` (--share-kv) shares prefixes on purpose."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cachelayer.proxy.app import make_app
-from tests.integration.stack.conftest import stack_settings
+from tests.integration.stack.conftest import stack_proxy
 from tests.support import http
+from tests.support.kv_writes import wait_for_kv_writes
 from tests.support.processes import ServerProcess
-from tests.support.servers import RunningServer, serve_app
+from tests.support.servers import RunningServer
 
 pytestmark = pytest.mark.slow
 SECRET = " ".join(f"Rule {i}: the vault code for door {i} is {i * 7919 % 10007}."
@@ -22,20 +21,6 @@ SECRET = " ".join(f"Rule {i}: the vault code for door {i} is {i * 7919 % 10007}.
 WRONG = " ".join(f"Zeta {i}: the cafe menu for table {i} is {i * 104729 % 10007}."
                  for i in range(60))
 UNRELATED = "Quiet mornings suit careful readers of long manuals."
-
-
-def _settle(backend: ServerProcess) -> None:
-    """Wait until the backend's KV writer is idle and stays idle."""
-    deadline = time.monotonic() + 60
-    last = None
-    while True:
-        stats = http.get(backend.url + "/v1/cachelayer/kv").json()
-        now = (stats["blocks_written"], stats["checkpoints_written"])
-        if stats["pending_writes"] == 0 and now == last:
-            return
-        last = now if stats["pending_writes"] == 0 else None
-        assert time.monotonic() < deadline, "kv writes did not finish"
-        time.sleep(0.2)
 
 
 def _chat(proxy: RunningServer, key: dict[str, str], system: str, user: str) -> int:
@@ -60,12 +45,12 @@ def _probe(proxy: RunningServer, backend: ServerProcess, send: Any) -> tuple[int
     wrong guess, B's right guess) cached counts."""
     alice, bob = {"Authorization": "Bearer key-alice"}, {"x-api-key": "key-bob"}
     send(proxy, alice, SECRET, "first question")
-    _settle(backend)
+    wait_for_kv_writes(backend.url)
     own = send(proxy, alice, SECRET, "second question")
     send(proxy, bob, UNRELATED, "warm up")  # B's own template prefix, for both guesses
-    _settle(backend)
+    wait_for_kv_writes(backend.url)
     wrong = send(proxy, bob, WRONG, "what is the code?")
-    _settle(backend)
+    wait_for_kv_writes(backend.url)
     right = send(proxy, bob, SECRET, "what is the code?")
     return own, wrong, right
 
@@ -73,8 +58,7 @@ def _probe(proxy: RunningServer, backend: ServerProcess, send: Any) -> tuple[int
 def test_a_tenant_cannot_confirm_another_tenants_prompt_through_cached_tokens(
     backend: ServerProcess, tmp_path: Path
 ) -> None:
-    settings = stack_settings(tmp_path, backend.url)
-    with serve_app(lambda: make_app(settings)) as proxy:
+    with stack_proxy(tmp_path, backend.url) as proxy:
         own, wrong, right = _probe(proxy, backend, _chat)
         assert own > 500  # A still reuses its own prefix
         assert right == wrong, (right, wrong)
@@ -84,8 +68,7 @@ def test_a_tenant_cannot_confirm_another_tenants_prompt_through_cached_tokens(
 def test_the_anthropic_route_reveals_nothing_either(
     backend: ServerProcess, tmp_path: Path
 ) -> None:
-    settings = stack_settings(tmp_path, backend.url)
-    with serve_app(lambda: make_app(settings)) as proxy:
+    with stack_proxy(tmp_path, backend.url) as proxy:
         own, wrong, right = _probe(proxy, backend, _message)
         assert own > 500
         assert right == wrong, (right, wrong)
@@ -94,8 +77,7 @@ def test_the_anthropic_route_reveals_nothing_either(
 def test_share_kv_shares_prefixes_across_credentials_on_purpose(
     backend: ServerProcess, tmp_path: Path
 ) -> None:
-    settings = stack_settings(tmp_path, backend.url, share_kv=True)
-    with serve_app(lambda: make_app(settings)) as proxy:
+    with stack_proxy(tmp_path, backend.url, share_kv=True) as proxy:
         _own, wrong, right = _probe(proxy, backend, _chat)
         assert right > wrong + 500, (right, wrong)
         assert http.get(proxy.url + "/health").json()["kv_reuse"]["scope"] == "shared"
@@ -104,10 +86,9 @@ def test_share_kv_shares_prefixes_across_credentials_on_purpose(
 def test_api_key_authorization_and_x_api_key_name_one_tenant(
     backend: ServerProcess, tmp_path: Path
 ) -> None:
-    settings = stack_settings(tmp_path, backend.url)
-    with serve_app(lambda: make_app(settings)) as proxy:
+    with stack_proxy(tmp_path, backend.url) as proxy:
         _chat(proxy, {"api-key": "key-carol"}, SECRET, "first question")
-        _settle(backend)
+        wait_for_kv_writes(backend.url)
         assert _chat(proxy, {"Authorization": "Bearer key-carol"}, SECRET, "again") > 500
         assert _chat(proxy, {"api-key": "key-dave"}, SECRET, "again") < 100
         # A stored answer is the asking tenant's too: the same body under another key misses.
@@ -124,7 +105,6 @@ def test_api_key_authorization_and_x_api_key_name_one_tenant(
 def test_a_stock_upstream_is_reported_as_shared_kv(
     stock: ServerProcess, tmp_path: Path
 ) -> None:
-    settings = stack_settings(tmp_path, stock.url)
-    with serve_app(lambda: make_app(settings)) as proxy:
+    with stack_proxy(tmp_path, stock.url) as proxy:
         reuse = http.get(proxy.url + "/health").json()["kv_reuse"]
         assert reuse["scope"] == "shared" and "not a cachelayer backend" in reuse["why"]
