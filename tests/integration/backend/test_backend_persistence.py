@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +14,7 @@ from cachelayer.backend.demo_model import build_demo_model
 from cachelayer.backend.kv_blocks import BLOCK_SUFFIX
 from cachelayer.backend.kv_files import STATS_NAME, clear_kv, kv_stats
 from tests.support.processes import stop_server
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow  # real mlx inference, child servers or CLIs
 
@@ -26,9 +26,9 @@ def _files(kv_dir: Path) -> list[Path]:
 
 
 def _wait_for_files(kv_dir: Path, n: int = 1, timeout: float = 30.0) -> list[Path]:
-    deadline = time.monotonic() + timeout
-    while len(_files(kv_dir)) < n and time.monotonic() < deadline:
-        time.sleep(0.05)
+    """The block files once at least `n` are on disk; fails if they never are."""
+    wait_until(lambda: len(_files(kv_dir)) >= n, f"{n} block file(s) in {kv_dir}",
+               timeout=timeout)
     return _files(kv_dir)
 
 
@@ -121,9 +121,7 @@ def test_a_changed_model_reuses_nothing(
     assert api.cached_tokens(answer) == 0
     assert api.get_json(second, "/v1/cachelayer/kv")["tokens_restored_disk"] == 0
     # The second model's blocks land after its answer, in a directory of their own.
-    deadline = time.monotonic() + 30.0
-    while len(_model_dirs(kv)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(_model_dirs(kv)) >= 2, "the second model's block directory")
     assert len(_model_dirs(kv)) == 2, _files(kv)
 
 
@@ -165,10 +163,8 @@ def test_eviction_keeps_the_disk_under_the_limit(
     server = start_backend(demo_model, kv, "--kv-max-bytes", "3M")
     for i in range(4):
         api.chat(server, "hi", system=f"Session {i}. {api.system}")
-    deadline = time.monotonic() + 30
-    while api.get_json(server, "/v1/cachelayer/kv")["blocks_written"] < 16:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: api.get_json(server, "/v1/cachelayer/kv")["blocks_written"] >= 16,
+               "16 blocks written")
     # A write evicts once its blocks are on disk: measure after the writer is idle, not
     # between the 16th block and that eviction (the window a loaded machine widens).
     api.wait_for_writes(server)
