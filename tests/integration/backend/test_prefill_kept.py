@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 
 from tests.integration.backend.conftest import StartBackend
 from tests.support.processes import ServerProcess
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
 # ~4,000 tokens prefilled in 16-token steps: seconds on the tiny model, so "half-way" is
@@ -74,10 +74,8 @@ def _progress(server: ServerProcess, total: int) -> list[int]:
 
 
 def _wait_for_blocks(server: ServerProcess, api: Any, blocks: int) -> None:
-    deadline = time.monotonic() + 60
-    while api.get_json(server, "/v1/cachelayer/kv")["blocks"] < blocks:
-        assert time.monotonic() < deadline, "no prefill checkpoint reached the disk"
-        time.sleep(0.05)
+    wait_until(lambda: api.get_json(server, "/v1/cachelayer/kv")["blocks"] >= blocks,
+               f"a prefill checkpoint of {blocks} block(s) on disk", timeout=60)
 
 
 @pytest.fixture
