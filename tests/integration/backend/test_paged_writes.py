@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 
 from cachelayer.backend.settings import BackendSettings
 from tests.support.processes import free_port
+from tests.support.wait import wait_until
 
 
 @dataclass
@@ -80,10 +80,7 @@ def test_a_ten_turn_conversation_writes_at_most_1_1x_its_distinct_tokens_kv(
         reused.append(answer.usage.prompt_tokens_details.cached_tokens)  # type: ignore[union-attr]
         messages.append({"role": "assistant", "content": answer.choices[0].message.content or ""})
     # mlx-lm inserts the answer's cache after replying: two inserts per turn (system, all).
-    deadline = time.monotonic() + 30
-    while len(saved) < 20 or not cache.flush():
-        assert time.monotonic() < deadline, len(saved)
-        time.sleep(0.05)
+    wait_until(lambda: len(saved) >= 20 and cache.flush(), "20 saves on disk")
     stats = cache.stats()
     per_token = 2 * 2 * 2 * 32 * 4  # demo llama: layers x (k, v) x kv heads x head_dim x fp32
     distinct = _distinct(saved)
