@@ -4,7 +4,6 @@ backend's hot tier in /metrics."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from cachelayer.backend.family_models import build_family_model
 from tests.support.proxy_process import running_proxy
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow  # real mlx inference, child servers
 
@@ -33,13 +33,14 @@ def test_serve_passes_the_budget_and_kv_flags_and_metrics_show_the_hot_tier(
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=300) as r:
             assert r.status == 200
-        deadline = time.monotonic() + 60
-        text = ""
-        while "cachelayer_kv_memory_bytes 0" in text or "kv_memory_bytes" not in text:
-            assert time.monotonic() < deadline, text[-2000:]
-            time.sleep(0.2)
+        def metrics_with_kv_memory() -> str | None:
             with urllib.request.urlopen(f"{proxy.url}/metrics", timeout=30) as r:
                 text = r.read().decode()
+            held = "kv_memory_bytes" in text and "cachelayer_kv_memory_bytes 0" not in text
+            return text if held else None
+
+        text = wait_until(metrics_with_kv_memory, "/metrics to show KV memory in use",
+                          timeout=60, interval=0.2)
         assert "cachelayer_kv_memory_budget_bytes 8000000" in text
     exported = json.loads((tmp_path / "data" / "kv" / "kv-stats.json").read_text())
     assert exported["max_bytes"] == 64 << 20 and exported["min_tokens"] == 64
