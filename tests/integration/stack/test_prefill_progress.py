@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,12 +15,12 @@ import anthropic
 import openai
 import pytest
 
-from cachelayer.proxy.app import make_app
-from tests.integration.stack.conftest import ROOT, stack_settings
+from tests.integration.stack.conftest import ROOT, stack_proxy
 from tests.support import http
 from tests.support.processes import ServerProcess, backend_command, free_port, running_server
 from tests.support.recording import RecordingTransport, keepalives
-from tests.support.servers import RunningServer, serve_app
+from tests.support.servers import RunningServer
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
 # ~4,000 tokens in 16-token prefill steps: a few seconds of prefill on the tiny model,
@@ -41,22 +40,22 @@ def stepping_backend(stack_model: Path, tmp_path: Path) -> Iterator[ServerProces
 @pytest.fixture
 def proxy(stepping_backend: ServerProcess, tmp_path: Path) -> Iterator[RunningServer]:
     """The proxy with keep-alives every 0.2 s and a progress line every 0.3 s."""
-    settings = stack_settings(tmp_path, stepping_backend.url, keepalive_interval_s=0.2,
-                              progress_log_interval_s=0.3)
-    with serve_app(lambda: make_app(settings)) as server:
+    with stack_proxy(tmp_path, stepping_backend.url, keepalive_interval_s=0.2,
+                     progress_log_interval_s=0.3) as server:
         yield server
 
 
 def _watch_prefills(proxy: RunningServer, request_id: str, running: Any) -> dict[str, Any]:
     """Poll /cache/stats until it lists this request's prefill with progress."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    def listed() -> dict[str, Any] | None:
         assert not running.done(), "the answer came before any progress was listed"
         for entry in http.get(proxy.url + "/cache/stats").json()["prefills"]:
             if entry["requestId"] == request_id and entry["doneTokens"] > 0:
                 return dict(entry)
-        time.sleep(0.05)
-    raise AssertionError("no prefill progress in /cache/stats")
+        return None
+
+    return wait_until(listed, f"/cache/stats to list request {request_id}'s prefill with "
+                      "progress", timeout=120, interval=0.05)
 
 
 def test_keepalives_and_progress_reach_an_openai_client_during_a_long_prefill(
