@@ -31,7 +31,6 @@ from benchlib import provenance
 from benchlib.kv_budget import budget_tables
 
 from cachelayer.backend.memory_budget import parse_mlx_size
-from cachelayer.backend.variant_models import build_wide_model
 from tests.support.processes import (
     ServerProcess,
     backend_command,
@@ -40,6 +39,7 @@ from tests.support.processes import (
     stock_command,
     stop_server,
 )
+from tests.support.variant_models import build_wide_model
 
 ROOT = Path(__file__).resolve().parent.parent
 _RULES = " ".join(f"Rule {i}: read file number {i} before editing it." for i in range(24))

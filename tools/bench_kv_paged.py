@@ -118,7 +118,7 @@ def bench_restore(kv: Path, tokens: list[int], trials: int) -> dict[str, Any]:
 
 def bench_ttft(work: Path, sizes: list[int], synthetic_sizes: list[int]) -> list[dict[str, Any]]:
     """TTFT of a new user turn on a stored prefix of each size: cold vs after a restart."""
-    from cachelayer.backend.family_models import geometry_model
+    from tests.support.family_models import geometry_model
 
     model = geometry_model()
     rows = []

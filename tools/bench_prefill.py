@@ -63,10 +63,10 @@ def build_geometry_model(path: Path) -> Path:
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
 
-    from cachelayer.backend.demo_model import EOS_TOKEN, _train_tokenizer, save_model_files
-    from cachelayer.backend.family_models import GEOMETRY
+    from cachelayer.backend.demo_model import EOS_TOKEN, save_model_files, train_tokenizer
+    from tests.support.family_models import GEOMETRY
 
-    tokenizer = _train_tokenizer(int(GEOMETRY["vocab_size"]))
+    tokenizer = train_tokenizer(int(GEOMETRY["vocab_size"]))
     config = {**GEOMETRY, "vocab_size": max(int(GEOMETRY["vocab_size"]),
                                             tokenizer.get_vocab_size()),
               "eos_token_id": tokenizer.token_to_id(EOS_TOKEN),

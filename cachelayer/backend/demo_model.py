@@ -155,8 +155,9 @@ def _corpus() -> list[str]:
     return lines
 
 
-def _train_tokenizer(vocab_size: int) -> Any:
-    """Train a byte-level BPE tokenizer on the embedded corpus."""
+def train_tokenizer(vocab_size: int) -> Any:
+    """Train the demo tokenizer (byte-level BPE on the embedded corpus); the test models
+    in tests/support share it, so every model tokenizes a prompt the same way."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -241,7 +242,7 @@ def _write_model(out: Path, params: dict[str, int]) -> None:
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
 
-    tokenizer = _train_tokenizer(params["vocab_size"])
+    tokenizer = train_tokenizer(params["vocab_size"])
     # The model's vocab must cover every token id the tokenizer can produce.
     vocab_size = max(params["vocab_size"], tokenizer.get_vocab_size())
     eos_id = tokenizer.token_to_id(EOS_TOKEN)

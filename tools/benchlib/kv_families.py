@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from cachelayer.backend.family_models import FAMILIES, build_family_model
+from tests.support.family_models import FAMILIES, build_family_model
 from tests.support.processes import backend_command, free_port, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[2]

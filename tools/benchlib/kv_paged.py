@@ -16,7 +16,7 @@ import mlx.core as mx
 from mlx_lm.generate import generate_step
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
-from cachelayer.backend.family_models import GEOMETRY
+from tests.support.family_models import GEOMETRY
 
 LAYERS = int(GEOMETRY["num_hidden_layers"])
 HEADS = int(GEOMETRY["num_key_value_heads"])

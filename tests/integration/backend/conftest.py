@@ -117,7 +117,7 @@ def api() -> type[Api]:
 @pytest.fixture(scope="session")
 def family_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """family_model_dir(name) -> a tiny random-weight model directory, built once."""
-    from cachelayer.backend.family_models import build_family_model
+    from tests.support.family_models import build_family_model
 
     root = tmp_path_factory.mktemp("families")
     return lambda family: build_family_model(root / family, family)

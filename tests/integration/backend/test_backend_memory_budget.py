@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from cachelayer.backend.family_models import build_family_model
-from cachelayer.backend.variant_models import build_wide_model
+from tests.support.family_models import build_family_model
 from tests.support.greedy import SYSTEM, answer, ask_greedy, cached
 from tests.support.processes import ServerProcess
+from tests.support.variant_models import build_wide_model
 
 pytestmark = pytest.mark.slow  # real mlx inference, child servers
 

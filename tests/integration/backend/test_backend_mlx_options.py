@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from cachelayer.backend.family_models import build_family_model
-from cachelayer.backend.variant_models import build_lora_adapter
+from tests.support.family_models import build_family_model
 from tests.support.greedy import SYSTEM, answer, ask_greedy, cached
 from tests.support.processes import (
     ServerProcess,
@@ -21,6 +20,7 @@ from tests.support.processes import (
     stock_command,
     stop_server,
 )
+from tests.support.variant_models import build_lora_adapter
 
 pytestmark = pytest.mark.slow  # real mlx inference, child servers
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from cachelayer.backend.family_models import FAMILIES
+from tests.support.family_models import FAMILIES
 from tests.support.processes import stop_server
 
 StartBackend = Callable[..., Any]

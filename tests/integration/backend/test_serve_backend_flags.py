@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cachelayer.backend.family_models import build_family_model
+from tests.support.family_models import build_family_model
 from tests.support.proxy_process import running_proxy
 from tests.support.wait import wait_until
 

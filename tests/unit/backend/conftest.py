@@ -48,7 +48,7 @@ def family_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tu
     """family_model(name) -> (model, tokenizer) of a tiny random-weight model, built once."""
     from mlx_lm import load
 
-    from cachelayer.backend.family_models import build_family_model
+    from tests.support.family_models import build_family_model
 
     root = tmp_path_factory.mktemp("families")
     loaded: dict[str, tuple[Any, Any]] = {}

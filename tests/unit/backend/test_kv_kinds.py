@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from cachelayer.backend.family_models import FAMILIES
 from cachelayer.backend.kv_codec import layer_kinds
+from tests.support.family_models import FAMILIES
 
 # What each tested family's layers are, as mlx-lm builds them.
 PERSISTED = {

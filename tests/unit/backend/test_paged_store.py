@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from cachelayer.backend.family_models import FAMILIES
 from cachelayer.backend.kv_blocks import BLOCK_SUFFIX
 from cachelayer.backend.kv_codec import layer_kinds
 from cachelayer.backend.paged_store import PagedStore
+from tests.support.family_models import FAMILIES
 
 pytestmark = pytest.mark.slow  # real mlx inference (tiny models, about a second each)
 

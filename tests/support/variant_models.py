@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cachelayer.backend.demo_model import EOS_TOKEN, _train_tokenizer, save_model_files
+from cachelayer.backend.demo_model import EOS_TOKEN, save_model_files, train_tokenizer
 
 _VOCAB = 2048
 MARKER_NAME = ".cachelayer-variant-model.json"
@@ -52,7 +52,7 @@ def build_wide_model(path: Path, *, layers: int, kv_heads: int, head_dim: int,
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        tokenizer = _train_tokenizer(_VOCAB)
+        tokenizer = train_tokenizer(_VOCAB)
         config: dict[str, Any] = {
             "model_type": "llama", "hidden_size": 64, "num_hidden_layers": layers,
             "intermediate_size": 128, "num_attention_heads": kv_heads,

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cachelayer.backend.demo_model import EOS_TOKEN, _train_tokenizer, save_model_files
+from cachelayer.backend.demo_model import EOS_TOKEN, save_model_files, train_tokenizer
 
 MARKER_NAME = ".cachelayer-family-model.json"
 BUILDER_VERSION = 2  # 2: special_tokens_map.json written, as for the demo model
@@ -131,7 +131,7 @@ def _write(out: Path, family: str, seed: int) -> None:
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    tokenizer = _train_tokenizer(_VOCAB)
+    tokenizer = train_tokenizer(_VOCAB)
     vocab_size = max(_VOCAB, tokenizer.get_vocab_size())
     eos_id = tokenizer.token_to_id(EOS_TOKEN)
     config = family_config(family, vocab_size, eos_id, tokenizer.token_to_id("<|begin|>"))
