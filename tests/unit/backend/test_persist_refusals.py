@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from mlx_lm.models.cache import KVCache
 from cachelayer.backend.kv_blocks import BLOCK_SUFFIX
 from cachelayer.backend.paged_store import PagedStore
 from cachelayer.backend.persistent_cache import PersistentPromptCache
+from tests.support.wait import wait_until
 
 KEY = ("model", None, None)
 
@@ -72,10 +72,11 @@ def test_a_write_past_the_queue_bound_waits_then_is_dropped_and_counted(
     one = sum(c.nbytes for c in [_kv(40), _kv(40)])
     cache = PersistentPromptCache(store, KEY, kinds=("kv", "kv"), queue_bytes=one)
     cache._queue.wait_s = 0.1
-    stuck = threading.Event()
+    stuck, holding = threading.Event(), threading.Event()
     original = store.save
 
     def slow_save(*args: object) -> int:
+        holding.set()  # the writer has taken a write off the queue
         stuck.wait(30)  # a disk that does not keep up
         return original(*args)  # type: ignore[arg-type]
 
@@ -84,9 +85,8 @@ def test_a_write_past_the_queue_bound_waits_then_is_dropped_and_counted(
         for start in (3, 100, 200):  # one being written, one queued, one with no room
             tokens = list(range(start, start + 40))
             cache.insert_cache(KEY, tokens, [_kv(40), _kv(40)])
-            deadline = time.monotonic() + 30
-            while start == 3 and cache._queue.nbytes and time.monotonic() < deadline:
-                time.sleep(0.01)  # until the writer holds the first one
+            if start == 3:
+                wait_until(holding.is_set, "the writer to hold the first write")
         stats = cache.stats()
         assert stats["write_queue"]["dropped_full"] == 1 and stats["write_queue"]["waits"] == 1
         assert stats["write_queue"]["bytes"] <= one
