@@ -11,6 +11,7 @@ import time
 import pytest
 
 from cachelayer.periodic import Periodic
+from tests.support.wait import async_wait_until
 
 
 async def test_ticks_every_interval_until_stopped() -> None:
@@ -19,15 +20,24 @@ async def test_ticks_every_interval_until_stopped() -> None:
     async def tick() -> None:
         ticks.append(time.monotonic())
 
+    control: list[float] = []
+
+    async def control_tick() -> None:
+        control.append(time.monotonic())
+
     loop = Periodic(tick, 0.01, name="counter")
     loop.start()
-    await asyncio.sleep(0.1)
+    await async_wait_until(lambda: len(ticks) >= 3, "three ticks")
     await loop.stop()
     seen = len(ticks)
-    assert seen >= 3
     assert not loop.running
-    await asyncio.sleep(0.05)
-    assert len(ticks) == seen  # nothing after stop()
+    # Nothing after stop(): a loop still running at the same interval ticks three times
+    # meanwhile, so a tick of the stopped one would have come by then.
+    other = Periodic(control_tick, 0.01, name="control")
+    other.start()
+    await async_wait_until(lambda: len(control) >= 3, "three ticks of the control loop")
+    await other.stop()
+    assert len(ticks) == seen
 
 
 async def test_first_tick_waits_an_interval_unless_immediately() -> None:
@@ -44,7 +54,8 @@ async def test_first_tick_waits_an_interval_unless_immediately() -> None:
                   Periodic(tick_at_once, 10.0, name="now", immediately=True))
     later.start()
     now.start()
-    await asyncio.sleep(0.05)
+    # Started first, `later` would have ticked before `now` if it did not wait.
+    await async_wait_until(lambda: at_once, "the immediate tick")
     await later.stop()
     await now.stop()
     assert waited == [] and at_once == ["tick"]
@@ -56,7 +67,7 @@ async def test_stop_lets_a_running_tick_finish_instead_of_cancelling_it() -> Non
     async def slow_tick() -> None:
         events.append("began")
         try:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # the scenario: a tick that takes 0.1 s
         except asyncio.CancelledError:
             events.append("cancelled")
             raise
@@ -64,8 +75,7 @@ async def test_stop_lets_a_running_tick_finish_instead_of_cancelling_it() -> Non
 
     loop = Periodic(slow_tick, 0.001, name="slow")
     loop.start()
-    while not events:
-        await asyncio.sleep(0.001)
+    await async_wait_until(lambda: events, "the tick to begin", interval=0.001)
     await loop.stop(grace_s=2.0)
     assert events == ["began", "ended"]
     assert not loop.running
@@ -77,7 +87,8 @@ async def test_stop_wakes_a_loop_waiting_out_a_long_interval() -> None:
 
     loop = Periodic(tick, 3600.0, name="hourly")
     loop.start()
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # not a wait: one turn of the event loop runs the task to its wait
+    assert loop.running
     started = time.monotonic()
     await loop.stop()
     assert time.monotonic() - started < 0.5
@@ -86,17 +97,19 @@ async def test_stop_wakes_a_loop_waiting_out_a_long_interval() -> None:
 
 async def test_stop_cancels_a_tick_still_running_after_the_grace() -> None:
     events: list[str] = []
+    began = asyncio.Event()
 
     async def endless_tick() -> None:
+        began.set()
         try:
-            await asyncio.sleep(3600)
+            await asyncio.sleep(3600)  # the scenario: a tick that never ends by itself
         except asyncio.CancelledError:
             events.append("cancelled")
             raise
 
     loop = Periodic(endless_tick, 0.0, name="endless", immediately=True)
     loop.start()
-    await asyncio.sleep(0.01)
+    await async_wait_until(began.is_set, "the endless tick to begin")
     started = time.monotonic()
     await loop.stop(grace_s=0.1)
     assert time.monotonic() - started < 1.0
@@ -105,9 +118,10 @@ async def test_stop_cancels_a_tick_still_running_after_the_grace() -> None:
 
 async def test_stop_returns_even_when_the_tick_swallows_every_cancel(
         caplog: pytest.LogCaptureFixture) -> None:
-    release = asyncio.Event()
+    release, began = asyncio.Event(), asyncio.Event()
 
     async def stubborn_tick() -> None:
+        began.set()
         while not release.is_set():
             try:
                 await release.wait()
@@ -116,15 +130,14 @@ async def test_stop_returns_even_when_the_tick_swallows_every_cancel(
 
     loop = Periodic(stubborn_tick, 0.0, name="stubborn", immediately=True)
     loop.start()
-    await asyncio.sleep(0.01)
+    await async_wait_until(began.is_set, "the stubborn tick to begin")
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="cachelayer.periodic"):
         await loop.stop(grace_s=0.1)
     assert time.monotonic() - started < 2.0
     assert loop.running and "stubborn did not stop" in caplog.text
     release.set()  # let it end so the test leaves no task behind
-    await asyncio.sleep(0.01)
-    assert not loop.running
+    await async_wait_until(lambda: not loop.running, "the released loop to end")
 
 
 async def test_a_failing_tick_is_logged_and_the_loop_goes_on(
@@ -140,7 +153,7 @@ async def test_a_failing_tick_is_logged_and_the_loop_goes_on(
     loop = Periodic(flaky_tick, 0.005, name="flaky", immediately=True)
     with caplog.at_level(logging.ERROR, logger="cachelayer.periodic"):
         loop.start()
-        await asyncio.sleep(0.05)
+        await async_wait_until(lambda: calls >= 3, "three ticks, the first failing")
         await loop.stop()
     assert calls >= 3
     assert "flaky: a background tick failed" in caplog.text
