@@ -17,6 +17,7 @@ from cachelayer.backend.kv_blocks import BLOCK_SUFFIX
 from cachelayer.backend.kv_codec import layer_kinds
 from cachelayer.backend.paged_store import PagedStore
 from tests.support.family_models import FAMILIES
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow  # real mlx inference (tiny models, about a second each)
 
@@ -179,7 +180,9 @@ def test_eviction_removes_least_recently_used_leaves_and_keeps_chains_whole(
     store = _store(tmp_path, max_bytes=budget)
     for tokens in sessions:
         store.save(tuple(tokens), _prefill(model, tokens), kinds)
-        time.sleep(0.01)
+        # Least recently used means an older last_used stamp: the next save must be later.
+        stamp = max(b.last_used for b in store.index.blocks.values())
+        wait_until(lambda s=stamp: time.time() > s, "the clock to pass the last save's stamp")
     assert store.nbytes <= budget
     assert store.counters.evicted_blocks >= 2
     for block in store.index.blocks.values():
@@ -218,7 +221,7 @@ def test_lookups_while_a_shared_prefix_is_being_written_see_whole_blocks_only(
     original = store._write_file
 
     def slow_write(*args: Any) -> int:
-        time.sleep(0.05)  # keep the write in flight while the readers run
+        time.sleep(0.05)  # the scenario, not a wait: a slow disk keeps the write in flight
         return original(*args)
 
     monkeypatch.setattr(store, "_write_file", slow_write)
