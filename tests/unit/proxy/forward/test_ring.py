@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from collections import Counter
+from functools import lru_cache
 
-from cachelayer.proxy.forward.ring import build_ring, capacity, choose, walk
+from cachelayer.proxy.forward.ring import Ring, build_ring, capacity, choose, walk
 
 BACKENDS = ["http://a:1", "http://b:1", "http://c:1"]
 KEYS = [f"prefix-{i}" for i in range(3000)]
 
 
+@lru_cache
+def _ring(backends: tuple[str, ...]) -> Ring:
+    # Built once per backend list, not once per key (3000 keys): build_ring is pure.
+    return build_ring(backends)
+
+
 def owner(ring_backends: list[str], key: str, healthy: list[str] | None = None) -> str:
-    ring = build_ring(ring_backends)
+    ring = _ring(tuple(ring_backends))
     return choose(ring, key, healthy=healthy or ring_backends, loads={})[0]
 
 
