@@ -117,6 +117,8 @@ def test_a_responses_stream_is_created_at_the_first_keepalive_and_hears_in_progr
         rid = created.response.id
         assert events[-1].response.id == rid
         assert client.responses.retrieve(rid).output_text == "Hello there."
+        # The chained turn is about the id, not keep-alives: its upstream answers at once.
+        upstream[0].script = lambda body: Reply(text="Hello there.")
         chained = client.responses.create(model="m", input="and again?",
                                           previous_response_id=rid)
     assert chained.output_text == "Hello there."
