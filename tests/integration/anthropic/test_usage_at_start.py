@@ -14,11 +14,10 @@ import openai
 
 from tests.integration.conftest import ProxyFactory
 from tests.support import http
+from tests.support.anthropic_usage import INPUT_FIELDS, stream_usages
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.servers import RunningServer, serve_app
 from tests.support.store_writes import wait_for_writes
-
-INPUT_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
 def _partial_reuse(body: dict[str, Any]) -> Reply:
@@ -28,17 +27,8 @@ def _partial_reuse(body: dict[str, Any]) -> Reply:
 
 def _raw_usages(client: anthropic.Anthropic, content: str) -> tuple[Any, Any, str]:
     """(message_start usage, message_delta usage, X-Cache-Status) of one streamed turn."""
-    raw = client.messages.with_raw_response.create(
-        model="claude-x", max_tokens=64, stream=True,
-        messages=[{"role": "user", "content": content}])
-    start = delta = None
-    for event in raw.parse():
-        if event.type == "message_start":
-            start = event.message.usage
-        elif event.type == "message_delta":
-            delta = event.usage
-    assert start is not None and delta is not None
-    return start, delta, raw.headers["X-Cache-Status"]
+    return stream_usages(client, model="claude-x", max_tokens=64,
+                         messages=[{"role": "user", "content": content}])
 
 
 def test_message_start_equals_the_final_input_usage_on_a_miss_with_partial_reuse_and_a_hit(

@@ -31,12 +31,20 @@ def stack_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_demo_model(tmp_path_factory.mktemp("stack-models") / "demo")
 
 
+@contextmanager
+def stack_backend(model: Path, tmp_path: Path, *flags: str) -> Iterator[ServerProcess]:
+    """A real `cachelayer backend` on `model` with `flags`, its KV files and log under
+    tmp_path; stopped on exit."""
+    port = free_port()
+    argv = backend_command(model, port, tmp_path / "kv", *flags)
+    with running_server(argv, port, tmp_path / "backend.log", cwd=ROOT) as server:
+        yield server
+
+
 @pytest.fixture
 def backend(stack_model: Path, tmp_path: Path) -> Iterator[ServerProcess]:
     """A real `cachelayer backend` with its KV files under the test's tmp dir."""
-    port = free_port()
-    argv = backend_command(stack_model, port, tmp_path / "kv", "--kv-min-tokens", "128")
-    with running_server(argv, port, tmp_path / "backend.log", cwd=ROOT) as server:
+    with stack_backend(stack_model, tmp_path, "--kv-min-tokens", "128") as server:
         yield server
 
 

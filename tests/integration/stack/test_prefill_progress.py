@@ -15,9 +15,9 @@ import anthropic
 import openai
 import pytest
 
-from tests.integration.stack.conftest import ROOT, stack_proxy
+from tests.integration.stack.conftest import stack_backend, stack_proxy
 from tests.support import http
-from tests.support.processes import ServerProcess, backend_command, free_port, running_server
+from tests.support.processes import ServerProcess
 from tests.support.recording import RecordingTransport, keepalives
 from tests.support.servers import RunningServer
 from tests.support.wait import wait_until
@@ -31,9 +31,7 @@ LONG = " ".join(f"line {i} of the long file says hello." for i in range(300))
 @pytest.fixture
 def stepping_backend(stack_model: Path, tmp_path: Path) -> Iterator[ServerProcess]:
     """A real backend that prefills in 16-token steps (one progress report each)."""
-    port = free_port()
-    argv = backend_command(stack_model, port, tmp_path / "kv", "--prefill-step-size", "16")
-    with running_server(argv, port, tmp_path / "backend.log", cwd=ROOT) as server:
+    with stack_backend(stack_model, tmp_path, "--prefill-step-size", "16") as server:
         yield server
 
 

@@ -13,45 +13,29 @@ from typing import Any
 import anthropic
 import pytest
 
-from cachelayer.proxy.app import make_app
-from tests.integration.stack.conftest import stack_settings
+from tests.integration.stack.conftest import stack_backend, stack_proxy
 from tests.support import http
-from tests.support.processes import ServerProcess, backend_command, free_port, running_server
-from tests.support.servers import RunningServer, serve_app
+from tests.support.anthropic_usage import input_usage, stream_usages
+from tests.support.processes import ServerProcess
+from tests.support.servers import RunningServer
 from tests.support.store_writes import wait_for_writes
 
 pytestmark = pytest.mark.slow  # real mlx inference, child servers or CLIs
 
-ROOT = Path(__file__).resolve().parents[3]
 SYSTEM = " ".join(f"Rule {i}: keep file {i} tidy and small." for i in range(50))
-INPUT_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
 def _turn(client: anthropic.Anthropic, question: str, rid: str) -> tuple[Any, Any, str]:
-    raw = client.messages.with_raw_response.create(
-        model="claude-x", max_tokens=8, stream=True, system=SYSTEM,
-        messages=[{"role": "user", "content": question}],
-        extra_headers={"X-Request-Id": rid})
-    start = delta = None
-    for event in raw.parse():
-        if event.type == "message_start":
-            start = event.message.usage
-        elif event.type == "message_delta":
-            delta = event.usage
-    assert start is not None and delta is not None
-    return start, delta, raw.headers["X-Cache-Status"]
-
-
-def _inputs(usage: Any) -> tuple[int, int, int]:
-    return tuple(getattr(usage, name) for name in INPUT_FIELDS)  # type: ignore[return-value]
+    return stream_usages(client, model="claude-x", max_tokens=8, system=SYSTEM,
+                         messages=[{"role": "user", "content": question}],
+                         extra_headers={"X-Request-Id": rid})
 
 
 @pytest.fixture
 def storing_stack(backend: ServerProcess, tmp_path: Path) -> Any:
     """The proxy in front of the real backend, storing answers cut at max_tokens (a
     random-weight model never stops on its own)."""
-    settings = stack_settings(tmp_path, backend.url, store_truncated=True)
-    with serve_app(lambda: make_app(settings)) as proxy:
+    with stack_proxy(tmp_path, backend.url, store_truncated=True) as proxy:
         yield proxy
 
 
@@ -61,16 +45,16 @@ def test_message_start_usage_is_the_backends_real_figures_for_miss_partial_and_h
     stack = storing_stack
     client = anthropic.Anthropic(base_url=stack.url, api_key="local", max_retries=0)
     start, delta, status = _turn(client, "first question", "turn-1")
-    assert status == "MISS" and _inputs(start) == _inputs(delta)
+    assert status == "MISS" and input_usage(start) == input_usage(delta)
     assert start.cache_read_input_tokens == 0 and start.cache_creation_input_tokens > 100
 
     start, delta, status = _turn(client, "second question", "turn-2")
-    assert status == "MISS" and _inputs(start) == _inputs(delta)
-    assert 0 < start.cache_read_input_tokens < sum(_inputs(start))  # partial reuse
+    assert status == "MISS" and input_usage(start) == input_usage(delta)
+    assert 0 < start.cache_read_input_tokens < sum(input_usage(start))  # partial reuse
 
     wait_for_writes(stack)
     start, delta, status = _turn(client, "second question", "turn-3")
-    assert status == "HIT" and _inputs(start) == _inputs(delta)
+    assert status == "HIT" and input_usage(start) == input_usage(delta)
     assert start.cache_creation_input_tokens == 0 == start.input_tokens
     assert start.cache_read_input_tokens > 100
 
@@ -78,17 +62,14 @@ def test_message_start_usage_is_the_backends_real_figures_for_miss_partial_and_h
 @pytest.fixture
 def debug_backend(stack_model: Path, tmp_path: Path) -> Any:
     """A backend logging at DEBUG, the level that used to dump prompts and tokens."""
-    port = free_port()
-    argv = backend_command(stack_model, port, tmp_path / "kv", "--log-level", "debug")
-    with running_server(argv, port, tmp_path / "backend.log", cwd=ROOT) as server:
+    with stack_backend(stack_model, tmp_path, "--log-level", "debug") as server:
         yield server
 
 
 def test_backend_debug_lines_carry_the_request_id_and_summarise_the_prompt(
     debug_backend: ServerProcess, tmp_path: Path,
 ) -> None:
-    settings = stack_settings(tmp_path, debug_backend.url)
-    with serve_app(lambda: make_app(settings)) as proxy:
+    with stack_proxy(tmp_path, debug_backend.url) as proxy:
         client = anthropic.Anthropic(base_url=proxy.url, api_key="local", max_retries=0)
         _turn(client, "log me", "trace-log-1")
     log = debug_backend.log()
