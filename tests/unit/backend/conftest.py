@@ -1,14 +1,20 @@
-"""Fixtures for the backend unit tests: one tiny demo model per test session."""
+"""Fixtures for the backend unit tests: one tiny demo model per test session, and the
+backend's PersistentPromptCache over a test's tmp dir."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cachelayer.backend.demo_model import build_demo_model
+
+# The model key PersistentPromptCache persists, and the demo llama's layer kinds (two
+# attention layers).
+KEY = ("model", None, None)
+KINDS = ("kv", "kv")
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +66,24 @@ def family_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tu
         return loaded[family]
 
     return get
+
+
+@pytest.fixture
+def make_cache(tmp_path: Path) -> Iterator[Callable[[], Any]]:
+    """make_cache() -> a PersistentPromptCache over tmp_path (16-token blocks), its index
+    read from disk as at a backend's start; all closed at teardown."""
+    from cachelayer.backend.paged_store import PagedStore
+    from cachelayer.backend.persistent_cache import PersistentPromptCache
+
+    made: list[PersistentPromptCache] = []
+
+    def make() -> PersistentPromptCache:
+        store = PagedStore(tmp_path, "a" * 24, max_bytes=1 << 30, min_tokens=16, block_tokens=16)
+        store.rebuild_index()
+        cache = PersistentPromptCache(store, KEY, model_name="m", family="llama", kinds=KINDS)
+        made.append(cache)
+        return cache
+
+    yield make
+    for cache in made:
+        cache.close()

@@ -9,7 +9,6 @@ eviction cases are in test_paged_store.py and test_persistent_cache.py (slow).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,7 @@ import mlx.core as mx
 import pytest
 
 from tests.support.family_models import family_model_in_memory
-
-KEY = ("model", None, None)
-KINDS = ("kv", "kv")  # two attention layers
-BLOCK_TOKENS = 32
+from tests.unit.backend.conftest import KEY
 
 
 def _tokens(n: int, start: int = 3) -> list[int]:
@@ -57,42 +53,20 @@ def model() -> Any:
     return family_model_in_memory("llama")
 
 
-@pytest.fixture
-def open_cache(tmp_path: Path) -> Iterator[Any]:
-    """open_cache() -> the backend's PersistentPromptCache over tmp_path, its index read
-    from disk as at a backend's start; all closed at teardown."""
-    from cachelayer.backend.paged_store import PagedStore
-    from cachelayer.backend.persistent_cache import PersistentPromptCache
-
-    opened: list[Any] = []
-
-    def open_() -> Any:
-        store = PagedStore(tmp_path, "a" * 24, max_bytes=1 << 30, min_tokens=16,
-                           block_tokens=BLOCK_TOKENS)
-        store.rebuild_index()
-        cache = PersistentPromptCache(store, KEY, model_name="m", family="llama", kinds=KINDS)
-        opened.append(cache)
-        return cache
-
-    yield open_
-    for cache in opened:
-        cache.close()
-
-
-def test_a_prompt_cache_written_as_blocks_and_restored_into_a_fresh_cache_answers_like_a_cold_prefill(  # noqa: E501
-    model: Any, open_cache: Any, tmp_path: Path
+def test_kv_written_as_blocks_and_restored_in_a_fresh_cache_answers_as_a_cold_prefill(
+    model: Any, make_cache: Any, tmp_path: Path
 ) -> None:
     from cachelayer.backend.kv_blocks import BLOCK_SUFFIX
     from cachelayer.backend.kv_codec import cache_tokens
 
     tokens = _tokens(100)
-    first = open_cache()
+    first = make_cache()
     first.insert_cache(KEY, tokens, _prefill(model, tokens))
     first.close()  # the writer finishes every queued write before it stops
     blocks = sorted(tmp_path.rglob(f"*{BLOCK_SUFFIX}"))
-    assert len(blocks) == 4  # 32 + 32 + 32 + 4 tokens
+    assert len(blocks) == 7  # six of 16 tokens and one of 4
 
-    fresh = open_cache()  # nothing in memory: only the disk can answer
+    fresh = make_cache()  # nothing in memory: only the disk can answer
     suffix = [7, 8, 9]
     restored, rest = fresh.fetch_nearest_cache(KEY, [*tokens, *suffix])
     assert rest == suffix and cache_tokens(restored) == len(tokens)
@@ -106,10 +80,10 @@ def test_a_prompt_cache_written_as_blocks_and_restored_into_a_fresh_cache_answer
 
 
 def test_a_fresh_cache_over_an_empty_directory_prefills_everything(
-    model: Any, open_cache: Any
+    model: Any, make_cache: Any
 ) -> None:
     """The control: without the written blocks the same lookup restores nothing, so the
     test above passes only because the blocks were read back."""
     tokens = _tokens(100)
-    _cache, rest = open_cache().fetch_nearest_cache(KEY, [*tokens, 7, 8, 9])
+    _cache, rest = make_cache().fetch_nearest_cache(KEY, [*tokens, 7, 8, 9])
     assert rest == [*tokens, 7, 8, 9]

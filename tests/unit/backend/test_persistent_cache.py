@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,30 +14,12 @@ import pytest
 from cachelayer.backend.kv_blocks import BLOCK_SUFFIX
 from cachelayer.backend.kv_codec import cache_tokens
 from cachelayer.backend.kv_files import STATS_NAME
-from cachelayer.backend.paged_store import PagedStore
 from cachelayer.backend.persistent_cache import PersistentPromptCache
+from tests.unit.backend.conftest import KEY, KINDS
 
 pytestmark = pytest.mark.slow  # real mlx inference, child servers or CLIs
 
-KEY = ("model", None, None)
 Prefill = Callable[..., list[Any]]
-KINDS = ("kv", "kv")  # the demo llama: two attention layers
-
-
-@pytest.fixture
-def make_cache(tmp_path: Path) -> Iterator[Callable[[], PersistentPromptCache]]:
-    made: list[PersistentPromptCache] = []
-
-    def make() -> PersistentPromptCache:
-        store = PagedStore(tmp_path, "a" * 24, max_bytes=1 << 30, min_tokens=16, block_tokens=16)
-        store.rebuild_index()
-        cache = PersistentPromptCache(store, KEY, model_name="m", family="llama", kinds=KINDS)
-        made.append(cache)
-        return cache
-
-    yield make
-    for cache in made:
-        cache.close()
 
 
 def _tokens(n: int, start: int = 3) -> list[int]:
