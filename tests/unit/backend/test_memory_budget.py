@@ -19,6 +19,7 @@ from cachelayer.backend.memory_budget import (
 )
 from cachelayer.backend.settings import MlxOptions
 from cachelayer.backend.variant import variant_key
+from tests.support.wait import wait_until
 
 GB = 10**9
 
@@ -75,7 +76,9 @@ def test_a_waiting_write_goes_in_once_the_writer_takes_an_item() -> None:
 
     t = threading.Thread(target=producer)
     t.start()
-    assert not done.wait(0.1)
+    # The queue counts a put that has to wait: once it has, the producer is blocked.
+    wait_until(lambda: q.waits == 1, "the producer's put to wait for room")
+    assert not done.is_set()
     assert q.get() == ("a", 80)
     assert done.wait(10)
     t.join()
