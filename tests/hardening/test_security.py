@@ -278,7 +278,9 @@ def test_require_admin_with_a_token_judges_the_token_not_the_address() -> None:
     ("0.0.0.0", False), ("::", False), ("10.0.0.5", False), ("192.168.0.2", False),
     ("example.com", False), ("", False),
 ])
-def test_is_loopback(host: str, loopback: bool) -> None:
+def test_loopback_addresses_and_localhost_are_loopback_and_others_are_not(
+    host: str, loopback: bool
+) -> None:
     assert is_loopback(host) is loopback
 
 

@@ -159,7 +159,7 @@ def test_tool_calls_stream_through_and_replay(
     assert len(upstream[0].calls) == 1
 
 
-def test_models_are_forwarded(proxy: RunningServer) -> None:
+def test_v1_models_answers_with_the_upstreams_model_list(proxy: RunningServer) -> None:
     answer = http.get(proxy.url + "/v1/models")
     assert answer.status == 200 and answer.json()["data"][0]["id"] == "fake-model"
 

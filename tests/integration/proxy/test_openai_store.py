@@ -88,7 +88,7 @@ def test_different_credentials_never_share_an_answer(
         ("no-cache", ["BYPASS", "BYPASS", "HIT"], 2),
     ],
 )
-def test_cache_control_directives(
+def test_no_store_skips_lookup_and_store_and_no_cache_skips_lookup_only(
     proxy: RunningServer,
     upstream: tuple[FakeUpstream, RunningServer],
     header: str,

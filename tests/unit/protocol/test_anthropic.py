@@ -185,7 +185,9 @@ def test_server_tools_are_dropped() -> None:
         ({"type": "tool", "name": "ls"}, {"type": "function", "function": {"name": "ls"}}),
     ],
 )
-def test_tool_choice_variants(choice: dict[str, Any], expected: Any) -> None:
+def test_each_anthropic_tool_choice_maps_to_its_openai_tool_choice(
+    choice: dict[str, Any], expected: Any
+) -> None:
     tools = [{"name": "ls", "input_schema": {"type": "object"}}]
     body = _parse(_body(tools=tools, tool_choice=choice)).body
     assert body["tool_choice"] == expected
@@ -208,7 +210,7 @@ def test_sampling_and_stop_sequences_carry_over() -> None:
         0, 0.9, 40, ["END"])
 
 
-def test_max_tokens_is_capped() -> None:
+def test_max_tokens_over_the_limit_is_capped_at_4096() -> None:
     assert _parse(_body(max_tokens=128000)).body["max_tokens"] == 4096
 
 

@@ -119,8 +119,10 @@ def test_unusable_tool_arguments_become_text_and_a_warning(
         ("content_filter", False, "", [], ("refusal", None)),
     ],
 )
-def test_stop_reason_mapping(finish: str | None, tools: bool, text: str, stops: list[str],
-                             expected: tuple[str, str | None]) -> None:
+def test_finish_reason_maps_to_the_anthropic_stop_reason_and_stop_sequence(
+    finish: str | None, tools: bool, text: str, stops: list[str],
+    expected: tuple[str, str | None],
+) -> None:
     assert stop_reason(finish, tools, text, stops) == expected
 
 

@@ -61,7 +61,7 @@ def test_a_field_out_of_its_rule_is_a_400_naming_it(field: str, value: Any) -> N
         {"repetition_context_size": 1 << 24}, {"xtc_probability": 0}, {"top_k": None},
     ],
 )
-def test_values_in_range_pass(fields: dict[str, Any]) -> None:
+def test_sampling_values_inside_their_ranges_are_accepted(fields: dict[str, Any]) -> None:
     _parse(**fields)
 
 
