@@ -44,7 +44,7 @@ class CountingUpstream(FakeUpstream):
         async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
             self.requests.append((request.method, request.path))
             if request.method == "POST" and self.delay_s:
-                await asyncio.sleep(self.delay_s)
+                await asyncio.sleep(self.delay_s)  # the script: a slow model, not a wait
             return await handler(request)
 
         app = web.Application(client_max_size=64 * MiB, middlewares=[count])

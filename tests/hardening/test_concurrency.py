@@ -186,7 +186,7 @@ async def soak(url: str, seconds: float, clients: int) -> SoakTally:
     """`clients` concurrent clients sending weighted mixed traffic for `seconds`."""
     tally = SoakTally()
     serial = itertools.count()
-    deadline = time.monotonic() + seconds
+    deadline = time.monotonic() + seconds  # the soak's length, not a wait
     timeout = aiohttp.ClientTimeout(total=30)
     connector = aiohttp.TCPConnector(limit=clients)
 

@@ -90,6 +90,7 @@ class FakeUpstream:
         self.calls.append(body)
         self.headers.append(dict(request.headers))
         reply = self.script(body)
+        # The sleeps here are the script (a hung, slow or silent upstream), not waits.
         if reply.hang:
             await asyncio.sleep(3600)
         if reply.headers_delay_s:
