@@ -120,6 +120,9 @@ def raw_tcp_server(behaviour: Callable[[socket.socket], None]) -> Iterator[str]:
         yield f"http://127.0.0.1:{listener.getsockname()[1]}"
     finally:
         stop.set()
+        # Wakes a blocked accept() at once (it raises), instead of at its next timeout.
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
         thread.join(5)
         listener.close()
 
