@@ -4,13 +4,12 @@ it; the measured numbers of the run are printed at the end (pytest_terminal_summ
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cachelayer.proxy.app import make_app
 from tests.hardening.helpers import (
     SUMMARY,
     CountingUpstream,
@@ -18,6 +17,7 @@ from tests.hardening.helpers import (
     Upstream,
     hardened_settings,
 )
+from tests.support.proxy_app import proxy_factory
 from tests.support.servers import RunningServer, serve_app
 
 
@@ -34,11 +34,7 @@ def start_proxy(tmp_path: Path) -> ProxyFactory:
     """Start an in-process proxy with settings overrides:
     `with start_proxy(upstream=url) as proxy:`."""
 
-    def _start(**overrides: Any) -> AbstractContextManager[RunningServer]:
-        settings = hardened_settings(tmp_path, **overrides)
-        return serve_app(lambda: make_app(settings))
-
-    return _start
+    return proxy_factory(partial(hardened_settings, tmp_path))
 
 
 @pytest.fixture

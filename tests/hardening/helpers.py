@@ -9,7 +9,6 @@ import contextlib
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from aiohttp.typedefs import Handler
 from cachelayer.config import MiB, Settings
 from tests.support import http
 from tests.support.fake_upstream import FakeUpstream, default_reply
+from tests.support.proxy_app import ProxyFactory as ProxyFactory
 from tests.support.servers import RunningServer
 
 BODY_LIMIT = 4 * MiB
@@ -139,7 +139,6 @@ def read_request_head(conn: socket.socket) -> bytes:
 
 
 Upstream = tuple[CountingUpstream, RunningServer]
-ProxyFactory = Callable[..., AbstractContextManager[RunningServer]]
 
 
 def hardened_settings(tmp: Path, **overrides: Any) -> Settings:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from cachelayer.config import Settings
-from cachelayer.proxy.app import make_app
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.proxy_app import ProxyFactory, proxy_factory
 from tests.support.servers import RunningServer, serve_app
 
 
@@ -37,18 +35,10 @@ def base_settings(tmp_path: Path) -> Settings:
     )
 
 
-ProxyFactory = Callable[..., AbstractContextManager[RunningServer]]
-
-
 @pytest.fixture
 def start_proxy(base_settings: Settings) -> ProxyFactory:
     """Start a proxy with settings overrides: `with start_proxy(upstream=url) as proxy:`."""
-
-    def _start(**overrides: Any) -> AbstractContextManager[RunningServer]:
-        settings = replace(base_settings, **overrides)
-        return serve_app(lambda: make_app(settings))
-
-    return _start
+    return proxy_factory(lambda **overrides: replace(base_settings, **overrides))
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import pytest
 from aiohttp import web
 
 from cachelayer.config import Settings
-from cachelayer.proxy.app import make_app
 from cachelayer.proxy.forward.upstream import COUNT_ROUTE
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.proxy_app import serve_proxy
 from tests.support.servers import RunningServer, serve_app
 
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
@@ -45,7 +45,7 @@ def _counting(
 
     with serve_app(make_upstream) as upstream:
         proxied = replace(settings, upstream=upstream.url)
-        with serve_app(lambda: make_app(proxied)) as proxy:
+        with serve_proxy(proxied) as proxy:
             yield proxy, seen
 
 

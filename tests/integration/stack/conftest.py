@@ -12,7 +12,6 @@ import pytest
 
 from cachelayer.backend.demo_model import build_demo_model
 from cachelayer.config import Settings
-from cachelayer.proxy.app import make_app
 from tests.support.processes import (
     ServerProcess,
     backend_command,
@@ -20,7 +19,8 @@ from tests.support.processes import (
     running_server,
     stock_command,
 )
-from tests.support.servers import RunningServer, serve_app
+from tests.support.proxy_app import serve_proxy
+from tests.support.servers import RunningServer
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -69,8 +69,7 @@ def stack_settings(tmp_path: Path, upstream: str, **overrides: object) -> Settin
 @contextmanager
 def stack_proxy(tmp_path: Path, upstream: str, **overrides: object) -> Iterator[RunningServer]:
     """The proxy (in this process) in front of `upstream`, settings from stack_settings."""
-    settings = stack_settings(tmp_path, upstream, **overrides)
-    with serve_app(lambda: make_app(settings)) as proxy:
+    with serve_proxy(stack_settings(tmp_path, upstream, **overrides)) as proxy:
         yield proxy
 
 
