@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import sqlite3
 import struct
@@ -41,6 +42,7 @@ from tests.hardening.helpers import (
 from tests.support import http
 from tests.support.fake_upstream import Reply
 from tests.support.proxy_process import (
+    ProxyProcess,
     running_proxy,
     spawn_proxy,
     wait_until_up,
@@ -312,6 +314,11 @@ def _degraded_everywhere(proxy: RunningServer) -> tuple[Any, Any]:
     return health.json(), stats.json()["layers"]["response"]
 
 
+def _healthy_everywhere(proxy: RunningServer) -> bool:
+    health, response_layer = _degraded_everywhere(proxy)
+    return bool(health["status"] == "ok" and not response_layer["degraded"])
+
+
 STORE_FAULTS = [
     pytest.param(lambda: OSError(28, "No space left on device"), id="disk-full"),
     pytest.param(lambda: sqlite3.OperationalError("attempt to write a readonly database"),
@@ -439,8 +446,8 @@ def test_a_real_full_disk_keeps_serving_reports_degraded_and_recovers(
             (mnt / "filler").unlink()
             assert http.post(proxy.url + CHAT, json=body_for(CHAT, "after")).status == 200
             wait_for_writes(proxy)
-            health, response_layer = _degraded_everywhere(proxy)
-            assert health["status"] == "ok" and not response_layer["degraded"]
+            # the store's flag clears with that write, the ledger's at its next flush
+            wait_until(lambda: _healthy_everywhere(proxy), "both flags to clear")
 
 
 def test_proxy_starts_on_a_read_only_data_dir_as_a_degraded_pass_through(
@@ -554,24 +561,47 @@ def _holds_open(pid: int, path: Path) -> bool:
     return False
 
 
+def _stopped(pid: int) -> bool:
+    """True once process `pid` is in the stopped state (SIGSTOP has landed)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def _frozen_mid_start_up(child: ProxyProcess, db: Path) -> bool:
+    """Freeze the child and look: True, leaving it frozen, when it holds `db` open and
+    has not printed its banner (aiohttp prints it after every cleanup context ran), so a
+    kill now lands mid-start-up for certain; otherwise let it run on."""
+    os.kill(child.pid, signal.SIGSTOP)
+    wait_until(partial(_stopped, child.pid), "the child to stop", timeout=5, interval=0)
+    if _holds_open(child.pid, db) and "cachelayer listening on" not in child.output():
+        return True
+    os.kill(child.pid, signal.SIGCONT)
+    return False
+
+
 def _kill_mid_start_up(tmp_path: Path, upstream_url: str) -> None:
     """kill -9 a proxy once its response store's database is open and before its start-up
-    finished (no banner yet: aiohttp prints it after every cleanup context ran). A kill
-    that came too late is retried on a new child; failing that, the test fails."""
+    finished. The child is frozen for each look, so the state seen is the state killed;
+    a child that got past start-up between looks is replaced by a new one."""
     for attempt in range(5):
         child = spawn_proxy(tmp_path, upstream_url, name=f"mid-start-{attempt}", wait=False)
         db = child.data_dir / "responses" / "cache.db"
+
+        def frozen_or_done(child: ProxyProcess = child, db: Path = db) -> str:
+            if _frozen_mid_start_up(child, db):
+                return "frozen"
+            return "up" if "cachelayer listening on" in child.output() else ""
+
         try:
-            wait_until(partial(_holds_open, child.pid, db), f"the child to open {db}",
-                       timeout=30)
+            seen = wait_until(frozen_or_done, f"the child to open {db}", timeout=30,
+                              interval=0.001)
         except BaseException:
             child.stop()
             print(child.output())  # shown with the failure
             raise
         child.kill9()
-        if "cachelayer listening on" not in child.output():
+        if seen == "frozen":
             return
-    raise AssertionError("every kill came after start-up finished")
+    raise AssertionError("every child finished its start-up between two looks")
 
 
 @pytest.mark.parametrize("stage", ["mid-start-up", "serving"])
