@@ -324,8 +324,8 @@ class BackendServer:
 
 def serve(settings: BackendSettings) -> NoReturn:
     """Run the backend in this process until SIGINT or SIGTERM, then end the process with
-    exit status 0 after a clean shutdown, 1 if the generation thread died. Never returns;
-    a failure to start (model, socket) raises."""
+    exit status 0 after a clean shutdown, 1 if the generation thread died or it failed to
+    start (model, socket: logged with its traceback). Never returns."""
     configure_backend_logging(settings.log_level)
     stop = threading.Event()
     backend: BackendServer | None = None
@@ -344,7 +344,13 @@ def serve(settings: BackendSettings) -> NoReturn:
     # Installed before the model loads, so a signal during start-up is no abort either.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    backend = BackendServer(settings)
+    try:
+        backend = BackendServer(settings)
+    except Exception:
+        # The generation thread (not a daemon) may already run: raising would keep the
+        # process alive, and the proxy waiting on a backend that never listens.
+        logger.exception("cachelayer backend failed to start")
+        leave(1)
     server_thread = threading.Thread(target=backend.serve_forever, name="http", daemon=True)
     server_thread.start()
     # The main thread waits here because Python delivers signals only to it.
