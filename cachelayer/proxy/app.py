@@ -4,6 +4,8 @@ A completion request goes down, and its answer comes back up, this chain:
 
 1. `access_middleware` (proxy/access.py) names the request, hides its credentials
    from every log line; on the way up it times the upstream and writes the access line.
+   `fast_path_middleware` (proxy/fast_path.py) answers a byte-identical repeat of a
+   stored answer without parsing it (and counts it as the layers count a HIT).
 2. `edge_middleware` (proxy/edge.py) reads and validates the body into one neutral
    `Exchange` and names its tenant; on the way up it renders any error in the client's
    API shape.
@@ -35,6 +37,7 @@ from cachelayer.proxy.access import access_middleware, setup_access
 from cachelayer.proxy.activity import ActivityLayer, activity_middleware
 from cachelayer.proxy.background import BACKGROUND, Background
 from cachelayer.proxy.edge import EdgeLayer, edge_middleware, expect_continue
+from cachelayer.proxy.fast_path import FastPathLayer, fast_path_middleware
 from cachelayer.proxy.forward.handler import handle_completion
 from cachelayer.proxy.forward.layer import ForwardLayer
 from cachelayer.proxy.layer import LAYERS, Layer, setup_layers
@@ -56,18 +59,19 @@ COMPLETION_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/messages",
 def make_layers(settings: Settings) -> list[Layer]:
     """The layer objects, in the order a request meets them."""
     return [EdgeLayer(settings), ResponsesLayer(), ActivityLayer(), PrefixLayer(settings),
-            StoreLayer(settings), ForwardLayer(settings)]
+            StoreLayer(settings), ForwardLayer(settings), FastPathLayer()]
 
 
 def make_app(settings: Settings) -> web.Application:
     """Build the proxy application for these settings."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        # Outermost first: request ids and the access log, the edge (parse, errors in the
-        # client's shape), the Responses state, activity, layer 1 (prefix), layer 2
-        # (store); the handler is layer 3.
-        middlewares=[access_middleware, edge_middleware, responses_middleware,
-                     activity_middleware, prefix_middleware, store_middleware],
+        # Outermost first: request ids and the access log, the fast path for byte-identical
+        # repeats, the edge (parse, errors in the client's shape), the Responses state,
+        # activity, layer 1 (prefix), layer 2 (store); the handler is layer 3.
+        middlewares=[access_middleware, fast_path_middleware, edge_middleware,
+                     responses_middleware, activity_middleware, prefix_middleware,
+                     store_middleware],
         handler_args={"max_field_size": 65536},
     )
     app[SETTINGS] = settings

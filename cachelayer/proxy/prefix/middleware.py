@@ -82,6 +82,13 @@ def stabilize_exchange(app: web.Application, exchange: Exchange) -> Stable:
         stable = stabilize_chat(exchange.chat, app[VOLATILE_RULES], hoist=hoist)
         if fp:
             memo.put(fp, stable)
+    return stable
+
+
+def apply_stable(request: web.Request, exchange: Exchange, stable: Stable) -> None:
+    """Count what stabilising changed and put the stable request on the exchange (the
+    fast path applies the first pass's Stable to a byte-identical repeat the same way)."""
+    app = request.app
     ledger = app[LEDGER]
     if stable.rewrites:
         ledger.count(c.PREFIX_STRIPPED, len(stable.rewrites))
@@ -92,7 +99,7 @@ def stabilize_exchange(app: web.Application, exchange: Exchange) -> Stable:
         ledger.count(c.PREFIX_SYSTEM_MOVED, stable.moved_system)
         ledger.count(c.PREFIX_REORDERED)
     exchange.chat, exchange.prefix = stable.chat, stable.prefix
-    return stable
+    request[_SUBAGENT] = is_subagent(stable)
 
 
 def account(request: web.Request, exchange: Exchange) -> None:
@@ -133,8 +140,7 @@ async def prefix_middleware(request: web.Request, handler: Handler) -> web.Strea
     if exchange is None:
         return await handler(request)
     if exchange.chat.kind == "chat":
-        stable = stabilize_exchange(request.app, exchange)
-        request[_SUBAGENT] = is_subagent(stable)
+        apply_stable(request, exchange, stabilize_exchange(request.app, exchange))
     response = await handler(request)
     if exchange.result is not None:
         account(request, exchange)

@@ -29,6 +29,9 @@ from cachelayer.proxy.store.waiters import paced
 from cachelayer.telemetry import counters as c
 
 log = logging.getLogger(__name__)
+# The store key a request was answered from or its answer was kept under: what the
+# fast path (proxy/fast_path.py) learns a byte-identical repeat may be answered from.
+RESOLVED_KEY = web.RequestKey("resolved_store_key", str)
 
 
 def request_key(request: web.Request, exchange: Exchange) -> str:
@@ -97,6 +100,7 @@ async def store_middleware(request: web.Request, handler: Handler) -> web.Stream
             if decision.max_age is None or age <= decision.max_age:
                 exchange.cache_status = CacheStatus.HIT
                 exchange.result = found.result
+                request[RESOLVED_KEY] = key
                 ledger.count(c.RESPONSE_HITS)
                 memo_key = ((exchange.fingerprint, key, found.stored_at)
                             if exchange.fingerprint else None)
@@ -145,6 +149,8 @@ async def store_middleware(request: web.Request, handler: Handler) -> web.Stream
         elif decision.store:
             kept = await _keep(store, ledger, key, result, exchange.oversized,
                                settings.store_truncated)
+            if kept:
+                request[RESOLVED_KEY] = key
         return response
     except Exception:
         ledger.count(c.RESPONSE_ERRORS)
