@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""Store hits beside bare aiohttp, and what a miss pays for going through cachelayer.
+
+    .venv/bin/python tools/bench_store_hits.py [--quick] [--reference REF]
+        [--out docs/benchmarks/store-hits.json]
+
+Part 1 (wrk, 1 thread, 8 and 64 connections): the same ~50 KB Claude-Code-sized request,
+warmed into a HIT (a byte-identical repeat, so the fast path answers it), against targets
+measured interleaved in one run: the ceiling (a bare aiohttp handler that reads the
+request and answers the HIT's bytes), cachelayer on diskcache, on Redis with its hot tier,
+and on Redis with `--hot-tier-size 0` (every hit read from Redis). With `--reference REF`
+the proxy as of that git ref (e.g. the commit before the fast path) runs on diskcache as
+one more target, exported from git into the work dir. The fake upstream counts calls: a
+target whose count moved while it was measured was not all hits, and says so.
+
+Part 2: misses, one request at a time, in turn to the fake upstream directly, to
+cachelayer (diskcache) in front of it and (with `--reference`) to the reference proxy.
+Every request has a body never sent before (a counter in its last message), so cachelayer
+looks it up, misses, forwards, relays and stores it: the whole miss path, the fast path's
+hashing and learning included. Reported: p50 and p99 of each and the p50 each proxy adds
+over direct; the reference's beside this checkout's is what the fast path costs a miss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+TOOLS = Path(__file__).resolve().parent
+REPO = TOOLS.parent
+sys.path[:0] = [str(TOOLS), str(REPO)]
+
+import aiohttp  # noqa: E402
+from bench_scaleout import _WRK_LUA, AUTH, ROUTE, calls, warm, wrk  # noqa: E402
+from benchlib import payload, procs  # noqa: E402
+from benchlib.loadgen import percentile  # noqa: E402
+
+from tests.support.redis_server import RedisServer  # noqa: E402
+
+CONNECTIONS = (8, 64)
+TARGET_RATIO = 0.8
+TARGET_ADDED_MS = 1.0
+
+
+def export_ref(ref: str, into: Path) -> str:
+    """`git archive` of a ref into a directory (the proxy as of then); its short hash."""
+    commit = subprocess.run(["git", "rev-parse", "--short", ref], cwd=REPO, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", commit], cwd=REPO, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return commit
+
+
+def _summarise(raw: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, by_conc in raw.items():
+        out[name] = {str(conc): {
+            "rps_median": statistics.median(p["rps"] for p in points),
+            "rps_reps": [p["rps"] for p in points],
+            "p50_ms_median": statistics.median(p["p50_ms"] or 0 for p in points),
+            "non_2xx": sum(p["non_2xx"] for p in points),
+            "loadavg_1m": [p["loadavg_1m"] for p in points],
+            "upstream_calls": sum(p["upstream_calls"] for p in points)}
+            for conc, points in by_conc.items()}
+    return out
+
+
+def store_hits(work: Path, reps: int, duration_s: float, reference: str | None
+               ) -> dict[str, Any]:
+    """Part 1: req/s of hits per target, interleaved repetitions, medians and ratios."""
+    body = json.dumps(payload.openai_request(scale=0.9)).encode()
+    body_file = work / "request.json"
+    body_file.write_bytes(body)
+    lua = work / "post.lua"
+    lua.write_text(_WRK_LUA.format(body=body_file))
+    logs = work / "logs"
+    redis = RedisServer(work / "redis")
+    redis.start()
+    targets: dict[str, str] = {}
+    info: dict[str, Any] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            port = procs.free_port()
+            fake = stack.enter_context(procs.server(
+                "fake", procs.target_argv("fake", port), port, logs))
+            variants: dict[str, tuple[list[str], Path | None]] = {
+                "diskcache": ([], None),
+                "redis (hot tier)": (["--store", redis.url()], None),
+                "redis (no hot tier)": (["--store", redis.url(), "--hot-tier-size", "0"], None),
+            }
+            if reference is not None:
+                checkout = work / "reference"
+                commit = export_ref(reference, checkout)
+                info["reference"] = {"ref": reference, "commit": commit}
+                variants[f"diskcache at {commit} ({reference})"] = ([], checkout)
+            hit = b""
+            for n, (name, (extra, checkout)) in enumerate(variants.items()):
+                port = procs.free_port()
+                env = ({"PYTHONPATH": os.pathsep.join([str(checkout), str(TOOLS)])}
+                       if checkout else None)
+                server = stack.enter_context(procs.server(
+                    f"cachelayer-{n}", procs.cachelayer_argv(
+                        port, fake.url, work / f"data-{n}", "--log-level", "warning",
+                        *extra), port, logs, env=env, cwd=checkout or procs.REPO))
+                hit = warm(server.url + ROUTE, body)
+                targets[name] = server.url + ROUTE
+            (work / "hit.json").write_bytes(hit)
+            port = procs.free_port()
+            ceiling = stack.enter_context(procs.server("ceiling", procs.target_argv(
+                "ceiling", port, "--body-file", str(work / "hit.json")), port, logs))
+            targets = {"ceiling": ceiling.url + ROUTE, **targets}
+            raw: dict[str, dict[int, list[dict[str, Any]]]] = {t: {} for t in targets}
+            for _ in range(reps):
+                for conc in CONNECTIONS:
+                    for name, url in targets.items():
+                        before = calls(fake)
+                        point = wrk(url, lua, conc, duration_s)
+                        point["upstream_calls"] = calls(fake) - before
+                        point["loadavg_1m"] = os.getloadavg()[0]
+                        raw[name].setdefault(conc, []).append(point)
+    finally:
+        redis.stop()
+    results = _summarise(raw)
+    ratios = {name: {conc: round(v["rps_median"] / results["ceiling"][conc]["rps_median"], 3)
+                     for conc, v in by_conc.items()}
+              for name, by_conc in results.items() if name != "ceiling"}
+    return {"request_bytes": len(body), "response_bytes": len(hit), "repetitions": reps,
+            "duration_s": duration_s, "targets": results, "vs_ceiling": ratios, **info}
+
+
+def _miss_body(n: int, base: dict[str, Any]) -> bytes:
+    """The base request with a last message no request has carried before."""
+    messages = [*base["messages"][:-1],
+                {"role": "user", "content": f"{base['messages'][-1]['content']} (#{n})"}]
+    return json.dumps({**base, "messages": messages}).encode()
+
+
+async def _misses(urls: dict[str, str], rounds: int) -> dict[str, Any]:
+    base = payload.openai_request(scale=0.9)
+    headers = {"Content-Type": "application/json", **AUTH}
+    times: dict[str, list[float]] = {name: [] for name in urls}
+    statuses: dict[str, list[str]] = {name: [] for name in urls}
+    sent = 0
+    async with aiohttp.ClientSession() as session:
+        for n in range(rounds + 5):  # the first 5 rounds warm connections up, unmeasured
+            for name, url in urls.items():
+                body = _miss_body(sent, base)
+                sent += 1
+                t0 = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    status = response.headers.get("X-Cache-Status", str(response.status))
+                if response.status != 200:
+                    raise RuntimeError(f"{url} answered {response.status}")
+                if n >= 5:
+                    times[name].append((time.perf_counter() - t0) * 1000)
+                    statuses[name].append(status)
+    out: dict[str, Any] = {name: {"n": len(ms), "p50_ms": percentile(ms, 50),
+                                  "p99_ms": percentile(ms, 99),
+                                  "cache_status": {s: statuses[name].count(s)
+                                                   for s in sorted(set(statuses[name]))}}
+                           for name, ms in times.items()}
+    out["added_p50_ms"] = {name: out[name]["p50_ms"] - out["direct"]["p50_ms"]
+                           for name in urls if name != "direct"}
+    return out
+
+
+def misses(work: Path, rounds: int, reference: str | None) -> dict[str, Any]:
+    """Part 2: a miss through cachelayer (and the reference) beside the same kind of
+    request sent directly to the upstream, in turn."""
+    logs = work / "logs"
+    with contextlib.ExitStack() as stack:
+        port = procs.free_port()
+        fake = stack.enter_context(procs.server(
+            "fake-miss", procs.target_argv("fake", port), port, logs))
+        urls = {"direct": fake.url + ROUTE}
+        checkouts: dict[str, Path | None] = {"cachelayer": None}
+        if reference is not None:
+            checkout = work / "reference-miss"
+            commit = export_ref(reference, checkout)
+            checkouts[f"cachelayer at {commit} ({reference})"] = checkout
+        for n, (name, checkout) in enumerate(checkouts.items()):
+            port = procs.free_port()
+            env = ({"PYTHONPATH": os.pathsep.join([str(checkout), str(TOOLS)])}
+                   if checkout else None)
+            proxy = stack.enter_context(procs.server(f"cachelayer-miss-{n}", procs.cachelayer_argv(
+                port, fake.url, work / f"data-miss-{n}", "--log-level", "warning"), port, logs,
+                env=env, cwd=checkout or procs.REPO))
+            urls[name] = proxy.url + ROUTE
+        before = calls(fake)
+        result = asyncio.run(_misses(urls, rounds))
+        result["upstream_calls"] = calls(fake) - before
+    return result
+
+
+def verdicts(out: dict[str, Any]) -> dict[str, Any]:
+    """The targets: each store's hits >= 0.8x the ceiling, a miss adds <= 1 ms p50."""
+    hits = out.get("store_hits", {}).get("vs_ceiling", {})
+    met = {f"{name}, {conc} connections": ratio >= TARGET_RATIO
+           for name, by_conc in hits.items() for conc, ratio in by_conc.items()
+           if not name.startswith("diskcache at ")}
+    if "miss" in out:
+        met["a miss adds <= 1 ms p50"] = (out["miss"]["added_p50_ms"]["cachelayer"]
+                                          <= TARGET_ADDED_MS)
+    return met
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both parts; print and write the JSON."""
+    parser = argparse.ArgumentParser(prog="tools/bench_store_hits.py",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short runs (smoke test)")
+    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument("--miss-rounds", type=int, default=300)
+    parser.add_argument("--reference", default=None,
+                        help="a git ref (e.g. the commit before the fast path) measured on "
+                             "diskcache as one more target")
+    parser.add_argument("--only", choices=["hits", "miss"], default=None)
+    parser.add_argument("--out", type=Path, default=None, help="write the JSON here")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None and args.only != "miss":
+        parser.error("wrk is not installed (apt-get install wrk)")
+    reps, duration, rounds = ((1, 1.0, 30) if args.quick
+                              else (args.reps, args.duration, args.miss_rounds))
+    work = Path(tempfile.mkdtemp(prefix="cachelayer-store-hits-"))
+    out: dict[str, Any] = {
+        "machine": procs.machine(),
+        "command": "tools/bench_store_hits.py " + " ".join(argv or sys.argv[1:]),
+        "note": "2 cores shared with other sessions' builds and tests, wrk on the same "
+                "cores as the servers",
+        "targets": {"hits_vs_ceiling": TARGET_RATIO, "miss_added_p50_ms": TARGET_ADDED_MS}}
+    try:
+        if args.only in (None, "hits"):
+            out["store_hits"] = store_hits(work, reps, duration, args.reference)
+        if args.only in (None, "miss"):
+            out["miss"] = misses(work, rounds, args.reference)
+    except BaseException:
+        print(f"work dir kept: {work}", file=sys.stderr)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+    out["met"] = verdicts(out)
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
