@@ -11,7 +11,11 @@ request and answers the HIT's bytes), cachelayer on diskcache, on Redis with its
 and on Redis with `--hot-tier-size 0` (every hit read from Redis). With `--reference REF`
 the proxy as of that git ref (e.g. the commit before the fast path) runs on diskcache as
 one more target, exported from git into the work dir. The fake upstream counts calls: a
-target whose count moved while it was measured was not all hits, and says so.
+target whose count moved while it was measured was not all hits, and says so. Beside
+req/s, each cell records the server process's own CPU time per answer (/proc, user plus
+system, all threads; for Redis targets not counting redis-server): on a box shared with
+other jobs the req/s ratio also measures how the cores were shared, the CPU ratio does
+not.
 
 Part 2: misses, one request at a time, in turn to the fake upstream directly, to
 cachelayer (diskcache) in front of it and (with `--reference`) to the reference proxy.
@@ -49,6 +53,13 @@ from benchlib.loadgen import percentile  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 
 CONNECTIONS = (8, 64)
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
 TARGET_RATIO = 0.8
 TARGET_ADDED_MS = 1.0
 
@@ -71,6 +82,7 @@ def _summarise(raw: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, Any
             "rps_median": statistics.median(p["rps"] for p in points),
             "rps_reps": [p["rps"] for p in points],
             "p50_ms_median": statistics.median(p["p50_ms"] or 0 for p in points),
+            "cpu_us_median": statistics.median(p["cpu_us_per_request"] for p in points),
             "non_2xx": sum(p["non_2xx"] for p in points),
             "loadavg_1m": [p["loadavg_1m"] for p in points],
             "upstream_calls": sum(p["upstream_calls"] for p in points)}
@@ -89,7 +101,7 @@ def store_hits(work: Path, reps: int, duration_s: float, reference: str | None
     logs = work / "logs"
     redis = RedisServer(work / "redis")
     redis.start()
-    targets: dict[str, str] = {}
+    targets: dict[str, procs.Server] = {}
     info: dict[str, Any] = {}
     try:
         with contextlib.ExitStack() as stack:
@@ -116,29 +128,38 @@ def store_hits(work: Path, reps: int, duration_s: float, reference: str | None
                         port, fake.url, work / f"data-{n}", "--log-level", "warning",
                         *extra), port, logs, env=env, cwd=checkout or procs.REPO))
                 hit = warm(server.url + ROUTE, body)
-                targets[name] = server.url + ROUTE
+                targets[name] = server
             (work / "hit.json").write_bytes(hit)
             port = procs.free_port()
             ceiling = stack.enter_context(procs.server("ceiling", procs.target_argv(
                 "ceiling", port, "--body-file", str(work / "hit.json")), port, logs))
-            targets = {"ceiling": ceiling.url + ROUTE, **targets}
+            targets = {"ceiling": ceiling, **targets}
             raw: dict[str, dict[int, list[dict[str, Any]]]] = {t: {} for t in targets}
             for _ in range(reps):
                 for conc in CONNECTIONS:
-                    for name, url in targets.items():
-                        before = calls(fake)
-                        point = wrk(url, lua, conc, duration_s)
+                    for name, server in targets.items():
+                        before, cpu = calls(fake), cpu_seconds(server.proc.pid)
+                        point = wrk(server.url + ROUTE, lua, conc, duration_s)
+                        # The server's own CPU per answer: what the noisy box's share
+                        # of wrk and of other jobs does not change.
+                        point["cpu_us_per_request"] = ((cpu_seconds(server.proc.pid) - cpu)
+                                                       / (point["rps"] * duration_s) * 1e6)
                         point["upstream_calls"] = calls(fake) - before
                         point["loadavg_1m"] = os.getloadavg()[0]
                         raw[name].setdefault(conc, []).append(point)
     finally:
         redis.stop()
     results = _summarise(raw)
-    ratios = {name: {conc: round(v["rps_median"] / results["ceiling"][conc]["rps_median"], 3)
+    ceiling_of = results["ceiling"]
+    ratios = {name: {conc: round(v["rps_median"] / ceiling_of[conc]["rps_median"], 3)
                      for conc, v in by_conc.items()}
               for name, by_conc in results.items() if name != "ceiling"}
+    cpu_ratios = {name: {conc: round(ceiling_of[conc]["cpu_us_median"] / v["cpu_us_median"], 3)
+                         for conc, v in by_conc.items()}
+                  for name, by_conc in results.items() if name != "ceiling"}
     return {"request_bytes": len(body), "response_bytes": len(hit), "repetitions": reps,
-            "duration_s": duration_s, "targets": results, "vs_ceiling": ratios, **info}
+            "duration_s": duration_s, "targets": results, "vs_ceiling": ratios,
+            "cpu_vs_ceiling": cpu_ratios, **info}
 
 
 def _miss_body(n: int, base: dict[str, Any]) -> bytes:

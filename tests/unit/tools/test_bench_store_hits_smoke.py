@@ -36,6 +36,7 @@ def test_quick_store_hits_bench_measures_every_store_and_the_misses(tmp_path: Pa
         assert set(by_conc) == {"8", "64"}, name
         for point in by_conc.values():
             assert point["rps_median"] > 0 and point["non_2xx"] == 0, name
+            assert point["cpu_us_median"] > 0, name
             assert point["upstream_calls"] == 0, name  # every measured request was a hit
     miss = data["miss"]
     proxies = [name for name in miss["added_p50_ms"]]
