@@ -64,10 +64,15 @@ TARGET_RATIO = 0.8
 TARGET_ADDED_MS = 1.0
 
 
-def export_ref(ref: str, into: Path) -> str:
-    """`git archive` of a ref into a directory (the proxy as of then); its short hash."""
-    commit = subprocess.run(["git", "rev-parse", "--short", ref], cwd=REPO, check=True,
-                            capture_output=True, text=True).stdout.strip()
+def resolve_ref(ref: str) -> str:
+    """A git ref's short commit hash, resolved once so both parts measure the same code
+    (a branch may move while the benchmark runs)."""
+    return subprocess.run(["git", "rev-parse", "--short", ref], cwd=REPO, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def export_ref(commit: str, into: Path) -> str:
+    """`git archive` of a commit into a directory (the proxy as of then); the commit."""
     into.mkdir(parents=True)
     archive = subprocess.run(["git", "archive", commit], cwd=REPO, check=True,
                              capture_output=True).stdout
@@ -90,8 +95,8 @@ def _summarise(raw: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, Any
     return out
 
 
-def store_hits(work: Path, reps: int, duration_s: float, reference: str | None
-               ) -> dict[str, Any]:
+def store_hits(work: Path, reps: int, duration_s: float,
+               reference: tuple[str, str] | None) -> dict[str, Any]:
     """Part 1: req/s of hits per target, interleaved repetitions, medians and ratios."""
     body = json.dumps(payload.openai_request(scale=0.9)).encode()
     body_file = work / "request.json"
@@ -114,10 +119,11 @@ def store_hits(work: Path, reps: int, duration_s: float, reference: str | None
                 "redis (no hot tier)": (["--store", redis.url(), "--hot-tier-size", "0"], None),
             }
             if reference is not None:
+                ref, commit = reference
                 checkout = work / "reference"
-                commit = export_ref(reference, checkout)
-                info["reference"] = {"ref": reference, "commit": commit}
-                variants[f"diskcache at {commit} ({reference})"] = ([], checkout)
+                export_ref(commit, checkout)
+                info["reference"] = {"ref": ref, "commit": commit}
+                variants[f"diskcache at {commit} ({ref})"] = ([], checkout)
             hit = b""
             for n, (name, (extra, checkout)) in enumerate(variants.items()):
                 port = procs.free_port()
@@ -199,7 +205,7 @@ async def _misses(urls: dict[str, str], rounds: int) -> dict[str, Any]:
     return out
 
 
-def misses(work: Path, rounds: int, reference: str | None) -> dict[str, Any]:
+def misses(work: Path, rounds: int, reference: tuple[str, str] | None) -> dict[str, Any]:
     """Part 2: a miss through cachelayer (and the reference) beside the same kind of
     request sent directly to the upstream, in turn."""
     logs = work / "logs"
@@ -210,9 +216,10 @@ def misses(work: Path, rounds: int, reference: str | None) -> dict[str, Any]:
         urls = {"direct": fake.url + ROUTE}
         checkouts: dict[str, Path | None] = {"cachelayer": None}
         if reference is not None:
+            ref, commit = reference
             checkout = work / "reference-miss"
-            commit = export_ref(reference, checkout)
-            checkouts[f"cachelayer at {commit} ({reference})"] = checkout
+            export_ref(commit, checkout)
+            checkouts[f"cachelayer at {commit} ({ref})"] = checkout
         for n, (name, checkout) in enumerate(checkouts.items()):
             port = procs.free_port()
             env = ({"PYTHONPATH": os.pathsep.join([str(checkout), str(TOOLS)])}
@@ -257,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("wrk is not installed (apt-get install wrk)")
     reps, duration, rounds = ((1, 1.0, 30) if args.quick
                               else (args.reps, args.duration, args.miss_rounds))
+    reference = (args.reference, resolve_ref(args.reference)) if args.reference else None
     work = Path(tempfile.mkdtemp(prefix="cachelayer-store-hits-"))
     out: dict[str, Any] = {
         "machine": procs.machine(),
@@ -266,9 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {"hits_vs_ceiling": TARGET_RATIO, "miss_added_p50_ms": TARGET_ADDED_MS}}
     try:
         if args.only in (None, "hits"):
-            out["store_hits"] = store_hits(work, reps, duration, args.reference)
+            out["store_hits"] = store_hits(work, reps, duration, reference)
         if args.only in (None, "miss"):
-            out["miss"] = misses(work, rounds, args.reference)
+            out["miss"] = misses(work, rounds, reference)
     except BaseException:
         print(f"work dir kept: {work}", file=sys.stderr)
         raise
