@@ -17,6 +17,10 @@ system, all threads; for Redis targets not counting redis-server): on a box shar
 other jobs the req/s ratio also measures how the cores were shared, the CPU ratio does
 not.
 
+Part 3: the fast path on and off in one proxy process, alternating (benchlib/
+fast_path_ab.py): answers/s and the loop thread's CPU per answer in each mode, so its
+own effect is measured without another process or another moment between the two.
+
 Part 2: misses, one request at a time, in turn to the fake upstream directly, to
 cachelayer (diskcache) in front of it and (with `--reference`) to the reference proxy.
 Every request has a body never sent before (a counter in its last message), so cachelayer
@@ -47,9 +51,10 @@ sys.path[:0] = [str(TOOLS), str(REPO)]
 
 import aiohttp  # noqa: E402
 from bench_scaleout import _WRK_LUA, AUTH, ROUTE, calls, warm, wrk  # noqa: E402
-from benchlib import payload, procs  # noqa: E402
+from benchlib import fast_path_ab, payload, procs  # noqa: E402
 from benchlib.loadgen import percentile  # noqa: E402
 
+from cachelayer.config import Settings  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 
 CONNECTIONS = (8, 64)
@@ -234,6 +239,25 @@ def misses(work: Path, rounds: int, reference: tuple[str, str] | None) -> dict[s
     return result
 
 
+def on_and_off(work: Path, reps: int, duration_s: float) -> dict[str, Any]:
+    """Part 3: the fast path switched on and off in one proxy process (diskcache),
+    alternating, at 8 connections (benchlib/fast_path_ab.py)."""
+    body = json.dumps(payload.openai_request(scale=0.9)).encode()
+    (work / "ab-request.json").write_bytes(body)
+    lua = work / "ab-post.lua"
+    lua.write_text(_WRK_LUA.format(body=work / "ab-request.json"))
+    with contextlib.ExitStack() as stack:
+        port = procs.free_port()
+        fake = stack.enter_context(procs.server(
+            "fake-ab", procs.target_argv("fake", port), port, work / "logs"))
+        settings = Settings(upstream=fake.url, data_dir=work / "data-ab",
+                            metrics_file=work / "data-ab" / "metrics.json",
+                            port=procs.free_port())
+        url = f"http://127.0.0.1:{settings.port}{ROUTE}"
+        return fast_path_ab.run(settings, url, lua, lambda u: warm(u, body), reps, 8,
+                                duration_s)
+
+
 def verdicts(out: dict[str, Any]) -> dict[str, Any]:
     """The targets: each store's hits >= 0.8x the ceiling, a miss adds <= 1 ms p50."""
     hits = out.get("store_hits", {}).get("vs_ceiling", {})
@@ -257,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", default=None,
                         help="a git ref (e.g. the commit before the fast path) measured on "
                              "diskcache as one more target")
-    parser.add_argument("--only", choices=["hits", "miss"], default=None)
+    parser.add_argument("--only", choices=["hits", "miss", "ab"], default=None)
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None and args.only != "miss":
@@ -277,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             out["store_hits"] = store_hits(work, reps, duration, reference)
         if args.only in (None, "miss"):
             out["miss"] = misses(work, rounds, reference)
+        if args.only in (None, "ab"):
+            out["on_and_off"] = on_and_off(work, max(reps, 2) + 1, duration)
     except BaseException:
         print(f"work dir kept: {work}", file=sys.stderr)
         raise

@@ -94,6 +94,9 @@ class FastPath:
         self.entries = entries
         self._index: OrderedDict[str, Learned] = OrderedDict()
         self.hits = 0
+        # Off: every request takes the normal path, as if there were no fast path
+        # (tools/bench_store_hits.py switches it to compare both in one process).
+        self.enabled = True
 
     def get(self, key: str) -> Learned | None:
         """The learned entry for a raw key, or None."""
@@ -218,7 +221,7 @@ def _learned(request: web.Request, response: web.StreamResponse) -> Learned | No
 async def fast_path_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Answer a byte-identical repeat of a stored answer; teach the index otherwise."""
     fast = request.app[FAST_PATH]
-    if not _eligible(request):
+    if not fast.enabled or not _eligible(request):
         return await handler(request)
     try:
         body = await read_body(request)

@@ -201,3 +201,17 @@ def test_a_deleted_stored_response_is_kept_again_by_a_fast_hit(proxy: RunningSer
     assert hit.headers["X-Cache-Status"] == "HIT" and _fast_hits(proxy) == 1
     # A normal HIT keeps the response it replays under its id; so does a fast one.
     assert http.get(f"{proxy.url}/v1/responses/{ident}", headers=headers).status == 200
+
+
+def test_switched_off_every_repeat_takes_the_normal_path(
+    proxy: RunningServer, upstream: tuple[FakeUpstream, RunningServer]
+) -> None:
+    route, body, headers = CASES["chat"]
+    raw = json.dumps(body).encode()
+    _send(proxy, route, raw, headers, "a")
+    proxy.call(lambda: setattr(proxy.app[FAST_PATH], "enabled", False))
+    assert _send(proxy, route, raw, headers, "b").headers["X-Cache-Status"] == "HIT"
+    assert _fast_hits(proxy) == 0
+    proxy.call(lambda: setattr(proxy.app[FAST_PATH], "enabled", True))
+    assert _send(proxy, route, raw, headers, "c").headers["X-Cache-Status"] == "HIT"
+    assert _fast_hits(proxy) == 1 and len(upstream[0].calls) == 1
