@@ -184,6 +184,85 @@ def fleet(r: Data) -> list[str]:
     return rows
 
 
+def store_hits_table(r: Data) -> list[str]:
+    """tools/bench_store_hits.py part 1: hits per store beside the ceiling, per connections:
+    req/s and its ratio, p50, and the server's CPU per answer with the ceiling's over it."""
+    hits = dict(r["store_hits"])
+    targets, rps_ratio, cpu_ratio = hits["targets"], hits["vs_ceiling"], hits["cpu_vs_ceiling"]
+    conns = list(targets["ceiling"])
+    rows = ["| target | " + " | ".join(f"{c} connections" for c in conns)
+            + " | upstream calls |", "|---|" + "---:|" * (len(conns) + 1)]
+    for name, points in targets.items():
+        cells = []
+        for c in conns:
+            point = points[c]
+            rr = rps_ratio.get(name, {}).get(c, 1.0)
+            cr = cpu_ratio.get(name, {}).get(c, 1.0)
+            cells.append(f"{point['rps_median']:,.0f} req/s ({rr:.2f}x), p50 "
+                         f"{point['p50_ms_median']:.2f} ms; {point['cpu_us_median']:.0f} µs "
+                         f"CPU/answer ({cr:.2f}x)")
+        calls = sum(points[c].get("upstream_calls", 0) for c in conns)
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {calls} |")
+    loads = [x for points in targets.values() for p in points.values()
+             for x in p.get("loadavg_1m", [])]
+    reps = [max(p["rps_reps"]) / min(p["rps_reps"]) for points in targets.values()
+            for p in points.values() if p.get("rps_reps")]
+    return [f"Request {hits['request_bytes']:,} bytes, answer {hits['response_bytes']:,} bytes; "
+            f"median of {hits['repetitions']} interleaved {hits['duration_s']:g}-second wrk "
+            "runs per cell (1 thread). CPU/answer: the server process's CPU time over the "
+            "answers it gave; (x) is the ceiling's CPU/answer over the target's.", "", *rows,
+            "", f"1-minute load average during the cells: {min(loads):.2f}-{max(loads):.2f}; "
+            f"the repetitions of one cell differ by up to {max(reps):.2f}x in req/s."]
+
+
+def store_hits_miss(r: Data) -> list[str]:
+    """tools/bench_store_hits.py part 2: a miss through each proxy beside direct."""
+    miss = r["miss"]
+    added = miss["added_p50_ms"]
+    rows = ["| path | requests | p50 | p99 | added p50 |", "|---|---:|---:|---:|---:|"]
+    for name, point in miss.items():
+        if isinstance(point, dict) and "p50_ms" in point:
+            extra = f"{added[name]:+.2f} ms" if name in added else "-"
+            rows.append(f"| {name} | {point['n']} | {point['p50_ms']:.2f} ms | "
+                        f"{point['p99_ms']:.2f} ms | {extra} |")
+    return rows
+
+
+def store_hits_on_off(r: Data) -> list[str]:
+    """tools/bench_store_hits.py part 3: the fast path on and off in one process."""
+    ab = r["on_and_off"]
+    rows = [f"{ab['repetitions']} alternating {ab['duration_s']:g}-second wrk runs per mode, "
+            f"{ab['connections']} connections, one proxy process (diskcache).", "",
+            "| fast path | answers/s, each run | median | loop CPU µs/answer, median |",
+            "|---|---:|---:|---:|"]
+    for mode in ("on", "off"):
+        runs = ", ".join(f"{p['answers_per_s']:,.0f}" for p in ab["runs"][mode])
+        rows.append(f"| {mode} | {runs} | {ab[mode]['answers_per_s']:,.0f} | "
+                    f"{ab[mode]['loop_cpu_us_per_answer']:.0f} |")
+    return [*rows, "", f"On over off: {ab['on_over_off_answers']:.2f}x the answers/s; "
+            f"{ab['cpu_saved_us_per_answer']:.1f} µs of loop CPU saved per answer."]
+
+
+def store_hits_targets(r: Data) -> list[str]:
+    """tools/bench_store_hits.py's targets, met or missed."""
+    hits = r.get("store_hits", {}).get("vs_ceiling", {})
+    out = [_verdict_row(f"store hits vs ceiling: {name}, {conns} connections", ratio,
+                        f"{ratio:.2f}x", f">= {r['targets']['hits_vs_ceiling']:.2f}x",
+                        ratio >= r["targets"]["hits_vs_ceiling"])
+           for name, per in hits.items() if not name.startswith("diskcache at ")
+           for conns, ratio in per.items()]
+    if "miss" in r:
+        added = r["miss"]["added_p50_ms"]["cachelayer"]
+        goal = r["targets"]["miss_added_p50_ms"]
+        out.append(_verdict_row("a miss: p50 added over direct", added, f"{added:.2f} ms",
+                                f"<= {goal:g} ms", added <= goal))
+    return ["| target | measured | goal | result |", "|---|---:|---:|---|", *out]
+
+
+def _verdict_row(name: str, _value: float, shown: str, goal: str, met: bool) -> str:
+    return f"| {name} | {shown} | {goal} | {'met' if met else 'missed'} |"
+
+
 def _results(bench: Data) -> Data:
     return dict(bench["results"])
 
@@ -217,5 +296,9 @@ BLOCKS: dict[str, Block] = {
     "scaleout-routing": Block(("scaleout.json",), scaleout_routing),
     "scaleout-targets": Block(("scaleout-store.json", "scaleout.json"), scaleout_targets),
     "prefix-overhead": Block(("prefix.json",), prefix_overhead),
+    "store-hits": Block(("store-hits.json",), store_hits_table),
+    "store-hits-miss": Block(("store-hits.json",), store_hits_miss),
+    "store-hits-on-off": Block(("store-hits.json",), store_hits_on_off),
+    "store-hits-targets": Block(("store-hits.json",), store_hits_targets),
     "kv-budget": Block(("kv-budget.json",), budget_tables),
 }
