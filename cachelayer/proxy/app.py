@@ -58,8 +58,8 @@ COMPLETION_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/messages",
 
 def make_layers(settings: Settings) -> list[Layer]:
     """The layer objects, in the order a request meets them."""
-    return [EdgeLayer(settings), ResponsesLayer(), ActivityLayer(), PrefixLayer(settings),
-            StoreLayer(settings), ForwardLayer(settings), FastPathLayer()]
+    return [FastPathLayer(), EdgeLayer(settings), ResponsesLayer(), ActivityLayer(),
+            PrefixLayer(settings), StoreLayer(settings), ForwardLayer(settings)]
 
 
 def make_app(settings: Settings) -> web.Application:

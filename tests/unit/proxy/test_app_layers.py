@@ -11,6 +11,7 @@ from cachelayer.config import Settings
 from cachelayer.proxy.activity import ACTIVITY
 from cachelayer.proxy.app import make_app
 from cachelayer.proxy.edge import CODECS, PARSE_MEMO
+from cachelayer.proxy.fast_path import FAST_PATH
 from cachelayer.proxy.forward.layer import PREFILLS, UPSTREAM_LATENCY
 from cachelayer.proxy.layer import LAYERS
 from cachelayer.proxy.observe import observe_ctx
@@ -24,14 +25,14 @@ def _app(tmp_path: Path) -> web.Application:
 
 def test_the_layers_are_set_up_in_the_order_a_request_meets_them(tmp_path: Path) -> None:
     app = _app(tmp_path)
-    assert list(app[LAYERS]) == ["edge", "responses", "activity", "prefix", "store",
-                                 "forward"]
+    assert list(app[LAYERS]) == ["fast_path", "edge", "responses", "activity", "prefix",
+                                 "store", "forward"]
 
 
 def test_each_layer_installs_its_own_keys(tmp_path: Path) -> None:
     app = _app(tmp_path)
     for key in (CODECS, PARSE_MEMO, ACTIVITY, VOLATILE_RULES, PREFIX_MEMO, PREFIX_SIZER,
-                KEY_MEMO, RENDER_MEMO, COALESCER, PREFILLS, UPSTREAM_LATENCY):
+                KEY_MEMO, RENDER_MEMO, COALESCER, PREFILLS, UPSTREAM_LATENCY, FAST_PATH):
         assert key in app, key
 
 
