@@ -46,3 +46,7 @@ def test_quick_store_hits_bench_measures_every_store_and_the_misses(tmp_path: Pa
     # every request, measured or warm-up, direct or proxied, reached the upstream once
     assert miss["upstream_calls"] == 3 * (30 + 5)
     assert set(data["met"]) >= {"a miss adds <= 1 ms p50", "diskcache, 8 connections"}
+    # on/off in one process: every "on" run answered on the fast path, no "off" run did
+    runs = data["on_and_off"]["runs"]
+    assert runs["on"] and all(r["fast_hits"] > 0 for r in runs["on"])
+    assert runs["off"] and all(r["fast_hits"] == 0 for r in runs["off"])
