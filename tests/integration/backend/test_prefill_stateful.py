@@ -12,16 +12,14 @@ import json
 import os
 import re
 import signal
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.backend.conftest import StartBackend
-from tests.integration.backend.test_prefill_shared import _first_token
+from tests.support.prefill_race import race
 from tests.support.processes import ServerProcess
 from tests.support.wait import wait_until
 
@@ -120,18 +118,6 @@ def test_a_kill_9_half_way_keeps_a_recurrent_models_block_checkpoints_for_the_re
     assert api.get_json(restarted, "/v1/cachelayer/kv")["tokens_restored_disk"] == reused
 
 
-def _race(server: ServerProcess) -> tuple[float, float]:
-    """(first token of the long request, first token of a short one sent during its
-    prefill)."""
-    _first_token(server, "warm up")
-    started = threading.Event()
-    with ThreadPoolExecutor(1) as pool:
-        long = pool.submit(_first_token, server, LONGER, started)
-        wait_until(started.is_set, "the long prompt's first prefill progress", timeout=120)
-        short_first = _first_token(server, "What is in README.md?")
-        return long.result(timeout=600), short_first
-
-
 # One mlx-lm step would hold the whole prompt (65536 > its ~40,000 tokens).
 ONE_STEP = ("--prefill-step-size", "65536")
 
@@ -143,7 +129,7 @@ def test_a_short_request_gets_its_first_token_before_a_stateful_models_long_pref
 ) -> None:
     # Block-aligned steps (256 tokens) let the short request in between them.
     server = start_backend(family_model_dir(family), tmp_path / "kv", *ONE_STEP)
-    long_first, short_first = _race(server)
+    long_first, short_first = race(server, LONGER)
     assert short_first < long_first, server.log()[-2000:]
 
 
@@ -153,5 +139,5 @@ def test_with_mlx_lms_fixed_steps_the_short_request_waits_for_the_stateful_prefi
     # The reference: --prefill-step-seconds 0 is mlx-lm's own scheduling (one step).
     server = start_backend(family_model_dir("nemotron_h"), tmp_path / "kv", *ONE_STEP,
                            "--prefill-step-seconds", "0")
-    long_first, short_first = _race(server)
+    long_first, short_first = race(server, LONGER)
     assert short_first >= long_first

@@ -22,6 +22,7 @@ from cachelayer.config import Settings
 from tests.integration.scaleout.conftest import SpawnProxies
 from tests.support import http
 from tests.support.fake_upstream import FakeUpstream, Reply, default_reply
+from tests.support.proxy_chat import ROUTE, chat, send
 from tests.support.proxy_process import ProxyProcess
 from tests.support.recording import RecordingTransport, keepalives
 from tests.support.redis_server import RedisServer
@@ -29,24 +30,7 @@ from tests.support.servers import serve_app
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
-ROUTE = "/v1/chat/completions"
 LEASE_S = Settings().fleet_lease_s
-
-
-def chat(text: str, *, stream: bool = False) -> dict[str, Any]:
-    """A small deterministic chat request."""
-    body: dict[str, Any] = {"model": "m", "temperature": 0,
-                            "messages": [{"role": "user", "content": text}]}
-    if stream:
-        body["stream"] = True
-    return body
-
-
-def send(proxy: ProxyProcess, body: dict[str, Any], timeout: float = 30) -> http.Answer:
-    """One request; it must succeed."""
-    answer = http.post(proxy.url + ROUTE, body, timeout=timeout)
-    assert answer.status == 200, answer.content
-    return answer
 
 
 def text_of(answer: http.Answer) -> str:

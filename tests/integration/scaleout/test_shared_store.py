@@ -17,38 +17,13 @@ import pytest
 from tests.integration.scaleout.conftest import SpawnProxies
 from tests.support import http
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.proxy_chat import ROUTE, chat, hit, status_of
 from tests.support.proxy_process import REPO_ROOT, ProxyProcess
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.servers import RunningServer
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
-ROUTE = "/v1/chat/completions"
-
-
-def chat(text: str, *, stream: bool = False) -> dict[str, Any]:
-    """A small deterministic chat request."""
-    body: dict[str, Any] = {"model": "m", "temperature": 0,
-                            "messages": [{"role": "system", "content": "be brief"},
-                                         {"role": "user", "content": text}]}
-    if stream:
-        body["stream"] = True
-    return body
-
-
-def status_of(proxy: ProxyProcess, body: dict[str, Any]) -> tuple[str, bytes]:
-    """Send once; (X-Cache-Status, raw body)."""
-    answer = http.post(proxy.url + ROUTE, body)
-    assert answer.status == 200, answer.content
-    return answer.headers.get("X-Cache-Status", ""), answer.content
-
-
-def hit(proxy: ProxyProcess, body: dict[str, Any]) -> bytes:
-    """Send once; it must be a HIT (an answer any proxy sent is one everywhere at once).
-    The HIT's bytes."""
-    status, content = status_of(proxy, body)
-    assert status == "HIT", f"{proxy.url} answered {status}"
-    return content
 
 
 def wait_stored(redis_server: RedisServer, entries: int, timeout_s: float = 5.0) -> None:

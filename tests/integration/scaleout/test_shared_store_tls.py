@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.integration.scaleout.conftest import SpawnProxies
-from tests.integration.scaleout.test_shared_store import chat, status_of
 from tests.support import http
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.proxy_chat import chat, status_of
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.servers import RunningServer
 from tests.support.tls import make_tls_files
