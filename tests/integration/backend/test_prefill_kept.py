@@ -5,18 +5,16 @@ exactly as a cold prefill does, token and logprob."""
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import re
 import signal
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.backend.conftest import StartBackend
+from tests.support.long_prefill import answer_with_top, hang_up_half_way
 from tests.support.processes import ServerProcess
 from tests.support.wait import wait_until
 
@@ -35,36 +33,6 @@ def _chat(server: ServerProcess, tenant: str = "") -> Any:
                     default_headers={"X-Cachelayer-Tenant": tenant} if tenant else None)
     return client.chat.completions.create(model="m", temperature=0,
                                           messages=[{"role": "user", "content": LONG}], **ASK)
-
-
-def _answer(response: Any) -> list[tuple[str, float, list[tuple[str, float]]]]:
-    return [(t.token, t.logprob, [(top.token, top.logprob) for top in t.top_logprobs])
-            for t in response.choices[0].logprobs.content]
-
-
-def _stream_until_half_way(server: ServerProcess, then: Callable[[], None],
-                           tenant: str = "") -> tuple[int, int]:
-    """Stream the long prompt, read progress until half of it is prefilled, call `then`
-    and hang up; returns (tokens done when hanging up, tokens in all)."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
-    body = {"model": "m", "temperature": 0, "stream": True, "max_tokens": 6,
-            "messages": [{"role": "user", "content": LONG}]}
-    headers = {"Content-Type": "application/json"}
-    if tenant:
-        headers["X-Cachelayer-Tenant"] = tenant
-    conn.request("POST", "/v1/chat/completions", json.dumps(body), headers)
-    response = conn.getresponse()
-    try:
-        for line in response:
-            match = re.match(rb": keepalive (\d+)/(\d+)", line)
-            if match and int(match[1]) * 2 >= int(match[2]):
-                then()
-                return int(match[1]), int(match[2])
-            assert not line.startswith(b"data:"), "the prefill ended before half-way"
-        raise AssertionError("the stream ended before half-way")
-    finally:
-        response.close()
-        conn.close()
 
 
 def _progress(server: ServerProcess, total: int) -> list[int]:
@@ -91,7 +59,7 @@ def test_a_hang_up_half_way_keeps_the_prefill_and_the_resend_answers_as_cold(
 ) -> None:
     # DEBUG: mlx-lm's per-chunk progress lines are DEBUG in the backend's log (logs.py).
     server = start_backend(demo_model, tmp_path / "kv", *STEP, "--log-level", "DEBUG")
-    done, total = _stream_until_half_way(server, lambda: None)
+    done, total = hang_up_half_way(server, LONG)
     stats = api.wait_for_writes(server)
     assert stats["prefill_checkpoints"]["queued"] >= 1
     resent = _chat(server)
@@ -99,7 +67,7 @@ def test_a_hang_up_half_way_keeps_the_prefill_and_the_resend_answers_as_cold(
     # Everything up to the last whole block before the hang-up was kept (and, at most,
     # what the backend prefilled before it noticed the client had gone).
     assert done // 256 * 256 <= reused < total and reused % 256 == 0
-    assert _answer(resent) == _answer(cold)
+    assert answer_with_top(resent) == answer_with_top(cold)
     # The abandoned prefill stopped soon after the hang-up: it never reached its end
     # (the re-send prefilled its own rest meanwhile), and went at most ~0.5 s further.
     abandoned = _progress(server, total)
@@ -117,12 +85,12 @@ def test_a_kill_9_half_way_keeps_the_checkpointed_blocks_for_the_restart(
         os.kill(server.proc.pid, signal.SIGKILL)
         server.proc.wait(30)
 
-    done, _ = _stream_until_half_way(server, kill)
+    done, _ = hang_up_half_way(server, LONG, then=kill)
     restarted = start_backend(demo_model, tmp_path / "kv", *STEP)
     resent = _chat(restarted)
     reused = resent.usage.prompt_tokens_details.cached_tokens
     assert 1024 <= reused <= done and reused % 256 == 0
-    assert _answer(resent) == _answer(cold)
+    assert answer_with_top(resent) == answer_with_top(cold)
     stats = api.get_json(restarted, "/v1/cachelayer/kv")
     assert stats["tokens_restored_disk"] == reused
 
@@ -131,7 +99,7 @@ def test_a_checkpointed_prefill_is_reused_by_its_own_tenant_only(
     demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any,
 ) -> None:
     server = start_backend(demo_model, tmp_path / "kv", *STEP)
-    done, _ = _stream_until_half_way(server, lambda: None, tenant="a" * 16)
+    done, _ = hang_up_half_way(server, LONG, tenant="a" * 16)
     api.wait_for_writes(server)
     other = _chat(server, tenant="b" * 16)
     assert other.usage.prompt_tokens_details.cached_tokens == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.backend.conftest import StartBackend
-from tests.support.prefill_race import race
+from tests.support.long_prefill import race
 
 pytestmark = pytest.mark.slow
 # ~8,000 tokens: one step of 8192 for mlx-lm's fixed steps, seconds of prefill here.

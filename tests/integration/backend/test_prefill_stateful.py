@@ -7,10 +7,7 @@ window or recurrent state at the boundary beside the attention blocks."""
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
-import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.integration.backend.conftest import StartBackend
-from tests.support.prefill_race import race
+from tests.support.long_prefill import answer_with_top, hang_up_half_way, race
 from tests.support.processes import ServerProcess
 from tests.support.wait import wait_until
 
@@ -43,34 +40,6 @@ def _chat(server: ServerProcess) -> Any:
                                           messages=[{"role": "user", "content": LONG}], **ASK)
 
 
-def _answer(response: Any) -> list[tuple[str, float, list[tuple[str, float]]]]:
-    return [(t.token, t.logprob, [(top.token, top.logprob) for top in t.top_logprobs])
-            for t in response.choices[0].logprobs.content]
-
-
-def _hang_up_half_way(server: ServerProcess,
-                      then: Callable[[], None] = lambda: None) -> tuple[int, int]:
-    """Stream the long prompt; once half of it is prefilled call `then` and hang up;
-    returns (tokens done at half-way, tokens in all)."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
-    body = {"model": "m", "temperature": 0, "stream": True, "max_tokens": 6,
-            "messages": [{"role": "user", "content": LONG}]}
-    conn.request("POST", "/v1/chat/completions", json.dumps(body),
-                 {"Content-Type": "application/json"})
-    response = conn.getresponse()
-    try:
-        for line in response:
-            match = re.match(rb": keepalive (\d+)/(\d+)", line)
-            if match and int(match[1]) * 2 >= int(match[2]):
-                then()
-                return int(match[1]), int(match[2])
-            assert not line.startswith(b"data:"), "the prefill ended before half-way"
-        raise AssertionError("the stream ended before half-way")
-    finally:
-        response.close()
-        conn.close()
-
-
 @pytest.mark.parametrize("family", ["gemma3_text", "nemotron_h", "qwen3_next"])
 def test_a_hang_up_half_way_is_resumed_from_a_block_checkpoint_and_answers_as_cold(
     family: str, family_model_dir: Callable[[str], Path], tmp_path: Path,
@@ -81,7 +50,7 @@ def test_a_hang_up_half_way_is_resumed_from_a_block_checkpoint_and_answers_as_co
     assert api.cached_tokens(cold) == 0
 
     server = start_backend(model, tmp_path / "kv", *STEP)
-    done, total = _hang_up_half_way(server)
+    done, total = hang_up_half_way(server, LONG)
     # The checkpoints at block boundaries up to the hang-up reach the disk: attention
     # blocks plus the sliding-window / recurrent state beside the last one.
     stats = wait_until(
@@ -92,7 +61,7 @@ def test_a_hang_up_half_way_is_resumed_from_a_block_checkpoint_and_answers_as_co
     resent = _chat(server)
     reused = api.cached_tokens(resent)
     assert 256 <= reused < total and reused % 256 == 0
-    assert _answer(resent) == _answer(cold)
+    assert answer_with_top(resent) == answer_with_top(cold)
 
 
 def test_a_kill_9_half_way_keeps_a_recurrent_models_block_checkpoints_for_the_restart(
@@ -109,12 +78,12 @@ def test_a_kill_9_half_way_keeps_a_recurrent_models_block_checkpoints_for_the_re
         os.kill(server.proc.pid, signal.SIGKILL)
         server.proc.wait(30)
 
-    _, total = _hang_up_half_way(server, kill)
+    _, total = hang_up_half_way(server, LONG, then=kill)
     restarted = start_backend(model, tmp_path / "kv", *STEP)
     resent = _chat(restarted)
     reused = api.cached_tokens(resent)
     assert 1024 <= reused < total and reused % 256 == 0
-    assert _answer(resent) == _answer(cold)
+    assert answer_with_top(resent) == answer_with_top(cold)
     assert api.get_json(restarted, "/v1/cachelayer/kv")["tokens_restored_disk"] == reused
 
 
