@@ -31,6 +31,7 @@ from mlx_lm.server import ResponseGenerator as MlxResponseGenerator
 from cachelayer.backend.kv_blocks import Match
 from cachelayer.backend.kv_codec import HostArrays
 from cachelayer.backend.paged_store import PagedStore
+from cachelayer.backend.stops import StopBudget
 
 logger = logging.getLogger(__name__)
 # Prompts read ahead and not yet taken, at most (each holds its arrays in host memory).
@@ -109,7 +110,8 @@ class Restores:
 
 class ResponseGenerator(MlxResponseGenerator):
     """mlx-lm's generator, whose requests are tokenized and read ahead on an I/O thread
-    before the generation thread takes them."""
+    before the generation thread takes them, and removed a step after their client has
+    gone (`stops.StopBudget`)."""
 
     def __init__(self, model_provider: Any, prompt_cache: Any) -> None:
         """As mlx-lm's (which starts the generation thread), with an I/O thread."""
@@ -119,6 +121,17 @@ class ResponseGenerator(MlxResponseGenerator):
         self._tokenized: OrderedDict[int, Any] = OrderedDict()
         self._tokenized_lock = threading.Lock()
         super().__init__(model_provider, prompt_cache)
+        # Taken by the generation thread from its next loop on.
+        self._stops = StopBudget()
+        self._time_budget = self._stops
+
+    def generate(self, request: Any, generation_args: Any,
+                 progress_callback: Any = None) -> Any:
+        """mlx-lm's generate, with the request's context watched for its stop."""
+        ctx, inner = super().generate(request, generation_args,
+                                      progress_callback=progress_callback)
+        self._stops.watch(ctx)
+        return ctx, inner
 
     def _next_request(self, timeout: float | None = None) -> Any:
         """The first arrived request whose read ahead is done (None if there is none

@@ -11,7 +11,8 @@ Rather than fork mlx-lm's server, this reuses its `ModelProvider`,
 * its `BatchGenerator` checkpoints long prompts to disk as they prefill, so a
   hang-up or a crash half-way keeps what was computed, and sizes prefill steps so
   other requests are not held up behind a long prompt (`prefill.py`); its
-  `ResponseGenerator` reads restores ahead on an I/O thread (`restore.py`);
+  `ResponseGenerator` reads restores ahead on an I/O thread (`restore.py`) and drops
+  a request a step after its client has gone (`stops.py`);
 * two routes are added: `GET /v1/cachelayer/kv` (counters) and
   `POST /v1/cachelayer/count_tokens` (prompt length under the chat template).
 

@@ -6,7 +6,6 @@ exactly as a cold prefill does, token and logprob."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -35,12 +34,6 @@ def _chat(server: ServerProcess, tenant: str = "") -> Any:
                                           messages=[{"role": "user", "content": LONG}], **ASK)
 
 
-def _progress(server: ServerProcess, total: int) -> list[int]:
-    """The backend's logged prefill progress of the prompt that has `total` tokens."""
-    return [int(n) for n, m in re.findall(r"Prompt processing progress: (\d+)/(\d+)",
-                                           server.log()) if int(m) == total]
-
-
 def _wait_for_blocks(server: ServerProcess, api: Any, blocks: int) -> None:
     wait_until(lambda: api.get_json(server, "/v1/cachelayer/kv")["blocks"] >= blocks,
                f"a prefill checkpoint of {blocks} block(s) on disk", timeout=60)
@@ -57,22 +50,19 @@ def cold(demo_model: Path, tmp_path: Path, start_backend: StartBackend) -> Any:
 def test_a_hang_up_half_way_keeps_the_prefill_and_the_resend_answers_as_cold(
     demo_model: Path, tmp_path: Path, start_backend: StartBackend, api: Any, cold: Any,
 ) -> None:
-    # DEBUG: mlx-lm's per-chunk progress lines are DEBUG in the backend's log (logs.py).
-    server = start_backend(demo_model, tmp_path / "kv", *STEP, "--log-level", "DEBUG")
+    server = start_backend(demo_model, tmp_path / "kv", *STEP)
     done, total = hang_up_half_way(server, LONG)
     stats = api.wait_for_writes(server)
     assert stats["prefill_checkpoints"]["queued"] >= 1
     resent = _chat(server)
     reused = resent.usage.prompt_tokens_details.cached_tokens
-    # Everything up to the last whole block before the hang-up was kept (and, at most,
-    # what the backend prefilled before it noticed the client had gone).
-    assert done // 256 * 256 <= reused < total and reused % 256 == 0
+    # Everything up to the last whole block before the hang-up was kept, and the
+    # abandoned prefill stopped within a block of it (`stops.StopBudget`): had it run on,
+    # its cache would hold more (mlx-lm's own loop ran it up to 0.5 s further, often to
+    # its end).
+    assert done // 256 * 256 <= reused <= done // 256 * 256 + 256
+    assert reused < total and reused % 256 == 0
     assert answer_with_top(resent) == answer_with_top(cold)
-    # The abandoned prefill stopped soon after the hang-up: it never reached its end
-    # (the re-send prefilled its own rest meanwhile), and went at most ~0.5 s further.
-    abandoned = _progress(server, total)
-    assert max(abandoned) < total
-    assert max(abandoned) - done <= 1024
 
 
 def test_a_kill_9_half_way_keeps_the_checkpointed_blocks_for_the_restart(
