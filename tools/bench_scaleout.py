@@ -32,7 +32,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -235,25 +234,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None and args.only != "routing":
         parser.error("wrk is not installed (apt-get install wrk)")
-    work = Path(tempfile.mkdtemp(prefix="cachelayer-scaleout-"))
     out: dict[str, Any] = {"machine": procs.machine(),
                            "command": "tools/bench_scaleout.py " + " ".join(argv or sys.argv[1:])}
-    try:
+
+    def parts(work: Path) -> None:
         if args.only in (None, "store"):
             out["store_hits"] = store_hits(work, args.quick, args.reference)
         if args.only in (None, "routing"):
             out["routing"] = {mode: routing(work, mode, 6) for mode in ("prefix", "round-robin")}
-    except BaseException:
-        print(f"work dir kept: {work}", file=sys.stderr)
-        raise
-    shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    return 0
 
+    return procs.run_parts("cachelayer-scaleout-", out, parts, args.out)
 
 if __name__ == "__main__":
     raise SystemExit(main())

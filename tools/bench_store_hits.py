@@ -40,7 +40,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -289,32 +288,25 @@ def main(argv: list[str] | None = None) -> int:
     reps, duration, rounds = ((1, 1.0, 30) if args.quick
                               else (args.reps, args.duration, args.miss_rounds))
     reference = (args.reference, resolve_ref(args.reference)) if args.reference else None
-    work = Path(tempfile.mkdtemp(prefix="cachelayer-store-hits-"))
     out: dict[str, Any] = {
         "machine": procs.machine(),
         "command": "tools/bench_store_hits.py " + " ".join(argv or sys.argv[1:]),
         "note": "2 cores shared with other sessions' builds and tests, wrk on the same "
                 "cores as the servers",
         "targets": {"hits_vs_ceiling": TARGET_RATIO, "miss_added_p50_ms": TARGET_ADDED_MS}}
-    try:
+
+    def parts(work: Path) -> None:
         if args.only in (None, "hits"):
             out["store_hits"] = store_hits(work, reps, duration, reference)
         if args.only in (None, "miss"):
             out["miss"] = misses(work, rounds, reference)
         if args.only in (None, "ab"):
             out["on_and_off"] = on_and_off(work, max(reps, 2) + 1, duration)
-    except BaseException:
-        print(f"work dir kept: {work}", file=sys.stderr)
-        raise
-    shutil.rmtree(work, ignore_errors=True)
-    out["met"] = verdicts(out)
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    return 0
 
+    def finish(out: dict[str, Any]) -> None:
+        out["met"] = verdicts(out)
+
+    return procs.run_parts("cachelayer-store-hits-", out, parts, args.out, finish)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -6,7 +6,7 @@ out of every log line, and writes its one access line (INFO; DEBUG for polling r
 
 It reads what the layers left on the `Exchange` (the cache status, the usage, the
 upstream's time, which goes into the forward layer's latency histogram); the line's
-format is telemetry/access.py's, the context variables telemetry/logs.py's.
+format and the context variables are telemetry/logs.py's.
 """
 
 from __future__ import annotations
@@ -19,8 +19,17 @@ from aiohttp.typedefs import Handler
 
 from cachelayer.proxy.forward.layer import UPSTREAM_LATENCY
 from cachelayer.proxy.state import EXCHANGE, CacheStatus
-from cachelayer.telemetry.access import access_level, access_line, log, reused_of_total
-from cachelayer.telemetry.logs import REQUEST_ID, SANE_ID, SECRETS, RequestIds, request_secrets
+from cachelayer.telemetry.logs import (
+    REQUEST_ID,
+    SANE_ID,
+    SECRETS,
+    RequestIds,
+    access_level,
+    access_line,
+    access_log,
+    request_secrets,
+    reused_of_total,
+)
 
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
 REQUEST_IDS = web.AppKey("request_ids", RequestIds)
@@ -29,7 +38,7 @@ REQUEST_IDS = web.AppKey("request_ids", RequestIds)
 def log_access(request: web.Request, status: int, started: float) -> None:
     """Write the request's access line (INFO; DEBUG for polling routes)."""
     level = access_level(request.path)
-    if not log.isEnabledFor(level):
+    if not access_log.isEnabledFor(level):
         return
     exchange = request.get(EXCHANGE)
     cache, tokens = "-", "-"
@@ -38,7 +47,7 @@ def log_access(request: web.Request, status: int, started: float) -> None:
         if exchange.result is not None:
             tokens = reused_of_total(exchange.result.usage,
                                      store_hit=exchange.cache_status is CacheStatus.HIT)
-    log.log(level, "%s", access_line(request.method, request.path, status, cache, tokens,
+    access_log.log(level, "%s", access_line(request.method, request.path, status, cache, tokens,
                                      (time.perf_counter() - started) * 1000))
 
 

@@ -11,11 +11,13 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,3 +154,24 @@ def machine() -> dict[str, Any]:
     from benchlib.provenance import stamp
 
     return stamp()
+
+
+def run_parts(prefix: str, out: dict[str, Any],
+              parts: Callable[[Path], None], path: Path | None,
+              finish: Callable[[dict[str, Any]], None] = lambda out: None) -> int:
+    """Run `parts(work_dir)` (which fills `out`) in a fresh work dir, kept only if it
+    fails; then `finish(out)`, print the JSON and write it to `path` if given."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        parts(work)
+    except BaseException:
+        print(f"work dir kept: {work}", file=sys.stderr)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+    finish(out)
+    text = json.dumps(out, indent=2)
+    print(text)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    return 0

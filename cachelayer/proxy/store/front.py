@@ -11,6 +11,9 @@ model): what callers see of layer 2's store, whichever tier holds the answers.
 - **Fleet** (Redis only): the in-flight marker that makes an identical request at
   another proxy wait for this one's answer; released only once the answer's write has
   landed, so the answer is a hit everywhere from the moment any client has it.
+
+`open_store` puts the front over the tier the settings name (diskcache, or Redis with
+the fleet's markers and the ledger's shared half on the same connection pool).
 """
 
 from __future__ import annotations
@@ -20,9 +23,20 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from cachelayer.config import Settings
 from cachelayer.protocol.chat import ChatResult
-from cachelayer.proxy.store.answer import PutOutcome, StoredAnswer
-from cachelayer.proxy.store.backends.base import Claim, ColdTier, Fleet
+from cachelayer.proxy.store.backends import redis as redis_tier
+from cachelayer.proxy.store.backends.base import (
+    AnswerStore,
+    Claim,
+    ColdTier,
+    Fleet,
+    PutOutcome,
+    StoredAnswer,
+)
+from cachelayer.proxy.store.backends.disk import DiskTier
+from cachelayer.proxy.store.backends.redis_fleet import RedisFleet
+from cachelayer.proxy.store.backends.redis_ledger import SharedLedger
 from cachelayer.proxy.store.hot import DEFAULT_HOT_BYTES, HotAnswers
 
 
@@ -210,3 +224,22 @@ class StoreFront:
         if self.fleet is not None:
             await self.fleet.aclose()
         await self.cold.aclose()
+
+
+def open_store(settings: Settings) -> tuple[AnswerStore, SharedLedger | None]:
+    """The store for --store (Redis, with the ledger's shared half) or diskcache."""
+    cold: ColdTier
+    fleet = shared = None
+    if settings.store_url:
+        client = redis_tier.connect(settings)
+        cold = redis_tier.RedisTier(client, settings)
+        fleet = RedisFleet(client, settings.store_namespace, lease_s=settings.fleet_lease_s)
+        shared = SharedLedger(client, settings.store_namespace)
+    else:
+        cold = DiskTier(settings.responses_dir, size_limit=settings.response_max_bytes)
+    front = StoreFront(cold, ttl_s=settings.response_ttl_s,
+                       entry_max_bytes=settings.entry_max_bytes,
+                       hot_bytes=settings.hot_tier_bytes,
+                       max_pending_writes=settings.max_pending_writes,
+                       fleet=fleet, fleet_wait_s=settings.fleet_wait_s)
+    return front, shared

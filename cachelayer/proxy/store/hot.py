@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from cachelayer.proxy.store.answer import StoredAnswer
+from cachelayer.proxy.store.backends.base import StoredAnswer
 
 DEFAULT_HOT_BYTES = 64 * 1024 * 1024
 

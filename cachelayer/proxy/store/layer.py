@@ -20,7 +20,7 @@ from cachelayer.proxy.prefix.ledger import LEDGER
 from cachelayer.proxy.store.backends.base import AnswerStore
 from cachelayer.proxy.store.backends.redis_ledger import SharedLedger
 from cachelayer.proxy.store.coalesce import Coalescer
-from cachelayer.proxy.store.open import open_store
+from cachelayer.proxy.store.front import open_store
 
 STORE = web.AppKey("store", AnswerStore)
 # Only with --store redis://: the ledger's shared half (absent otherwise: use app.get()).

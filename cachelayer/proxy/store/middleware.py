@@ -20,8 +20,7 @@ from cachelayer.protocol.sse import render_sse, write_sse
 from cachelayer.proxy.prefix.ledger import LEDGER, Ledger
 from cachelayer.proxy.state import EXCHANGE, SETTINGS, CacheStatus, Exchange
 from cachelayer.proxy.store import waiters
-from cachelayer.proxy.store.answer import PutOutcome
-from cachelayer.proxy.store.backends.base import AnswerStore
+from cachelayer.proxy.store.backends.base import AnswerStore, PutOutcome
 from cachelayer.proxy.store.keys import response_key
 from cachelayer.proxy.store.layer import COALESCER, KEY_MEMO, RENDER_MEMO, STORE
 from cachelayer.proxy.store.policy import decide, parse_cache_control, unstorable_reason

@@ -11,8 +11,8 @@ from typing import Any
 
 from cachelayer.protocol.chat import Usage
 from cachelayer.telemetry import counters as c
-from cachelayer.telemetry.access import access_line, reused_of_total
 from cachelayer.telemetry.export import metrics_document
+from cachelayer.telemetry.logs import access_line, reused_of_total
 from cachelayer.telemetry.prefix_records import PrefixRecord
 from cachelayer.telemetry.prometheus import Histogram, render_prometheus
 from cachelayer.telemetry.sessions import SessionRecord

@@ -7,16 +7,41 @@
   flight and the bounded write queue are the front's, written once for both.
 - `Fleet` is the in-flight marker shared by every proxy on one Redis (redis_fleet.py),
   so an identical request at another proxy waits for the answer instead of computing it.
+- `StoredAnswer` and `PutOutcome` are what the store keeps and what a write did: the
+  neutral types every tier and caller share.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cachelayer.protocol.chat import ChatResult
-from cachelayer.proxy.store.answer import PutOutcome, StoredAnswer
+
+
+@dataclass(frozen=True)
+class StoredAnswer:
+    """A stored result and when it was stored."""
+
+    result: ChatResult
+    stored_at: float
+
+    def age(self, now: float) -> float:
+        """Seconds since it was stored."""
+        return max(0.0, now - self.stored_at)
+
+
+@dataclass(frozen=True)
+class PutOutcome:
+    """What one write did to the store; `evicted_keys` left it to make room."""
+
+    stored: bool
+    nbytes: int = 0
+    evicted: int = 0
+    expired: int = 0
+    evicted_keys: tuple[str, ...] = ()
 
 
 class ColdTier(Protocol):

@@ -25,7 +25,7 @@ import diskcache
 
 from cachelayer.fs import ensure_private_dir, write_atomic
 from cachelayer.protocol.chat import ChatResult
-from cachelayer.proxy.store.answer import PutOutcome, StoredAnswer
+from cachelayer.proxy.store.backends.base import PutOutcome, StoredAnswer
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct("<d")  # stored_at, then the result's bytes

@@ -33,7 +33,7 @@ from cachelayer.config import Settings, check_store_url, redact_url
 from cachelayer.errors import StoreUnavailable
 from cachelayer.periodic import Periodic
 from cachelayer.protocol.chat import ChatResult
-from cachelayer.proxy.store.answer import PutOutcome, StoredAnswer
+from cachelayer.proxy.store.backends.base import PutOutcome, StoredAnswer
 from cachelayer.proxy.store.backends.redis_ledger import SharedLedger
 from cachelayer.telemetry.prefix_records import PrefixRecord
 

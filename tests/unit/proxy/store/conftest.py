@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from cachelayer.config import Settings
-from cachelayer.proxy.store.answer import PutOutcome, StoredAnswer
 from cachelayer.proxy.store.backends import redis as redis_tier
-from cachelayer.proxy.store.backends.base import ColdTier
+from cachelayer.proxy.store.backends.base import ColdTier, PutOutcome, StoredAnswer
 from cachelayer.proxy.store.backends.disk import DiskTier
 from tests.support.redis_server import RedisServer, running_redis
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from cachelayer.protocol.chat import ChatResult, Choice, ToolCall, Usage
-from cachelayer.proxy.store.answer import StoredAnswer
+from cachelayer.proxy.store.backends.base import StoredAnswer
 from cachelayer.proxy.store.backends.disk import DiskTier
 
 RESULT = ChatResult(kind="chat", id="c1", created=5, model="m",

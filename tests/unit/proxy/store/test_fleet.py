@@ -12,8 +12,8 @@ import pytest
 
 from cachelayer.config import Settings
 from cachelayer.protocol.chat import ChatResult, Choice, Usage
-from cachelayer.proxy.store.answer import PutOutcome
 from cachelayer.proxy.store.backends import redis as redis_tier
+from cachelayer.proxy.store.backends.base import PutOutcome
 from cachelayer.proxy.store.backends.redis_fleet import RedisFleet
 from cachelayer.proxy.store.front import StoreFront
 from tests.support.redis_server import RedisServer

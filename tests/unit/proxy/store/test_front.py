@@ -8,8 +8,7 @@ import time
 from typing import Any
 
 from cachelayer.protocol.chat import ChatResult, Choice, ToolCall, Usage
-from cachelayer.proxy.store.answer import PutOutcome, StoredAnswer
-from cachelayer.proxy.store.backends.base import ColdTier
+from cachelayer.proxy.store.backends.base import ColdTier, PutOutcome, StoredAnswer
 from cachelayer.proxy.store.backends.disk import DiskTier
 from cachelayer.proxy.store.front import StoreFront
 from tests.support.wait import async_wait_until
