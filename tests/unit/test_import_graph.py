@@ -29,41 +29,45 @@ def parsed(path: Path) -> ast.Module:
     return ast.parse(path.read_text(), str(path))
 
 
+def _names(node: ast.stmt, package: str, *, submodules: bool = False) -> Iterator[str]:
+    """The modules one import statement names, relative ones resolved (with `submodules`,
+    also `module.name` for each name of a `from module import name`)."""
+    if isinstance(node, ast.Import):
+        yield from (alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom):
+        if node.level:
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            yield ".".join(base + ([node.module] if node.module else []))
+        elif node.module:
+            yield node.module
+            if submodules:
+                yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+def _package(path: Path) -> str:
+    module = module_name(path)
+    return module if path.name == "__init__.py" else module.rpartition(".")[0]
+
+
 def imported(path: Path) -> Iterator[str]:
     """Every module a file imports, relative imports resolved."""
-    module = module_name(path)
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    package = _package(path)
     for node in ast.walk(parsed(path)):
-        if isinstance(node, ast.Import):
-            yield from (alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                yield ".".join(base + ([node.module] if node.module else []))
-            elif node.module:
-                yield node.module
+        if isinstance(node, ast.stmt):
+            yield from _names(node, package)
 
 
 def loaded_on_import(path: Path) -> Iterator[str]:
     """The modules a file imports when it is imported: module-level imports (also under
     `if`/`try`), not those inside functions (which load only when called) nor those under
     `if TYPE_CHECKING:`."""
-    module = module_name(path)
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    package = _package(path)
 
     def walk(body: list[ast.stmt]) -> Iterator[str]:
         for node in body:
-            if isinstance(node, ast.Import):
-                yield from (alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    yield ".".join(base + ([node.module] if node.module else []))
-                elif node.module:
-                    yield node.module
-                    # `from package import name` may name a submodule, which loads too.
-                    yield from (f"{node.module}.{alias.name}" for alias in node.names)
-            elif isinstance(node, ast.If):
+            # `from package import name` may name a submodule, which loads too.
+            yield from _names(node, package, submodules=True)
+            if isinstance(node, ast.If):
                 if "TYPE_CHECKING" not in ast.unparse(node.test):
                     yield from walk(node.body)
                 yield from walk(node.orelse)
