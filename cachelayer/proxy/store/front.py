@@ -195,7 +195,11 @@ class StoreFront:
             self._spawn(self.fleet.release(key))
 
     async def wipe(self) -> int:
-        """Remove every answer, here and in every process sharing the cold tier."""
+        """Remove every answer, here and in every process sharing the cold tier, those
+        whose writes were on their way included."""
+        # A write queued before the clear would otherwise land after it and bring its
+        # answer back; writes queued meanwhile are newer than the clear and may stay.
+        await asyncio.gather(*list(self._writes), return_exceptions=True)
         self._staged.clear()
         self.hot.forget_all()
         removed = await self.cold.clear()

@@ -141,9 +141,7 @@ def test_a_clear_sends_the_next_repeat_upstream(
     assert _send(proxy, route, raw, headers, "a").headers["X-Cache-Status"] == "MISS"
     assert _send(proxy, route, raw, headers, "b").headers["X-Cache-Status"] == "HIT"
     assert _fast_hits(proxy) == 1
-    # A clear removes what is stored: wait for the MISS's write to land first.
-    wait_until(lambda: _stats(proxy).get(".layers.response.stored") == 1,
-               "the MISS's answer to be written to the store")
+    # At once: a clear also removes an answer whose write is still on its way.
     cleared = http.post(proxy.url + "/cache/clear", json={})
     assert cleared.status == 200 and cleared.json()["cleared"]["responses"] >= 1
     again = _send(proxy, route, raw, headers, "c")

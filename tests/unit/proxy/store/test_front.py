@@ -125,3 +125,16 @@ async def test_wipe_removes_every_answer_for_every_process(cold_factory: ColdFac
     assert await front.lookup("a") is None
     await async_wait_until(_gone(other, "a"), "the wipe to reach the other's memory",
                            timeout=5)
+
+
+async def test_wipe_removes_an_answer_whose_write_was_on_its_way(
+        cold_factory: ColdFactory) -> None:
+    gated = GatedTier(cold_factory())
+    front = await front_over(gated)  # type: ignore[arg-type]
+    await front.keep("k", RESULT, lambda outcome: None)
+    await async_wait_until(lambda: gated.entered == 1, "the write to reach the cold tier")
+    wipe = asyncio.ensure_future(front.wipe())
+    gated.gate.set()  # the write lands while the clear is under way
+    await wipe
+    assert await front.lookup("k") is None
+    assert await gated.inner.read("k") is None
