@@ -111,8 +111,11 @@ def test_a_flipped_truncated_or_foreign_block_is_dropped_and_the_answer_equals_c
         assert stop_server(server) == 0
 
 
-def _files_written(stats: dict[str, Any]) -> int:
-    return int(stats["blocks_written"]) + int(stats["checkpoints_written"])
+def _blocks_written(stats: dict[str, Any]) -> int:
+    # Blocks only: every block of a prompt is written once, by a prefill checkpoint or
+    # by the final insert, while the window checkpoints beside them depend on timing (a
+    # busy writer skips one, and the next covers it): 77-102 for one turn, measured.
+    return int(stats["blocks_written"])
 
 
 def _ask_while_turn1_is_written(
@@ -124,11 +127,11 @@ def _ask_while_turn1_is_written(
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    # How many files turn 1 alone writes: the same turn on a reference server.
-    ref_base = _files_written(api.get_json(reference, "/v1/cachelayer/kv"))
+    # How many blocks turn 1 alone writes: the same turn on a reference server.
+    ref_base = _blocks_written(api.get_json(reference, "/v1/cachelayer/kv"))
     api.chat(reference, TURN1, system=system, **ask)
-    turn1_files = _files_written(api.wait_for_writes(reference)) - ref_base
-    assert turn1_files > 0
+    turn1_blocks = _blocks_written(api.wait_for_writes(reference)) - ref_base
+    assert turn1_blocks > 0
 
     base = api.get_json(server, "/v1/cachelayer/kv")
     api.chat(server, TURN1, system=system, **ask)
@@ -139,7 +142,7 @@ def _ask_while_turn1_is_written(
     def sample() -> None:
         while not done.is_set():
             stats = api.get_json(server, "/v1/cachelayer/kv")
-            samples.append((stats["lookups"], _files_written(stats)))
+            samples.append((stats["lookups"], _blocks_written(stats)))
 
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -150,10 +153,10 @@ def _ask_while_turn1_is_written(
     finally:
         done.set()
         sampler.join(30)
-    # A question was looked up (lookups past turn 1's) while fewer files were on disk
+    # A question was looked up (lookups past turn 1's) while fewer blocks were on disk
     # than turn 1 alone writes: its write was in flight at that lookup.
     overlapped = any(
-        lookups > turn1_lookups and written - _files_written(base) < turn1_files
+        lookups > turn1_lookups and written - _blocks_written(base) < turn1_blocks
         for lookups, written in samples
     )
     return answers if overlapped else None
