@@ -120,10 +120,6 @@ class ResponseGenerator(MlxResponseGenerator):
         self._arrived: list[tuple[Any, concurrent.futures.Future[None]]] = []
         self._tokenized: OrderedDict[int, Any] = OrderedDict()
         self._tokenized_lock = threading.Lock()
-        # Times the generation thread found nothing to do (no batch, and no request
-        # within mlx-lm's 0.1 s poll): each such moment comes after every cache of the
-        # answers sent before it was handed to the prompt cache (and its writer).
-        self.idle_polls = 0
         super().__init__(model_provider, prompt_cache)
         # Taken by the generation thread from its next loop on.
         self._stops = StopBudget()
@@ -149,8 +145,6 @@ class ResponseGenerator(MlxResponseGenerator):
                     return item
             left = deadline - time.monotonic()
             if left <= 0:
-                if timeout is not None and not self._arrived:
-                    self.idle_polls += 1
                 return None
             if self._arrived:
                 concurrent.futures.wait([f for _, f in self._arrived], timeout=min(left, 0.02),

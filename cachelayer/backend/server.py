@@ -184,9 +184,8 @@ def make_handler_class(settings: BackendSettings, limits: ModelLimits) -> type:
             """Serve /v1/cachelayer/kv (counters) and the model's limits (MODEL_ROUTE);
             everything else as mlx-lm does."""
             if self.path == KV_ROUTE:
-                generator: Any = self.response_generator
-                self._send_json(200, {**generator.prompt_cache.stats(),
-                                      "idle_polls": generator.idle_polls})
+                cache: Any = self.response_generator.prompt_cache
+                self._send_json(200, cache.stats())
             elif self.path == MODEL_ROUTE:
                 self._send_json(200, limits.info(settings.model))
             else:

@@ -25,18 +25,21 @@ def kv_stats(base_url: str) -> dict[str, Any]:
 
 
 def wait_for_kv_writes(base_url: str, timeout: float = 60.0) -> dict[str, Any]:
-    """Wait until every cache of the answers already received is on disk; the stats.
+    """Poll the kv route until the writer is idle and stays idle; returns the stats.
 
-    mlx-lm inserts an answer's cache just after sending the answer, so an idle writer
-    right after a response may not have been handed that cache yet. The backend counts
-    the moments its generation thread found nothing to do (`idle_polls`), each after
-    every insert before it: one counted after this call began, with no write pending,
-    means all of them landed."""
-    start = kv_stats(base_url)["idle_polls"]
+    mlx-lm inserts an answer's cache just after sending the answer, so one idle poll
+    right after a response can come before that write is even queued: the writer must be
+    idle on two polls 0.3 s apart with no write in between. (The backend counts no
+    inserted answers yet; such a counter would make this an event, not a quiet spell.)"""
+    last: list[tuple[int, int] | None] = [None]
 
-    def landed() -> dict[str, Any] | None:
+    def idle_twice() -> dict[str, Any] | None:
         stats = kv_stats(base_url)
-        return stats if stats["idle_polls"] > start and stats["pending_writes"] == 0 else None
+        now = (stats["blocks_written"], stats["checkpoints_written"])
+        idle = stats["pending_writes"] == 0
+        settled = idle and now == last[0]
+        last[0] = now if idle else None
+        return stats if settled else None
 
-    return wait_until(landed, f"the KV writes of {base_url} to land after the generation "
-                      "thread went idle", timeout=timeout, interval=0.05)
+    return wait_until(idle_twice, f"the KV writer of {base_url} to be idle on two polls "
+                      "in a row", timeout=timeout, interval=0.3)
