@@ -245,5 +245,6 @@ def main(argv: list[str] | None = None) -> int:
 
     return procs.run_parts("cachelayer-scaleout-", out, parts, args.out)
 
+
 if __name__ == "__main__":
     raise SystemExit(main())
