@@ -8,6 +8,7 @@ commands read theirs in their own cli module, and nothing below cli/ reads it at
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -87,13 +88,45 @@ def serve(settings: Settings) -> int:
     # on_startup runs after the cleanup contexts, so this prints once the backend is up.
     app.on_startup.append(_announce)
     try:
-        web.run_app(app, host=settings.host, port=settings.port, print=None,
-                    access_log=None, shutdown_timeout=settings.shutdown_timeout_s,
-                    handle_signals=True, handler_cancellation=True)
+        run_app(app, settings)
     except (RuntimeError, OSError) as exc:
         print(f"cachelayer: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_app(app: web.Application, settings: Settings) -> None:
+    """`web.run_app`, with the proxy's runner (its front answers repeats before the app):
+    serve until SIGINT or SIGTERM, then shut down and close the loop."""
+    from cachelayer.proxy.fast_front import ProxyRunner
+
+    async def serve_forever() -> None:
+        runner = ProxyRunner(app, handle_signals=True, access_log=None,
+                             shutdown_timeout=settings.shutdown_timeout_s,
+                             handler_cancellation=True)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, settings.host, settings.port).start()
+            await asyncio.Event().wait()  # a signal ends it (GracefulExit)
+        finally:
+            await runner.cleanup()
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(serve_forever())
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        # As web.run_app does: the main task first (its runner's cleanup), then the rest.
+        for tasks in ({main}, asyncio.all_tasks(loop)):
+            for task in tasks:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

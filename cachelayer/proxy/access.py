@@ -12,12 +12,15 @@ format and the context variables are telemetry/logs.py's.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from cachelayer.protocol.chat import Usage
 from cachelayer.proxy.forward.layer import UPSTREAM_LATENCY
+from cachelayer.proxy.hit_tally import settle_hits
 from cachelayer.proxy.state import EXCHANGE, CacheStatus
 from cachelayer.telemetry.logs import (
     REQUEST_ID,
@@ -35,6 +38,21 @@ REQUEST_ID_KEY = web.RequestKey("request_id", str)
 REQUEST_IDS = web.AppKey("request_ids", RequestIds)
 
 
+def name_request(request: web.Request, ids: RequestIds) -> str:
+    """The request's id: the client's X-Request-Id when it is sane, else a new one; kept
+    on the request for the response headers."""
+    offered = request.headers.get("X-Request-Id")
+    rid = offered if offered and SANE_ID.match(offered) else ids.next()
+    request[REQUEST_ID_KEY] = rid
+    return rid
+
+
+def _write_line(level: int, request: web.Request, status: int, cache: str, tokens: str,
+                started: float) -> None:
+    access_log.log(level, "%s", access_line(request.method, request.path, status, cache,
+                                            tokens, (time.perf_counter() - started) * 1000))
+
+
 def log_access(request: web.Request, status: int, started: float) -> None:
     """Write the request's access line (INFO; DEBUG for polling routes)."""
     level = access_level(request.path)
@@ -47,17 +65,28 @@ def log_access(request: web.Request, status: int, started: float) -> None:
         if exchange.result is not None:
             tokens = reused_of_total(exchange.result.usage,
                                      store_hit=exchange.cache_status is CacheStatus.HIT)
-    access_log.log(level, "%s", access_line(request.method, request.path, status, cache, tokens,
-                                     (time.perf_counter() - started) * 1000))
+    _write_line(level, request, status, cache, tokens, started)
+
+
+def log_hit(request: web.Request, rid: str, usage: Usage | None, started: float) -> None:
+    """The access line of a HIT answered before the access middleware (the fast path)."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    token = REQUEST_ID.set(rid)
+    try:
+        _write_line(logging.INFO, request, 200, CacheStatus.HIT.value,
+                    reused_of_total(usage, store_hit=True), started)
+    finally:
+        REQUEST_ID.reset(token)
 
 
 @web.middleware
 async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Name the request, log one access line for it, time its upstream call."""
-    offered = request.headers.get("X-Request-Id", "")
-    rid = offered if SANE_ID.match(offered) else request.app[REQUEST_IDS].next()
-    request[REQUEST_ID_KEY] = rid
-    token = REQUEST_ID.set(rid)
+    # Fast HITs answered before this request are accounted before it reads or adds to
+    # the records (proxy/hit_tally.py).
+    settle_hits(request.app)
+    token = REQUEST_ID.set(name_request(request, request.app[REQUEST_IDS]))
     secrets_token = SECRETS.set(request_secrets(request.headers))
     started = time.perf_counter()
     status = 500

@@ -45,14 +45,14 @@ class Timeline:
     buckets: deque[Bucket] = field(default_factory=lambda: deque(maxlen=BUCKETS))
 
     def add(self, now: float, *, prompt_tokens: int, reused_tokens: int,
-            store_hit: bool) -> None:
-        """Count one answered request."""
+            store_hit: bool, requests: int = 1) -> None:
+        """Count answered requests (their tokens summed)."""
         start = int(now // BUCKET_S * BUCKET_S)
         if not self.buckets or self.buckets[-1].start != start:
             self.buckets.append(Bucket(start))
         bucket = self.buckets[-1]
-        bucket.requests += 1
-        bucket.store_hits += int(store_hit)
+        bucket.requests += requests
+        bucket.store_hits += requests * int(store_hit)
         bucket.prompt_tokens += prompt_tokens
         bucket.reused_tokens += reused_tokens
 
@@ -120,20 +120,26 @@ def reused_tokens(exchange: Exchange) -> tuple[int, int]:
 
 def record_answer(request: web.Request, exchange: Exchange, now: float) -> None:
     """Add an answered exchange to the timeline, its conversation and the prefill rate."""
+    record_answered(request.app, exchange, now, name_conversation(
+        request.headers.get(CLAUDE_CODE_HEADER), conversation_of(request),
+        bool(request.get(CONVERSATION)), exchange.tenant))
+
+
+def record_answered(app: web.Application, exchange: Exchange, now: float,
+                    named: tuple[str, str], times: int = 1) -> None:
+    """`record_answer` for a named conversation; `times` identical store replays at once."""
     prompt, reused = reused_tokens(exchange)
     store_hit = exchange.cache_status is CacheStatus.HIT
-    request.app[ACTIVITY].timeline.add(now, prompt_tokens=prompt, reused_tokens=reused,
-                                       store_hit=store_hit)
-    sessions = request.app[LEDGER].sessions
+    app[ACTIVITY].timeline.add(now, prompt_tokens=prompt * times,
+                               reused_tokens=reused * times, store_hit=store_hit,
+                               requests=times)
+    sessions = app[LEDGER].sessions
     # Time to first token: a stream's first bytes may be comments sent before prefill.
     first_ms = exchange.first_token_ms or exchange.upstream_ms
     if not store_hit and first_ms is not None:
         sessions.observe_prefill(prompt - reused, first_ms / 1000)
-    conversation, client = name_conversation(
-        request.headers.get(CLAUDE_CODE_HEADER), conversation_of(request),
-        bool(request.get(CONVERSATION)), exchange.tenant)
-    sessions.record(conversation, client, now=now, prompt_tokens=prompt,
-                    reused_tokens=reused, store_hit=store_hit)
+    sessions.record(*named, now=now, prompt_tokens=prompt, reused_tokens=reused,
+                    store_hit=store_hit, turns=times)
 
 
 @web.middleware

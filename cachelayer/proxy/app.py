@@ -2,10 +2,11 @@
 
 A completion request goes down, and its answer comes back up, this chain:
 
-1. `access_middleware` (proxy/access.py) names the request, hides its credentials
+1. `fast_path_middleware` (proxy/fast_path.py) answers a byte-identical repeat of a
+   stored answer without parsing it: named, logged and counted as the layers below
+   count a HIT (its accounting batched per turn of the loop, proxy/hit_tally.py).
+   `access_middleware` (proxy/access.py) names the request, hides its credentials
    from every log line; on the way up it times the upstream and writes the access line.
-   `fast_path_middleware` (proxy/fast_path.py) answers a byte-identical repeat of a
-   stored answer without parsing it (and counts it as the layers count a HIT).
 2. `edge_middleware` (proxy/edge.py) reads and validates the body into one neutral
    `Exchange` and names its tenant; on the way up it renders any error in the client's
    API shape.
@@ -66,10 +67,10 @@ def make_app(settings: Settings) -> web.Application:
     """Build the proxy application for these settings."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        # Outermost first: request ids and the access log, the fast path for byte-identical
-        # repeats, the edge (parse, errors in the client's shape), the Responses state,
+        # Outermost first: the fast path for byte-identical repeats, request ids and the
+        # access log, the edge (parse, errors in the client's shape), the Responses state,
         # activity, layer 1 (prefix), layer 2 (store); the handler is layer 3.
-        middlewares=[access_middleware, fast_path_middleware, edge_middleware,
+        middlewares=[fast_path_middleware, access_middleware, edge_middleware,
                      responses_middleware, activity_middleware, prefix_middleware,
                      store_middleware],
         handler_args={"max_field_size": 65536},

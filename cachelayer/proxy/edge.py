@@ -46,6 +46,8 @@ API_ROUTES: dict[str, tuple[ClientApi, Kind]] = {
 }
 CODECS = web.AppKey("codecs", dict[str, Codec])
 PARSE_MEMO = web.AppKey("parse_memo", Memo[ChatRequest])
+# The request's tenant, when the fast path named it already (it is named once).
+TENANT = web.RequestKey("tenant", str)
 
 
 def _is_json_type(content_type: str) -> bool:
@@ -110,7 +112,7 @@ async def expect_continue(request: web.Request) -> web.Response | None:
 async def read_exchange(request: web.Request, codec: Codec, kind: Kind) -> Exchange:
     """Read, validate and neutralise the request body; name its tenant once."""
     raw = await read_body(request)
-    tenant = request_tenant(request.headers)
+    tenant = request.get(TENANT) or request_tenant(request.headers)
     if len(raw) > MAX_MEMO_BODY:
         return Exchange(chat=codec.parse_request(kind, raw), codec=codec, tenant=tenant)
     fp = fingerprint(request.path.encode(), raw)

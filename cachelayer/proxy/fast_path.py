@@ -1,27 +1,22 @@
-"""The fast path: a byte-identical repeat is answered from the store without parsing.
+"""The fast path's index: byte-identical repeats mapped to what the normal path learned.
 
 Agents re-send the same request bytes (a retry, a sub-agent's fixed prompt, a benchmark).
 The normal path parses, validates, stabilises and keys such a repeat before it finds its
-stored answer. This middleware sits just inside the request-id/access-log middleware and
-hashes what the client sent (`raw_key`: route, body bytes, tenant and the headers that can
-change the answer or its validation) to the store key the normal path resolved it to the
-last time. A repeat costs that hash, one `AnswerStore.lookup(store_key)` and the write of
-the stored answer's bytes, rendered exactly as the normal path renders a HIT.
-
-What the first full pass learned (the stabilised request, its prefix record, its
-conversation, the Responses object it kept) is applied again, so a fast HIT counts like a
-normal HIT everywhere: ledger and metrics, access log, activity and sessions, stored
-Responses. Anything else (an unknown raw key, an answer gone after a clear or its TTL,
-`no-cache`/`no-store`, an answer older than `max-age`) takes the normal path unchanged,
-which then teaches the fast path again.
-"""
+stored answer. The front (proxy/fast_front.py) hashes what the client sent (`raw_key`:
+route, body bytes, tenant and the headers that can change the answer or its validation)
+and looks it up here: the store key the normal path resolved it to the last time, with
+what that pass learned (the stabilised request, its prefix record, its conversation, the
+Responses object it kept), so a fast HIT is rendered and counted like a normal HIT
+everywhere. `fast_path_middleware`, outermost in the application, learns it: after the
+normal path answered a request the front passed on with its raw key. Anything else (an
+unknown raw key, an answer gone after a clear or its TTL, `no-cache`/`no-store`, an
+answer older than `max-age`) takes the normal path unchanged, which then teaches the
+index again."""
 
 from __future__ import annotations
 
-import logging
-import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,27 +24,17 @@ import xxhash
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from cachelayer.errors import CachelayerError
 from cachelayer.protocol.chat import ChatRequest
 from cachelayer.protocol.codec import Codec
 from cachelayer.protocol.responses_stream import response_id
-from cachelayer.proxy.activity import record_answer
 from cachelayer.proxy.conversation import CONVERSATION
-from cachelayer.proxy.edge import API_ROUTES, CODECS, error_response, read_body
-from cachelayer.proxy.identity import request_tenant
-from cachelayer.proxy.memo import MAX_MEMO_BODY
+from cachelayer.proxy.hit_tally import HIT_TALLY, HitTally
 from cachelayer.proxy.prefix.layer import PREFIX_MEMO
-from cachelayer.proxy.prefix.ledger import LEDGER
-from cachelayer.proxy.prefix.middleware import Stable, account, apply_stable
+from cachelayer.proxy.prefix.middleware import Stable
 from cachelayer.proxy.responses.middleware import RESPONSE_STATES
 from cachelayer.proxy.responses.store import StoredResponse
-from cachelayer.proxy.state import EXCHANGE, CacheStatus, Exchange
-from cachelayer.proxy.store.layer import STORE
-from cachelayer.proxy.store.middleware import RESOLVED_KEY, replay
-from cachelayer.proxy.store.policy import parse_cache_control
-from cachelayer.telemetry import counters as c
-
-log = logging.getLogger(__name__)
+from cachelayer.proxy.state import EXCHANGE, CacheStatus
+from cachelayer.proxy.store.middleware import RESOLVED_KEY
 
 # Request headers that can change the answer or whether the request is valid at all:
 # the Content-Type (the edge refuses non-JSON), Cache-Control (no-cache, no-store,
@@ -63,15 +48,11 @@ ANSWER_HEADERS = ("content-type", "cache-control", "anthropic-version", "anthrop
 DEFAULT_ENTRIES = 256
 
 
-def raw_key(route: str, body: bytes, tenant: str, headers: Mapping[str, str]) -> str:
-    """The fast path's key: what the client sent, byte for byte, as one xxh3 digest."""
-    h = xxhash.xxh3_128()
-    for part in (route.encode(), body, tenant.encode(),
-                 *(headers.get(name, "\x00absent").encode() for name in ANSWER_HEADERS)):
-        # Length-prefixed, so no two different sequences of parts hash the same bytes.
-        h.update(len(part).to_bytes(8, "little"))
-        h.update(part)
-    return h.hexdigest()
+def raw_key(route: str, body: bytes, tenant: str, headers: Mapping[str, str]) -> Hashable:
+    """The fast path's key: what the client sent, byte for byte (the body as one xxh3
+    digest), beside its route, tenant and the headers that can change the answer."""
+    return (route, xxhash.xxh3_128_intdigest(body), len(body), tenant,
+            *[headers.get(name) for name in ANSWER_HEADERS])
 
 
 @dataclass(frozen=True)
@@ -92,27 +73,28 @@ class FastPath:
 
     def __init__(self, entries: int = DEFAULT_ENTRIES) -> None:
         self.entries = entries
-        self._index: OrderedDict[str, Learned] = OrderedDict()
+        self._index: OrderedDict[Hashable, Learned] = OrderedDict()
         self.hits = 0
+        self.tally = HitTally()
         # Off: every request takes the normal path, as if there were no fast path
         # (tools/bench_store_hits.py switches it to compare both in one process).
         self.enabled = True
 
-    def get(self, key: str) -> Learned | None:
+    def get(self, key: Hashable) -> Learned | None:
         """The learned entry for a raw key, or None."""
         learned = self._index.get(key)
         if learned is not None:
             self._index.move_to_end(key)
         return learned
 
-    def learn(self, key: str, learned: Learned) -> None:
+    def learn(self, key: Hashable, learned: Learned) -> None:
         """Remember (or refresh) what a raw key resolved to."""
         self._index[key] = learned
         self._index.move_to_end(key)
         while len(self._index) > self.entries:
             self._index.popitem(last=False)
 
-    def forget(self, key: str) -> None:
+    def forget(self, key: Hashable) -> None:
         """Drop a raw key (its answer is gone or no longer applies)."""
         self._index.pop(key, None)
 
@@ -136,62 +118,20 @@ class FastPathLayer:
         self.fast = FastPath(entries)
 
     def setup(self, app: web.Application) -> None:
-        """Install the index on the app (it lives in memory only: nothing to close)."""
+        """Install the index and the tally of its HITs on the app (both in memory)."""
         app[FAST_PATH] = self.fast
+        app[HIT_TALLY] = self.fast.tally
+        app.cleanup_ctx.append(self._tally_ctx)
+
+    async def _tally_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        yield
+        # The observer's last export settled the tally (its context closes first);
+        # nothing may be accounted after the ledger closed.
+        self.fast.tally.close()
 
     def snapshot(self) -> dict[str, Any]:
         """Raw keys known, and repeats answered on the fast path since start."""
         return self.fast.snapshot()
-
-
-def _eligible(request: web.Request) -> bool:
-    """A request the fast path may read: a proxied POST with a small, plain JSON body
-    whose Cache-Control lets a stored answer be used."""
-    if request.method != "POST" or request.path not in API_ROUTES:
-        return False
-    length = request.content_length
-    if length is None or not 0 < length <= MAX_MEMO_BODY or "Content-Encoding" in request.headers:
-        return False
-    header = request.headers.get("Cache-Control")
-    if header:
-        control = parse_cache_control(header)
-        if control.no_cache or control.no_store:
-            return False
-    return True
-
-
-async def _answer(request: web.Request, learned: Learned, tenant: str
-                  ) -> web.StreamResponse | None:
-    """A HIT written exactly as layer 2 writes one, or None: the normal path must answer."""
-    app = request.app
-    found = await app[STORE].lookup(learned.store_key)
-    if found is None:
-        return None
-    age = found.age(time.time())
-    header = request.headers.get("Cache-Control")
-    max_age = parse_cache_control(header).max_age if header else None
-    if max_age is not None and age > max_age:
-        return None  # EXPIRED: the normal path says so and forwards
-    exchange = Exchange(chat=learned.chat, codec=learned.codec,
-                        fingerprint=learned.fingerprint, tenant=tenant,
-                        cache_status=CacheStatus.HIT, result=found.result)
-    request[EXCHANGE] = exchange
-    if learned.conversation:
-        request[CONVERSATION] = learned.conversation
-    ledger = app[LEDGER]
-    if learned.stable is not None:
-        apply_stable(request, exchange, learned.stable)
-    # Layer 2, then on the way up layer 1's ledger, the activity record and the kept
-    # Responses object: the same calls, in the same order, as the normal path's HIT.
-    ledger.count(c.RESPONSE_HITS)
-    response = await replay(request, exchange, found.result, age,
-                            (learned.fingerprint, learned.store_key, found.stored_at))
-    account(request, exchange)
-    record_answer(request, exchange, time.time())
-    if learned.kept is not None:
-        app[RESPONSE_STATES].put(tenant, response_id(found.result.id), learned.kept)
-    app[FAST_PATH].hits += 1
-    return response
 
 
 def _learned(request: web.Request, response: web.StreamResponse) -> Learned | None:
@@ -217,29 +157,18 @@ def _learned(request: web.Request, response: web.StreamResponse) -> Learned | No
                    request.get(CONVERSATION), kept)
 
 
+# The raw key the front (proxy/fast_front.py) computed for a request it passed on: the
+# normal path's answer is learned under it.
+RAW_KEY = web.RequestKey("fast_path_raw_key", object)
+
+
 @web.middleware
 async def fast_path_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer a byte-identical repeat of a stored answer; teach the index otherwise."""
-    fast = request.app[FAST_PATH]
-    if not fast.enabled or not _eligible(request):
-        return await handler(request)
-    try:
-        body = await read_body(request)
-    except CachelayerError as error:
-        # The edge's own answer for a body it cannot read (it would read the same).
-        route = API_ROUTES[request.path]
-        log.info("%s %s -> %d %s", request.method, request.path, error.status, error.message)
-        return error_response(request.app[CODECS][route[0]], error)
-    tenant = request_tenant(request.headers)
-    key = raw_key(request.path, body, tenant, request.headers)
-    learned = fast.get(key) if len(fast) else None
-    if learned is not None:
-        response = await _answer(request, learned, tenant)
-        if response is not None:
-            return response
-        fast.forget(key)
+    """Teach the index what the normal path resolved a fast-path-eligible request to."""
     response = await handler(request)
-    learned = _learned(request, response)
-    if learned is not None:
-        fast.learn(key, learned)
+    key = request.get(RAW_KEY)
+    if key is not None:
+        learned = _learned(request, response)
+        if learned is not None:
+            request.app[FAST_PATH].learn(key, learned)
     return response

@@ -20,6 +20,7 @@ from aiohttp import web
 from cachelayer.backend.kv_files import kv_stats
 from cachelayer.periodic import Periodic
 from cachelayer.proxy.background import BACKGROUND
+from cachelayer.proxy.hit_tally import settle_hits
 from cachelayer.proxy.layer import LAYERS
 from cachelayer.proxy.prefix.ledger import LEDGER
 from cachelayer.proxy.state import SETTINGS
@@ -65,6 +66,7 @@ async def sync_ledger(app: web.Application) -> None:
 
 async def export_cycle(app: web.Application) -> None:
     """One export: flush (and share) the ledger, rewrite the metrics file."""
+    settle_hits(app)
     await sync_ledger(app)
     doc = await asyncio.get_running_loop().run_in_executor(None, document, app)
     await asyncio.get_running_loop().run_in_executor(

@@ -102,15 +102,15 @@ class SessionLedger:
                 old + RATE_WEIGHT * (sample - old))
 
     def record(self, conversation: str, client: str, *, now: float, prompt_tokens: int,
-               reused_tokens: int, store_hit: bool) -> None:
-        """Account one answered turn of a conversation."""
+               reused_tokens: int, store_hit: bool, turns: int = 1) -> None:
+        """Account an answered turn of a conversation (`turns` identical ones at once)."""
         with self._lock:
             delta = SessionRecord(
-                client=client, first_seen=now, last_seen=now, turns=1,
-                store_hits=int(store_hit), prompt_tokens=prompt_tokens,
-                reused_tokens=reused_tokens,
-                computed_tokens=max(0, prompt_tokens - reused_tokens),
-                seconds_saved=reused_tokens * self.seconds_per_token)
+                client=client, first_seen=now, last_seen=now, turns=turns,
+                store_hits=turns * int(store_hit), prompt_tokens=turns * prompt_tokens,
+                reused_tokens=turns * reused_tokens,
+                computed_tokens=turns * max(0, prompt_tokens - reused_tokens),
+                seconds_saved=turns * reused_tokens * self.seconds_per_token)
             self._pending.setdefault(conversation, SessionRecord()).merge(delta)
 
     def flush(self) -> None:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from cachelayer.proxy.fast_front import ProxyRunner
+from cachelayer.proxy.fast_path import FAST_PATH
 from tests.support.processes import free_port
 
 __all__ = ["RunningServer", "free_port", "serve_app"]
@@ -43,8 +45,10 @@ def serve_app(
 
     async def _start() -> None:
         app = make()
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5,
-                               handler_cancellation=True)
+        # The proxy's own runner puts its front (fast HITs) before the app, as serving does.
+        runner_class = ProxyRunner if FAST_PATH in app else web.AppRunner
+        runner = runner_class(app, access_log=None, shutdown_timeout=5,
+                              handler_cancellation=True)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         holder["runner"], holder["app"] = runner, app

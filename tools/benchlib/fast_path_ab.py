@@ -25,6 +25,7 @@ from aiohttp import web
 
 from cachelayer.config import Settings
 from cachelayer.proxy.app import make_app
+from cachelayer.proxy.fast_front import ProxyRunner
 from cachelayer.proxy.fast_path import FAST_PATH
 
 T = TypeVar("T")
@@ -35,7 +36,7 @@ def _proxy(settings: Settings) -> Iterator[tuple[asyncio.AbstractEventLoop, web.
     """The proxy app served on settings.port by a loop in a daemon thread; stopped after."""
     loop = asyncio.new_event_loop()
     app = make_app(settings)
-    runner = web.AppRunner(app, access_log=None)
+    runner = ProxyRunner(app, access_log=None)
 
     async def start() -> None:
         await runner.setup()

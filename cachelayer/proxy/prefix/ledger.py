@@ -151,14 +151,16 @@ class Ledger:
 LEDGER = web.AppKey("ledger", Ledger)
 
 
-def count_usage(ledger: Ledger, usage: Usage | None, *, from_store: bool) -> None:
-    """Account one answered request's tokens, measured where the backend measured them.
+def count_usage(ledger: Ledger, usage: Usage | None, *, from_store: bool,
+                times: int = 1) -> None:
+    """Account an answered request's tokens (`times` identical ones at once), measured
+    where the backend measured them.
 
     The backend's `usage.prompt_tokens_details.cached_tokens` says what it reused; a
     stored answer recomputes nothing at all. Estimates never enter these counters.
     """
     if usage is None:
-        ledger.count(c.REQUESTS)
+        ledger.count(c.REQUESTS, times)
         return
     counts = [(c.REQUESTS, 1), (c.TOKENS_INPUT, usage.prompt_tokens)]
     if from_store:
@@ -173,4 +175,4 @@ def count_usage(ledger: Ledger, usage: Usage | None, *, from_store: bool) -> Non
             counts.append((c.KV_UNREPORTED, 1))
     # kv.hits is layer 1's call: a hit is a reuse of the whole stable prefix, not of any
     # token at all (middleware.py).
-    ledger.count_many(counts)
+    ledger.count_many(counts if times == 1 else [(name, n * times) for name, n in counts])

@@ -43,10 +43,15 @@ def client_of(request: web.Request, tenant: str, *, subagent: bool = False) -> s
     their own, so their first request is a new session, not the main agent's "system
     changed".
     """
-    session = request.headers.get(SESSION_HEADER)
+    return client_name(request.headers.get(SESSION_HEADER), conversation_of(request), tenant,
+                       subagent=subagent)
+
+
+def client_name(session: str | None, conversation: str | None, tenant: str, *,
+                subagent: bool = False) -> str:
+    """`client_of` from its parts: the session header, the conversation key, the tenant."""
     if session:
         return "s:" + session[:128] + (":sub" if subagent else "")
-    conversation = conversation_of(request)
     if conversation:
         return f"c:{tenant}:{conversation}"
     return tenant
@@ -88,39 +93,50 @@ def stabilize_exchange(app: web.Application, exchange: Exchange) -> Stable:
 def apply_stable(request: web.Request, exchange: Exchange, stable: Stable) -> None:
     """Count what stabilising changed and put the stable request on the exchange (the
     fast path applies the first pass's Stable to a byte-identical repeat the same way)."""
-    app = request.app
-    ledger = app[LEDGER]
-    if stable.rewrites:
-        ledger.count(c.PREFIX_STRIPPED, len(stable.rewrites))
-        for rule, n in Counter(rule for rule, _ in stable.rewrites).items():
-            ledger.count(c.prefix_rewrites(rule), n)
-        _log_rewritten_once(app, stable)
-    if stable.moved_system:
-        ledger.count(c.PREFIX_SYSTEM_MOVED, stable.moved_system)
-        ledger.count(c.PREFIX_REORDERED)
+    count_stable(request.app, stable)
     exchange.chat, exchange.prefix = stable.chat, stable.prefix
     request[_SUBAGENT] = is_subagent(stable)
 
 
+def count_stable(app: web.Application, stable: Stable, times: int = 1) -> None:
+    """Count what stabilising changed, for `times` requests that it changed alike."""
+    ledger = app[LEDGER]
+    if stable.rewrites:
+        ledger.count(c.PREFIX_STRIPPED, len(stable.rewrites) * times)
+        for rule, n in Counter(rule for rule, _ in stable.rewrites).items():
+            ledger.count(c.prefix_rewrites(rule), n * times)
+        _log_rewritten_once(app, stable)
+    if stable.moved_system:
+        ledger.count(c.PREFIX_SYSTEM_MOVED, stable.moved_system * times)
+        ledger.count(c.PREFIX_REORDERED, times)
+
+
 def account(request: web.Request, exchange: Exchange) -> None:
     """Record the answered request in the ledger: tokens, and how it used its prefix."""
-    app, result = request.app, exchange.result
+    account_answered(request.app, exchange, client_of(
+        request, exchange.tenant, subagent=request.get(_SUBAGENT, False)), request)
+
+
+def account_answered(app: web.Application, exchange: Exchange, client: str,
+                     request: web.Request | None = None, times: int = 1) -> None:
+    """`account` for a named client; `times` identical store replays at once (the fast
+    path's batches). A backend's answer gives its request, to measure its prefix by."""
+    result = exchange.result
     assert result is not None
     ledger = app[LEDGER]
     from_store = exchange.cache_status is CacheStatus.HIT
     usage = result.usage
-    count_usage(ledger, usage, from_store=from_store)
+    count_usage(ledger, usage, from_store=from_store, times=times)
     if exchange.prefix is None:
         if usage is not None and not from_store and usage.cached_tokens:
             ledger.count(c.KV_HITS)  # no stable prefix to measure against: any reuse
         return
     prefix, body = exchange.prefix, exchange.chat.body
-    ledger.count(c.PREFIX_REQUESTS)
+    ledger.count(c.PREFIX_REQUESTS, times)
     prompt = usage.prompt_tokens if usage else 0
     outcome = ledger.prefixes.record(
-        prefix, usage, from_store=from_store,
-        client=client_of(request, exchange.tenant, subagent=request.get(_SUBAGENT, False)),
-        estimate=lambda: byte_share_estimate(body, prompt))
+        prefix, usage, from_store=from_store, client=client,
+        estimate=lambda: byte_share_estimate(body, prompt), times=times)
     if outcome.category == HIT:
         ledger.count(c.PREFIX_HITS)
         ledger.count(c.KV_HITS)
@@ -129,7 +145,7 @@ def account(request: web.Request, exchange: Exchange) -> None:
         ledger.count(counter(outcome.reason))
         log.debug("prefix %s… %s: %s", prefix.prefix_id[:12], outcome.category,
                   outcome.reason.label)
-    if not from_store:
+    if not from_store and request is not None:
         app[PREFIX_SIZER].measure_later(request, ledger, prefix.prefix_id, body)
 
 

@@ -123,8 +123,13 @@ class PrefixLedger:
 
     def record(self, ids: PrefixIds, usage: Usage | None, *, from_store: bool,
                client: str, estimate: Callable[[], int] | None = None,
-               now: float | None = None) -> Outcome:
-        """Account one answered request; `estimate` sizes the prefix when nothing measured it."""
+               now: float | None = None, times: int = 1) -> Outcome:
+        """Account one answered request; `estimate` sizes the prefix when nothing measured it.
+
+        `times`: that many identical store replays at once (the fast path's batches).
+        """
+        if times != 1 and not from_store:
+            raise ValueError("only store replays are accounted several at once")
         now = time.time() if now is None else now
         with self._lock:
             seen = self._seen_before(ids.prefix_id)
@@ -132,9 +137,10 @@ class PrefixLedger:
             self._clients[client] = (ids.tools_hash, ids.system_hash)
             while len(self._clients) > MAX_CLIENTS:
                 self._clients.popitem(last=False)
-            delta = PrefixRecord(tools=ids.tools, first_seen=now, last_seen=now, requests=1)
+            delta = PrefixRecord(tools=ids.tools, first_seen=now, last_seen=now,
+                                 requests=times)
             prompt = usage.prompt_tokens if usage else 0
-            delta.prompt_tokens = prompt
+            delta.prompt_tokens = prompt * times
             delta.min_prompt_tokens = prompt
             size = self._known.get(ids.prefix_id) or 0
             if size:
@@ -144,8 +150,9 @@ class PrefixLedger:
                 # replay needs none, and estimating costs two serialisations of the body.
                 delta.prefix_tokens = size = estimate()
             if from_store:
-                delta.store_hits = 1
-                delta.store_tokens_saved = prompt + (usage.completion_tokens if usage else 0)
+                delta.store_hits = times
+                delta.store_tokens_saved = times * (
+                    prompt + (usage.completion_tokens if usage else 0))
                 outcome = Outcome(REPLAYED)
             else:
                 if usage is not None and usage.cached_tokens is not None:

@@ -14,9 +14,11 @@ from collections.abc import Hashable
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from cachelayer.protocol.chat import ChatResult
+from cachelayer.protocol.chat import ChatRequest, ChatResult
+from cachelayer.protocol.codec import Codec
 from cachelayer.protocol.early_usage import as_replayed
 from cachelayer.protocol.sse import render_sse, write_sse
+from cachelayer.proxy.memo import Memo
 from cachelayer.proxy.prefix.ledger import LEDGER, Ledger
 from cachelayer.proxy.state import EXCHANGE, SETTINGS, CacheStatus, Exchange
 from cachelayer.proxy.store import waiters
@@ -47,36 +49,45 @@ def request_key(request: web.Request, exchange: Exchange) -> str:
     return key
 
 
-def render(exchange: Exchange, result: ChatResult) -> bytes:
+def render(chat: ChatRequest, codec: Codec, result: ChatResult) -> bytes:
     """A stored result in the client's API: one JSON body, or one SSE stream's bytes.
 
     Its usage says what a replay cost: the whole prompt read from cache, nothing created.
     """
     result = as_replayed(result)
-    if exchange.chat.stream:
-        return render_sse(exchange.codec, exchange.chat, result)
-    return exchange.codec.render_response(result, exchange.chat)
+    if chat.stream:
+        return render_sse(codec, chat, result)
+    return codec.render_response(result, chat)
+
+
+def rendered(memo: Memo[bytes], chat: ChatRequest, codec: Codec, result: ChatResult,
+             memo_key: Hashable | None) -> bytes:
+    """`render`, remembered under memo_key (the raw request's digest, the store key and
+    when the answer was stored): rendering is pure, so a repeat reuses the bytes."""
+    body = memo.get(memo_key) if memo_key is not None else None
+    if body is None:
+        body = render(chat, codec, result)
+        if memo_key is not None:
+            memo.put(memo_key, body)
+    return body
+
+
+async def respond(request: web.Request, chat: ChatRequest, body: bytes,
+                  headers: dict[str, str]) -> web.StreamResponse:
+    """Send rendered bytes: one SSE stream if the request streams, else one JSON body."""
+    if chat.stream:
+        return await write_sse(request, body, headers)
+    return web.Response(body=body, content_type="application/json", headers=headers)
 
 
 async def replay(
-    request: web.Request, exchange: Exchange, result: ChatResult, age: float,
+    request: web.Request, chat: ChatRequest, codec: Codec, result: ChatResult, age: float,
     memo_key: Hashable | None = None,
 ) -> web.StreamResponse:
-    """Answer from a stored result, as JSON or SSE per the current request's stream flag.
-
-    With a memo key (the raw request's digest, the store key and when the answer was
-    stored), the rendered bytes of a repeat are reused: rendering is pure.
-    """
-    memo = request.app[RENDER_MEMO]
-    body = memo.get(memo_key) if memo_key is not None else None
-    if body is None:
-        body = render(exchange, result)
-        if memo_key is not None:
-            memo.put(memo_key, body)
-    headers = {"Age": str(int(age))}
-    if exchange.chat.stream:
-        return await write_sse(request, body, headers)
-    return web.Response(body=body, content_type="application/json", headers=headers)
+    """Answer from a stored result, as JSON or SSE per the current request's stream flag
+    (its rendered bytes remembered under memo_key, when there is one)."""
+    body = rendered(request.app[RENDER_MEMO], chat, codec, result, memo_key)
+    return await respond(request, chat, body, {"Age": str(int(age))})
 
 
 @web.middleware
@@ -103,7 +114,8 @@ async def store_middleware(request: web.Request, handler: Handler) -> web.Stream
                 ledger.count(c.RESPONSE_HITS)
                 memo_key = ((exchange.fingerprint, key, found.stored_at)
                             if exchange.fingerprint else None)
-                return await replay(request, exchange, found.result, age, memo_key)
+                return await replay(request, exchange.chat, exchange.codec, found.result,
+                                    age, memo_key)
             exchange.cache_status = CacheStatus.EXPIRED
     coalescer = app[COALESCER]
     leads = False
@@ -136,7 +148,7 @@ async def store_middleware(request: web.Request, handler: Handler) -> web.Stream
             begun = waiters.begun(request)
             if begun is not None:
                 return await waiters.finish_begun(begun, shared)
-            return await replay(request, exchange, shared, 0.0)
+            return await replay(request, exchange.chat, exchange.codec, shared, 0.0)
         exchange.cache_status = miss_status
     ledger.count(c.LOOKUP_COUNTERS[exchange.cache_status.value])
     kept = False

@@ -222,3 +222,28 @@ def test_switched_off_every_repeat_takes_the_normal_path(
     proxy.call(lambda: setattr(proxy.app[FAST_PATH], "enabled", True))
     assert _send(proxy, route, raw, headers, "c").headers["X-Cache-Status"] == "HIT"
     assert _fast_hits(proxy) == 1 and _calls(upstream) == 1
+
+
+@pytest.mark.parametrize("case", ["chat", "responses"])
+def test_fast_hits_answered_together_count_as_many_normal_hits(
+    proxy: RunningServer, upstream: tuple[FakeUpstream, RunningServer], case: str,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    route, body, headers = CASES[case]
+    raw = json.dumps(body).encode()
+    assert _send(proxy, route, raw, headers, "a").headers["X-Cache-Status"] == "MISS"
+    wait_until(lambda: _stats(proxy).get(".layers.response.stored") == 1,
+               "the MISS's answer to be written to the store")
+    before = _stats(proxy)
+    assert _send(proxy, route, _reordered(body), headers, "n").headers["X-Cache-Status"] == "HIT"
+    one = _delta(before, _stats(proxy))
+    before, hits = _stats(proxy), _fast_hits(proxy)
+    # Sent at once, they are accounted in groups (proxy/hit_tally.py), not one by one.
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: _send(proxy, route, raw, headers, f"r{i}"), range(24)))
+    assert {a.headers["X-Cache-Status"] for a in answers} == {"HIT"}
+    assert _fast_hits(proxy) == hits + 24
+    many = _delta(before, _stats(proxy))
+    assert many == {k: 24 * v for k, v in one.items()}
+    assert _calls(upstream) == 1
