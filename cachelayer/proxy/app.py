@@ -2,9 +2,12 @@
 
 A completion request goes down, and its answer comes back up, this chain:
 
-1. `fast_path_middleware` (proxy/fast_path.py) answers a byte-identical repeat of a
-   stored answer without parsing it: named, logged and counted as the layers below
-   count a HIT (its accounting batched per turn of the loop, proxy/hit_tally.py).
+0. Before the application: the front (proxy/fast_front.py, put there by `ProxyRunner`)
+   answers a byte-identical repeat of a stored answer without entering it: named,
+   logged and counted as the layers below count a HIT (its accounting batched,
+   proxy/hit_tally.py). Anything else comes in here, with its raw key.
+1. `fast_path_middleware` (proxy/fast_path.py) learns what the normal path resolved a
+   request to, so its next repeat is a fast HIT.
    `access_middleware` (proxy/access.py) names the request, hides its credentials
    from every log line; on the way up it times the upstream and writes the access line.
 2. `edge_middleware` (proxy/edge.py) reads and validates the body into one neutral
@@ -67,7 +70,7 @@ def make_app(settings: Settings) -> web.Application:
     """Build the proxy application for these settings."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        # Outermost first: the fast path for byte-identical repeats, request ids and the
+        # Outermost first: the fast path's learning, request ids and the
         # access log, the edge (parse, errors in the client's shape), the Responses state,
         # activity, layer 1 (prefix), layer 2 (store); the handler is layer 3.
         middlewares=[fast_path_middleware, access_middleware, edge_middleware,
