@@ -11,7 +11,8 @@ everywhere. `fast_path_middleware`, outermost in the application, learns it: aft
 normal path answered a request the front passed on with its raw key. Anything else (an
 unknown raw key, an answer gone after a clear or its TTL, `no-cache`/`no-store`, an
 answer older than `max-age`) takes the normal path unchanged, which then teaches the
-index again."""
+index again.
+"""
 
 from __future__ import annotations
 
