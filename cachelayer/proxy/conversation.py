@@ -11,6 +11,7 @@ who "the last request" was (so a second session on one API key is a new session,
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 
 from aiohttp import web
 
@@ -21,10 +22,17 @@ MAX_KEY_CHARS = 128
 
 def conversation_of(request: web.Request) -> str | None:
     """The client's conversation key (body's prompt_cache_key, else a session header)."""
-    key = request.get(CONVERSATION)
-    if not key:
-        key = next((request.headers[h] for h in SESSION_HEADERS if request.headers.get(h)),
-                   None)
+    return conversation_key(request.get(CONVERSATION), session_header(request.headers))
+
+
+def session_header(headers: Mapping[str, str]) -> str | None:
+    """The first session header the client sent (opencode's), or None."""
+    return next((headers[h] for h in SESSION_HEADERS if headers.get(h)), None)
+
+
+def conversation_key(from_body: str | None, session: str | None) -> str | None:
+    """`conversation_of` from its parts: the body's key, else the session header."""
+    key = from_body or session
     return key[:MAX_KEY_CHARS] if key else None
 
 

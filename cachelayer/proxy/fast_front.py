@@ -22,7 +22,7 @@ from aiohttp.web_request import BaseRequest
 
 from cachelayer.errors import CachelayerError
 from cachelayer.proxy.access import REQUEST_IDS, log_hit, name_request
-from cachelayer.proxy.conversation import SESSION_HEADERS
+from cachelayer.proxy.conversation import session_header
 from cachelayer.proxy.edge import API_ROUTES, TENANT, read_body
 from cachelayer.proxy.fast_path import FAST_PATH, RAW_KEY, FastPath, Learned, raw_key
 from cachelayer.proxy.identity import request_tenant
@@ -110,7 +110,7 @@ class Front:
         self.fast.hits += 1
         self.fast.tally.add(self.app, key, learned, found.result, found.stored_at, tenant,
                             headers.get(CLAUDE_CODE_HEADER),
-                            headers.get(SESSION_HEADERS[0]) or headers.get(SESSION_HEADERS[1]),
+                            session_header(headers),
                             now)
         log_hit(request, rid, found.result.usage, started)
         return response

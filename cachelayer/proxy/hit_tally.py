@@ -28,7 +28,7 @@ from cachelayer.protocol.chat import ChatRequest, ChatResult
 from cachelayer.protocol.codec import Codec
 from cachelayer.protocol.responses_stream import response_id
 from cachelayer.proxy.activity import record_answered
-from cachelayer.proxy.conversation import MAX_KEY_CHARS
+from cachelayer.proxy.conversation import conversation_key
 from cachelayer.proxy.prefix.ledger import LEDGER
 from cachelayer.proxy.prefix.middleware import (
     account_answered,
@@ -153,8 +153,7 @@ def _account(app: web.Application, group: _Group) -> None:
         count_stable(app, learned.stable, n)
         exchange.chat, exchange.prefix = learned.stable.chat, learned.stable.prefix
         subagent = is_subagent(learned.stable)
-    # conversation_of(): the body's key, else the session headers.
-    conversation = (learned.conversation or group.session or "")[:MAX_KEY_CHARS] or None
+    conversation = conversation_key(learned.conversation, group.session)
     account_answered(app, exchange, client_name(group.claude_session, conversation, tenant,
                                                 subagent=subagent), times=n)
     record_answered(app, exchange, group.last, name_conversation(

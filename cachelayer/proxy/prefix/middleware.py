@@ -92,7 +92,7 @@ def stabilize_exchange(app: web.Application, exchange: Exchange) -> Stable:
 
 def apply_stable(request: web.Request, exchange: Exchange, stable: Stable) -> None:
     """Count what stabilising changed and put the stable request on the exchange (the
-    fast path applies the first pass's Stable to a byte-identical repeat the same way)."""
+    fast path's tally counts a batch of repeats with `count_stable` and a count)."""
     count_stable(request.app, stable)
     exchange.chat, exchange.prefix = stable.chat, stable.prefix
     request[_SUBAGENT] = is_subagent(stable)
