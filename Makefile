@@ -69,9 +69,12 @@ system-deps:
 test: $(BIN)/.test-installed $(CLAUDE) $(CODEX) system-deps lint  ## create the virtualenv, install, lint, run every test
 	$(BIN)/pytest
 
+# The quick loop spreads test files over the cores (pytest-xdist, a file per worker at a
+# time so a module's servers start once); the full run stays serial for the timing-bound
+# slow tests.
 unit: $(BIN)/.test-installed  ## the quick loop (under a minute): lint, then every test not marked slow
 	$(BIN)/ruff check cachelayer tests tools
-	$(BIN)/pytest -m "not slow" -q
+	$(BIN)/pytest -m "not slow" -q -n auto --dist loadfile
 
 check: unit
 

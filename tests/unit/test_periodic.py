@@ -63,11 +63,12 @@ async def test_first_tick_waits_an_interval_unless_immediately() -> None:
 
 async def test_stop_lets_a_running_tick_finish_instead_of_cancelling_it() -> None:
     events: list[str] = []
+    release = asyncio.Event()
 
     async def slow_tick() -> None:
         events.append("began")
         try:
-            await asyncio.sleep(0.1)  # the scenario: a tick that takes 0.1 s
+            await release.wait()  # the scenario: a tick still running when stop() comes
         except asyncio.CancelledError:
             events.append("cancelled")
             raise
@@ -76,7 +77,13 @@ async def test_stop_lets_a_running_tick_finish_instead_of_cancelling_it() -> Non
     loop = Periodic(slow_tick, 0.001, name="slow")
     loop.start()
     await async_wait_until(lambda: events, "the tick to begin", interval=0.001)
-    await loop.stop(grace_s=2.0)
+    stopping = asyncio.create_task(loop.stop(grace_s=2.0))
+    # The tick ends only once stop() is waiting on it: a stop that cancelled it would
+    # have done so by then.
+    await async_wait_until(lambda: loop._wake.is_set(), "stop() to wake the loop")
+    assert not stopping.done()
+    release.set()
+    await stopping
     assert events == ["began", "ended"]
     assert not loop.running
 
@@ -102,7 +109,7 @@ async def test_stop_cancels_a_tick_still_running_after_the_grace() -> None:
     async def endless_tick() -> None:
         began.set()
         try:
-            await asyncio.sleep(3600)  # the scenario: a tick that never ends by itself
+            await asyncio.Event().wait()  # the scenario: a tick that never ends by itself
         except asyncio.CancelledError:
             events.append("cancelled")
             raise

@@ -219,9 +219,14 @@ def test_lookups_while_a_shared_prefix_is_being_written_see_whole_blocks_only(
     live = _prefill(model, tokens)
     store = _store(tmp_path)
     original = store._write_file
+    lookups = threading.Semaphore(0)
 
     def slow_write(*args: Any) -> int:
-        time.sleep(0.05)  # the scenario, not a wait: a slow disk keeps the write in flight
+        # The scenario: a disk so slow that both readers look up between any two block
+        # writes, so every lookup meets a write in flight.
+        for _ in range(2):
+            if not lookups.acquire(timeout=30):
+                raise AssertionError("the readers stopped looking up")
         return original(*args)
 
     monkeypatch.setattr(store, "_write_file", slow_write)
@@ -233,6 +238,7 @@ def test_lookups_while_a_shared_prefix_is_being_written_see_whole_blocks_only(
     def reader(suffix: int) -> None:
         while writer.is_alive():
             match = store.nearest([*tokens[:150], suffix], kinds)
+            lookups.release()
             if match is None:
                 continue
             restored = store.load(match, kinds)
