@@ -27,19 +27,24 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from cachelayer.config import Settings, check_store_url, redact_url
 from cachelayer.errors import StoreUnavailable
 from cachelayer.periodic import Periodic
 from cachelayer.protocol.chat import ChatResult
+from cachelayer.proxy.memo import Memo
 from cachelayer.proxy.store.backends.base import PutOutcome, StoredAnswer
 from cachelayer.proxy.store.backends.redis_ledger import SharedLedger
+from cachelayer.proxy.store.backends.redis_pipe import RedisPipe, ReplyError
 from cachelayer.telemetry.prefix_records import PrefixRecord
 
 log = logging.getLogger(__name__)
 MAGIC = b"CLR1"  # a value without it was not written by cachelayer: a miss, never parsed
 _HEADER = struct.Struct("<4sd")  # magic, stored_at; then the result's bytes
+_LAST_HEADER_BYTE = str(_HEADER.size - 1).encode()
+# Decoded entries by (name, header): as many as the render memo keeps rendered answers.
+DECODED_ENTRIES = 256
 WATCH_EVERY_S = 0.25
 STATS_EVERY_S = 2.0
 _SCAN_BATCH = 500
@@ -78,6 +83,8 @@ class RedisTier:
 
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self.client = client
+        self.pipe = RedisPipe(client)  # the hit path's reads; redis-py for the rest
+        self._decoded: Memo[tuple[StoredAnswer, int]] = Memo(DECODED_ENTRIES)
         self.label = settings.store_label
         self.size_limit = 0  # Redis's maxmemory bounds the size; read from INFO
         self.degraded: str | None = "not connected yet"
@@ -159,16 +166,30 @@ class RedisTier:
             self._down(exc)
 
     async def read(self, key: str) -> tuple[StoredAnswer, int] | None:
-        """One GET; anything unreadable or foreign is a miss."""
+        """The entry as Redis holds it now; anything unreadable or foreign is a miss.
+
+        Every read asks Redis, so an entry deleted, replaced or expired anywhere is a
+        miss at once. But an entry's bytes never change under one header (magic and
+        stored_at), so the header is read first (GETRANGE, 12 bytes) and the whole entry
+        only when this proxy has not decoded that version of it yet.
+        """
         if self.degraded is not None:
             return None
+        name = (self.prefix + key).encode()
         try:
-            raw = await self.client.get(self.prefix + key)
-        except ResponseError as exc:  # WRONGTYPE: someone else's hash or list under our key
+            header = await self.pipe.call(b"GETRANGE", name, b"0", _LAST_HEADER_BYTE)
+            if not isinstance(header, bytes) or not header:
+                return None
+            known = self._decoded.get((name, header))
+            if known is not None:
+                return known
+            raw = (await self.pipe.call(b"GET", name) if header.startswith(MAGIC)
+                   else header)  # foreign: decode() refuses it without the rest
+        except ReplyError as exc:  # WRONGTYPE: someone else's hash or list under our key
             self._foreign += 1
             log.warning("redis entry for a key is not ours (%s): a miss", exc)
             return None
-        except (RedisError, OSError) as exc:
+        except OSError as exc:
             self._down(exc)
             return None
         if raw is None:
@@ -178,7 +199,8 @@ class RedisTier:
             self._foreign += 1
             log.warning("redis entry for a key is not a cachelayer answer: a miss")
             return None
-        return answer, len(raw)
+        assert isinstance(raw, bytes)
+        return self._decoded.put((name, raw[:_HEADER.size]), (answer, len(raw)))
 
     async def write(self, key: str, answer: StoredAnswer, body: bytes,
                     ttl_left_s: float) -> PutOutcome:
@@ -219,6 +241,7 @@ class RedisTier:
         """Stop watching and close the connection pool (the front closes this tier
         last: the fleet and the shared ledger use the same client)."""
         await self._watcher.stop()
+        self.pipe.close()
         await self.client.aclose()
 
 
