@@ -21,12 +21,14 @@ Part 3: the fast path on and off in one proxy process, alternating (benchlib/
 fast_path_ab.py): answers/s and the loop thread's CPU per answer in each mode, so its
 own effect is measured without another process or another moment between the two.
 
-Part 2: misses, one request at a time, in turn to the fake upstream directly, to
-cachelayer (diskcache) in front of it and (with `--reference`) to the reference proxy.
+Part 2: misses, one request at a time, in turn to the fake upstream directly, through a
+bare aiohttp relay (benchlib/targets.py: reads, forwards, answers the bytes: the second
+hop alone), through cachelayer (diskcache) and (with `--reference`) the reference proxy.
 Every request has a body never sent before (a counter in its last message), so cachelayer
 looks it up, misses, forwards, relays and stores it: the whole miss path, the fast path's
-hashing and learning included. Reported: p50 and p99 of each and the p50 each proxy adds
-over direct; the reference's beside this checkout's is what the fast path costs a miss.
+hashing and learning included. Reported: p50 and p99 of each, the p50 each adds over
+direct and over the bare relay (cachelayer's own work); the reference's beside this
+checkout's is what the fast path costs a miss.
 """
 
 from __future__ import annotations
@@ -206,6 +208,8 @@ async def _misses(urls: dict[str, str], rounds: int) -> dict[str, Any]:
                            for name, ms in times.items()}
     out["added_p50_ms"] = {name: out[name]["p50_ms"] - out["direct"]["p50_ms"]
                            for name in urls if name != "direct"}
+    out["over_relay_p50_ms"] = {name: out[name]["p50_ms"] - out["bare relay"]["p50_ms"]
+                                for name in urls if name not in ("direct", "bare relay")}
     return out
 
 
@@ -217,7 +221,11 @@ def misses(work: Path, rounds: int, reference: tuple[str, str] | None) -> dict[s
         port = procs.free_port()
         fake = stack.enter_context(procs.server(
             "fake-miss", procs.target_argv("fake", port), port, logs))
-        urls = {"direct": fake.url + ROUTE}
+        port = procs.free_port()
+        relay = stack.enter_context(procs.server("relay-miss", procs.target_argv(
+            "relay", port, "--upstream", fake.url), port, logs))
+        # The bare relay: what the second hop alone adds, before any caching work.
+        urls = {"direct": fake.url + ROUTE, "bare relay": relay.url + ROUTE}
         checkouts: dict[str, Path | None] = {"cachelayer": None}
         if reference is not None:
             ref, commit = reference

@@ -5,6 +5,9 @@ reads the request and answers a fixed body (the fastest any aiohttp server can a
 `python -m benchlib.targets fake --port P`: the test suite's scripted fake upstream with
 a fixed 256-word answer, plus `GET /bench/calls` to count the requests that reached it
 (which is how the store benchmark proves that every measured request was a hit).
+`python -m benchlib.targets relay --port P --upstream URL`: a bare aiohttp relay that reads
+the request, posts it to the upstream on one kept-alive session and answers its bytes
+(what a second HTTP hop costs a miss before any caching work: the floor of any proxy).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,6 +55,32 @@ def make_ceiling(body: bytes) -> web.Application:
     return app
 
 
+def make_relay(upstream: str) -> web.Application:
+    """A bare relay: the request's bytes to the upstream, its answer's bytes back."""
+    session_key = web.AppKey("session", aiohttp.ClientSession)
+
+    async def session(app: web.Application) -> Any:
+        async with aiohttp.ClientSession() as client:
+            app[session_key] = client
+            yield
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = {"Content-Type": "application/json",
+                   "Authorization": request.headers.get("Authorization", "")}
+        async with request.app[session_key].post(upstream + request.path, data=body,
+                                                 headers=headers) as answer:
+            data = await answer.read()
+            return web.Response(body=data, status=answer.status,
+                                content_type=answer.content_type)
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.cleanup_ctx.append(session)
+    app.router.add_post("/v1/chat/completions", handle)
+    app.router.add_get("/health", lambda _r: _ok())
+    return app
+
+
 async def _ok() -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -78,14 +108,19 @@ def make_fake() -> web.Application:
 def main(argv: list[str] | None = None) -> int:
     """Run one target server in the foreground until SIGTERM."""
     parser = argparse.ArgumentParser(prog="benchlib.targets")
-    parser.add_argument("kind", choices=["ceiling", "fake"])
+    parser.add_argument("kind", choices=["ceiling", "fake", "relay"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--body-file", type=Path)
+    parser.add_argument("--upstream")
     args = parser.parse_args(argv)
     if args.kind == "ceiling":
         if args.body_file is None:
             parser.error("ceiling needs --body-file")
         app = make_ceiling(args.body_file.read_bytes())
+    elif args.kind == "relay":
+        if not args.upstream:
+            parser.error("relay needs --upstream")
+        app = make_relay(args.upstream)
     else:
         app = make_fake()
     web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
