@@ -219,12 +219,15 @@ def store_hits_miss(r: Data) -> list[str]:
     """tools/bench_store_hits.py part 2: a miss through each proxy beside direct."""
     miss = r["miss"]
     added = miss["added_p50_ms"]
-    rows = ["| path | requests | p50 | p99 | added p50 |", "|---|---:|---:|---:|---:|"]
+    over_relay = miss.get("over_relay_p50_ms", {})
+    rows = ["| path | requests | p50 | p99 | added p50 | over the bare relay |",
+            "|---|---:|---:|---:|---:|---:|"]
     for name, point in miss.items():
         if isinstance(point, dict) and "p50_ms" in point:
             extra = f"{added[name]:+.2f} ms" if name in added else "-"
+            own = f"{over_relay[name]:+.2f} ms" if name in over_relay else "-"
             rows.append(f"| {name} | {point['n']} | {point['p50_ms']:.2f} ms | "
-                        f"{point['p99_ms']:.2f} ms | {extra} |")
+                        f"{point['p99_ms']:.2f} ms | {extra} | {own} |")
     return rows
 
 
