@@ -39,12 +39,12 @@ def test_quick_store_hits_bench_measures_every_store_and_the_misses(tmp_path: Pa
             assert point["cpu_us_median"] > 0, name
             assert point["upstream_calls"] == 0, name  # every measured request was a hit
     miss = data["miss"]
-    proxies = [name for name in miss["added_p50_ms"]]
-    assert len(proxies) == 2
+    proxies = list(miss["over_relay_p50_ms"])
+    assert len(proxies) == 2 and set(miss["added_p50_ms"]) == {"bare relay", *proxies}
     for name in proxies:
         assert miss[name]["cache_status"] == {"MISS": miss[name]["n"]}
-    # every request, measured or warm-up, direct or proxied, reached the upstream once
-    assert miss["upstream_calls"] == 3 * (30 + 5)
+    # every request, measured or warm-up, direct, relayed or proxied, reached the upstream once
+    assert miss["upstream_calls"] == 4 * (30 + 5)
     assert set(data["met"]) >= {"a miss adds <= 1 ms p50", "diskcache, 8 connections"}
     # on/off in one process: every "on" run answered on the fast path, no "off" run did
     runs = data["on_and_off"]["runs"]
