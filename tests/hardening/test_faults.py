@@ -215,19 +215,6 @@ def _not_http(conn: socket.socket) -> None:
     conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
 
 
-def _sse_then_close(conn: socket.socket) -> None:
-    read_request_head(conn)
-    chunk = (b'data: {"id": "c", "model": "m", "created": 1, "choices": [{"index": 0, '
-             b'"delta": {"content": "partial"}, "finish_reason": null}]}\n\n')
-    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                 b"Transfer-Encoding: chunked\r\n\r\n"
-                 + f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-    # Part of the scenario, not a wait: the upstream pauses before its reset (RST drops
-    # data the peer has not read yet), so the partial chunk is relayed before the cut.
-    time.sleep(0.1)
-    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-
-
 HANG_UPS: list[Any] = [
     pytest.param(_close_at_once, id="closes-before-answering"),
     pytest.param(_reset, id="resets-the-connection"),
@@ -253,11 +240,29 @@ def test_upstream_closing_the_connection_gets_502(
 def test_upstream_resetting_mid_stream_ends_with_an_error_event(
     start_proxy: ProxyFactory, path: str
 ) -> None:
-    with raw_tcp_server(_sse_then_close) as url, start_proxy(upstream=url) as proxy:
-        answer = http.post(proxy.url + path, json=body_for(path, stream=True), timeout=30)
-        assert answer.status == 200
-        assert b"partial" in answer.content
-        assert stream_failed(path, answer.content), answer.content[-300:]
+    relayed = threading.Event()
+
+    def sse_then_reset(conn: socket.socket) -> None:
+        if not read_request_head(conn).startswith(b"POST"):
+            return  # the proxy's model probe: closed unanswered, the scenario is the POST
+        chunk = (b'data: {"id": "c", "model": "m", "created": 1, "choices": [{"index": 0, '
+                 b'"delta": {"content": "partial"}, "finish_reason": null}]}\n\n')
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n"
+                     + f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        # The reset comes once the client has the partial chunk: an RST drops what the
+        # proxy has not read yet, so it must not overtake the chunk.
+        if relayed.wait(30):
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    with raw_tcp_server(sse_then_reset) as url, start_proxy(upstream=url) as proxy:
+        with http.streaming(proxy.url + path, body_for(path, stream=True), 30) as answer:
+            assert answer.status == 200
+            content = http.read_until(answer, b"partial")
+            relayed.set()
+            content += answer.read()
+        assert b"partial" in content
+        assert stream_failed(path, content), content[-300:]
         assert_nothing_stored_and_healthy(proxy)
 
 

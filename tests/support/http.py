@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +47,27 @@ def post(url: str, json: Any = None, **kwargs: Any) -> Answer:
 def get(url: str, **kwargs: Any) -> Answer:
     """GET a URL."""
     return request("GET", url, **kwargs)
+
+
+@contextlib.contextmanager
+def streaming(url: str, json_body: Any, timeout: float = 60
+              ) -> Iterator[http.client.HTTPResponse]:
+    """POST a JSON body and hold the answer open, to read an SSE body as it arrives."""
+    req = urllib.request.Request(url, data=json.dumps(json_body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as response:
+        yield response
+
+
+def read_until(response: http.client.HTTPResponse, marker: bytes) -> bytes:
+    """Lines of an open answer up to the one holding marker (all of it if none does)."""
+    content = b""
+    while marker not in content:
+        line = response.readline()
+        if not line:
+            break
+        content += line
+    return content
 
 
 def sse_events(content: bytes) -> list[Any]:

@@ -231,6 +231,20 @@ def store_hits_miss(r: Data) -> list[str]:
     return rows
 
 
+def redis_reads(r: Data) -> list[str]:
+    """tools/bench_redis_reads.py: redis-py beside the pipelined connection, per read."""
+    rows = [f"{r['reads_per_cell']:,} reads per cell, median of {r['repetitions']}; "
+            f"the value is {r['value_bytes']:,} bytes.", "",
+            "| read | in flight | redis-py CPU/read | pipe CPU/read | redis-py / pipe |",
+            "|---|---:|---:|---:|---:|"]
+    names = {"header": "12-byte header (GETRANGE)", "whole": "whole entry (GET)"}
+    for what, by_n in r["reads"].items():
+        for n, cell in by_n.items():
+            rows.append(f"| {names.get(what, what)} | {n} | {cell['redis-py']['cpu_us']:.0f} µs"
+                        f" | {cell['pipe']['cpu_us']:.0f} µs | {cell['cpu_ratio']:.1f}x |")
+    return rows
+
+
 def store_hits_on_off(r: Data) -> list[str]:
     """tools/bench_store_hits.py part 3: the fast path on and off in one process."""
     ab = r["on_and_off"]
@@ -302,6 +316,7 @@ BLOCKS: dict[str, Block] = {
     "store-hits": Block(("store-hits.json",), store_hits_table),
     "store-hits-miss": Block(("store-hits.json",), store_hits_miss),
     "store-hits-on-off": Block(("store-hits.json",), store_hits_on_off),
+    "redis-reads": Block(("redis-reads.json",), redis_reads),
     "store-hits-targets": Block(("store-hits.json",), store_hits_targets),
     "kv-budget": Block(("kv-budget.json",), budget_tables),
 }

@@ -1,10 +1,10 @@
 """A lean pipelined Redis connection for the hit path's reads.
 
-redis-py spends 80-140 µs of CPU on every command (pool checkout, packing, its reply
+redis-py spends 80-180 µs of CPU on every command (pool checkout, packing, its reply
 parser), more than the rest of a store hit. This connection is the hit path's only: every
 read is written at once on one socket, replies are matched to callers in order (RESP2),
-and concurrent hits share the socket and its system calls. 12-byte reads cost about
-15 µs here at 8 in flight, against 85 µs through redis-py (tools/bench_store_hits.py).
+and concurrent hits share the socket and its system calls: a 12-byte read costs a
+fraction of redis-py's CPU (tools/bench_redis_reads.py measures both in one run).
 
 It connects as the redis-py client it is made from does (host, port, database, user,
 password, and TLS with that client's own context, so a URL's `ssl_*` options hold), and
@@ -171,7 +171,8 @@ class RedisPipe:
         return await self._send(protocol, args)
 
     async def _send(self, protocol: _Protocol, args: tuple[bytes, ...]) -> Reply:
-        assert protocol.transport is not None
+        if protocol.lost.done() or protocol.transport is None:
+            raise PipeError("connection lost")  # nothing written now could be answered
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiting.append((future, time.monotonic()))
         protocol.transport.write(pack(*args))
