@@ -71,6 +71,24 @@ def test_answer_stored_through_one_proxy_is_a_hit_on_the_other_byte_identical(
     assert len(upstream.calls) == 2  # one upstream call per distinct request, not per proxy
 
 
+def test_without_a_hot_tier_every_hit_asks_redis_and_sees_a_delete_at_once(
+        redis_server: RedisServer, fake: tuple[FakeUpstream, RunningServer],
+        proxies: SpawnProxies) -> None:
+    upstream, server = fake
+    a, b = proxies(2, server.url, "--store", redis_server.url(), "--hot-tier-size", "0")
+    body = chat("no hot tier")
+    assert status_of(a, body)[0] == "MISS"
+    answers = {status_of(p, body) for p in (b, b, a, b)}  # repeats: the fast path's too
+    assert {status for status, _ in answers} == {"HIT"} and len(answers) == 1
+    client = redis_server.client()
+    getranges = int(client.info("commandstats")["cmdstat_getrange"]["calls"])
+    assert getranges >= 4  # each hit read the entry's header in Redis
+    (name,) = client.scan_iter(match="cachelayer:r:*")
+    client.delete(name)  # gone from Redis: no proxy may answer it from memory
+    assert status_of(b, body)[0] == "MISS"
+    assert len(upstream.calls) == 2
+
+
 def _load(proxy: ProxyProcess, bodies: list[dict[str, Any]], seen: Counter[str],
           lock: threading.Lock) -> None:
     for body in bodies:
