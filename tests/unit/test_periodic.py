@@ -89,17 +89,21 @@ async def test_stop_lets_a_running_tick_finish_instead_of_cancelling_it() -> Non
 
 
 async def test_stop_wakes_a_loop_waiting_out_a_long_interval() -> None:
-    async def tick() -> None:
-        raise AssertionError("never reached: the first wait is an hour")
+    ticks: list[str] = []
 
-    loop = Periodic(tick, 3600.0, name="hourly")
+    async def tick() -> None:
+        ticks.append("tick")
+
+    loop = Periodic(tick, 3600.0, name="hourly", immediately=True)
     loop.start()
-    await asyncio.sleep(0)  # not a wait: one turn of the event loop runs the task to its wait
+    # Its immediate tick done, the loop waits out its hour.
+    await async_wait_until(lambda: ticks, "the immediate tick")
     assert loop.running
     started = time.monotonic()
     await loop.stop()
     assert time.monotonic() - started < 0.5
     assert not loop.running
+    assert ticks == ["tick"]  # woken to stop, not to tick again
 
 
 async def test_stop_cancels_a_tick_still_running_after_the_grace() -> None:
