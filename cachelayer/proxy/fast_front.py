@@ -30,7 +30,7 @@ from cachelayer.proxy.memo import MAX_MEMO_BODY
 from cachelayer.proxy.state import SETTINGS, CacheStatus
 from cachelayer.proxy.store.layer import RENDER_MEMO, STORE
 from cachelayer.proxy.store.middleware import rendered, respond
-from cachelayer.proxy.store.policy import parse_cache_control
+from cachelayer.proxy.store.policy import CacheControl, parse_cache_control
 from cachelayer.telemetry.sessions import CLAUDE_CODE_HEADER
 
 RequestHandler = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
@@ -47,7 +47,7 @@ class Front:
         # A body the edge would refuse as too large is the edge's to refuse.
         self.max_body = min(MAX_MEMO_BODY, app[SETTINGS].max_body_bytes)
 
-    def _eligible(self, request: web.Request) -> bool:
+    def _eligible(self, request: web.Request, control: CacheControl | None) -> bool:
         """A proxied POST with a small, plain JSON body already on its way (no
         `Expect: 100-continue`, which the application answers), whose Cache-Control lets
         a stored answer be used."""
@@ -58,18 +58,15 @@ class Front:
         if (length is None or not 0 < length <= self.max_body
                 or "Content-Encoding" in headers or "Expect" in headers):
             return False
-        control = headers.get("Cache-Control")
-        if control:
-            parsed = parse_cache_control(control)
-            if parsed.no_cache or parsed.no_store:
-                return False
-        return True
+        return control is None or not (control.no_cache or control.no_store)
 
     async def __call__(self, base: BaseRequest) -> web.StreamResponse:
         """Answer a known repeat; hand anything else to the application."""
         # The application's request factory made it; not routed yet (no `request.app`).
         request = cast(web.Request, base)
-        if not self._eligible(request):
+        header = request.headers.get("Cache-Control")
+        control = parse_cache_control(header) if header else None
+        if not self._eligible(request, control):
             return await self.handle(request)
         started = time.perf_counter()
         try:
@@ -81,7 +78,8 @@ class Front:
         key = raw_key(request.path, body, tenant, request.headers)
         learned = self.fast.get(key) if len(self.fast) else None
         if learned is not None:
-            response = await self._answer(request, key, learned, tenant, started)
+            max_age = control.max_age if control is not None else None
+            response = await self._answer(request, key, learned, tenant, max_age, started)
             if response is not None:
                 return response
             self.fast.forget(key)
@@ -89,7 +87,8 @@ class Front:
         return await self.handle(request)
 
     async def _answer(self, request: web.Request, key: Hashable, learned: Learned,
-                      tenant: str, started: float) -> web.StreamResponse | None:
+                      tenant: str, max_age: float | None, started: float
+                      ) -> web.StreamResponse | None:
         """A HIT as layer 2 writes one, or None: the normal path must answer."""
         found = await self.store.lookup(learned.store_key)
         if found is None:
@@ -97,8 +96,6 @@ class Front:
         now = time.time()
         age = found.age(now)
         headers = request.headers
-        control = headers.get("Cache-Control")
-        max_age = parse_cache_control(control).max_age if control else None
         if max_age is not None and age > max_age:
             return None  # EXPIRED: the normal path says so and forwards
         rid = name_request(request, self.ids)
