@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -92,18 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="cachelayer-redis-reads-") as tmp, \
-            running_redis(Path(tmp)) as server:
-        results = asyncio.run(_run(server.url(), args.reads, args.reps))
-    out = {"machine": procs.machine(),
-           "command": "tools/bench_redis_reads.py " + " ".join(argv or sys.argv[1:]),
-           "value_bytes": VALUE_BYTES, "reads_per_cell": args.reads,
-           "repetitions": args.reps, "reads": results}
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
-    return 0
+    out: dict[str, Any] = {
+        "machine": procs.machine(),
+        "command": "tools/bench_redis_reads.py " + " ".join(argv or sys.argv[1:]),
+        "value_bytes": VALUE_BYTES, "reads_per_cell": args.reads, "repetitions": args.reps}
+
+    def parts(work: Path) -> None:
+        with running_redis(work / "redis") as server:
+            out["reads"] = asyncio.run(_run(server.url(), args.reads, args.reps))
+
+    return procs.run_parts("cachelayer-redis-reads-", out, parts, args.out)
 
 
 if __name__ == "__main__":
