@@ -27,9 +27,11 @@ from cachelayer.proxy.edge import API_ROUTES, TENANT, read_body
 from cachelayer.proxy.fast_path import FAST_PATH, RAW_KEY, FastPath, Learned, raw_key
 from cachelayer.proxy.identity import request_tenant
 from cachelayer.proxy.memo import MAX_MEMO_BODY
+from cachelayer.proxy.one_write import OneWrite
 from cachelayer.proxy.state import SETTINGS, CacheStatus
+from cachelayer.proxy.store.backends.base import StoredAnswer
 from cachelayer.proxy.store.layer import RENDER_MEMO, STORE
-from cachelayer.proxy.store.middleware import rendered, respond
+from cachelayer.proxy.store.middleware import rendered
 from cachelayer.proxy.store.policy import CacheControl, parse_cache_control
 from cachelayer.telemetry.sessions import CLAUDE_CODE_HEADER
 
@@ -78,37 +80,35 @@ class Front:
         key = raw_key(request.path, body, tenant, request.headers)
         learned = self.fast.get(key) if len(self.fast) else None
         if learned is not None:
-            max_age = control.max_age if control is not None else None
-            response = await self._answer(request, key, learned, tenant, max_age, started)
-            if response is not None:
-                return response
+            found = await self.store.lookup(learned.store_key)
+            if found is not None:
+                max_age = control.max_age if control is not None else None
+                response = self._answer(request, key, learned, found, tenant, max_age,
+                                        started)
+                if response is not None:
+                    return response
             self.fast.forget(key)
         request[RAW_KEY] = key
         return await self.handle(request)
 
-    async def _answer(self, request: web.Request, key: Hashable, learned: Learned,
-                      tenant: str, max_age: float | None, started: float
-                      ) -> web.StreamResponse | None:
+    def _answer(self, request: web.Request, key: Hashable, learned: Learned,
+                found: StoredAnswer, tenant: str, max_age: float | None, started: float
+                ) -> web.StreamResponse | None:
         """A HIT as layer 2 writes one, or None: the normal path must answer."""
-        found = await self.store.lookup(learned.store_key)
-        if found is None:
-            return None
         now = time.time()
         age = found.age(now)
-        headers = request.headers
         if max_age is not None and age > max_age:
             return None  # EXPIRED: the normal path says so and forwards
         rid = name_request(request, self.ids)
         body = rendered(self.memo, learned.chat, learned.codec, found.result,
                         (learned.fingerprint, learned.store_key, found.stored_at))
         # The headers the response-prepare signal gives every answer of the application.
-        response = await respond(request, learned.chat, body, {
-            "Age": str(int(age)), "X-Request-Id": rid, "X-Cache-Status": HIT})
+        response = OneWrite(body, (("Age", str(int(age))), ("X-Request-Id", rid),
+                                   ("X-Cache-Status", HIT)), stream=learned.chat.stream)
         self.fast.hits += 1
+        headers = request.headers
         self.fast.tally.add(self.app, key, learned, found.result, found.stored_at, tenant,
-                            headers.get(CLAUDE_CODE_HEADER),
-                            session_header(headers),
-                            now)
+                            headers.get(CLAUDE_CODE_HEADER), session_header(headers), now)
         log_hit(request, rid, found.result.usage, started)
         return response
 

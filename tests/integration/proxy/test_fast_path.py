@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import socket
+from http.client import HTTPConnection
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -131,6 +135,73 @@ def test_a_fast_hit_is_byte_identical_to_a_normal_hit_and_counted_the_same(
     lines = [r.getMessage().split(" ms=")[0] for r in caplog.records
              if r.name == "cachelayer.access" and "cache=HIT" in r.getMessage()]
     assert len(lines) == 2 and lines[0] == lines[1]
+
+
+def _raw_exchange(proxy: RunningServer, route: str, body: bytes, headers: dict[str, str],
+                  version: str) -> bytes:
+    """The proxy's whole answer to one raw request on its own connection, read until the
+    proxy closes it (a connection left open fails the read's timeout)."""
+    where = urlsplit(proxy.url)
+    head = "".join(f"{k}: {v}\r\n" for k, v in {
+        "Host": where.netloc, "Content-Type": "application/json", **headers,
+        "Content-Length": str(len(body))}.items())
+    address = (where.hostname or "127.0.0.1", where.port or 80)
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(f"POST {route} {version}\r\n{head}\r\n".encode() + body)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _framed(raw: bytes) -> tuple[bytes, list[bytes], bytes]:
+    """Status line, header lines (sorted, Date left out) and the body as framed."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    return status, sorted(x for x in lines if not re.match(rb"(?i)date:", x)), body
+
+
+@pytest.mark.parametrize("case", ["chat", "chat-stream"])
+@pytest.mark.parametrize("version, close", [("HTTP/1.0", {}),
+                                            ("HTTP/1.1", {"Connection": "close"})])
+def test_a_fast_hit_is_framed_and_closed_as_the_application_frames_it(
+    proxy: RunningServer, case: str, version: str, close: dict[str, str],
+) -> None:
+    route, body, headers = CASES[case]
+    raw, other = json.dumps(body).encode(), _reordered(body)
+    assert _send(proxy, route, raw, headers, "a").headers["X-Cache-Status"] == "MISS"
+    hits = _fast_hits(proxy)
+    asked = {**headers, **close, "X-Request-Id": "rid-same"}
+    normal = _framed(_raw_exchange(proxy, route, other, asked, version))
+    fast = _framed(_raw_exchange(proxy, route, raw, asked, version))
+    assert _fast_hits(proxy) == hits + 1
+    assert b"X-Cache-Status: HIT" in fast[1]
+    # Byte for byte, chunked framing (or none, on HTTP/1.0) included.
+    assert fast == normal
+
+
+def test_fast_hits_keep_the_connection_alive(proxy: RunningServer) -> None:
+    route, body, headers = CASES["chat-stream"]
+    raw = json.dumps(body).encode()
+    _send(proxy, route, raw, headers, "a")
+    wait_until(lambda: _stats(proxy).get(".layers.response.stored") == 1,
+               "the MISS's answer to be written to the store")
+    where = urlsplit(proxy.url)
+    connection = HTTPConnection(where.hostname or "127.0.0.1", where.port or 80, timeout=10)
+    answers, sockets = [], []
+    try:
+        for rid in ("k1", "k2", "k3"):
+            connection.request("POST", route, body=raw, headers={
+                "Content-Type": "application/json", **headers, "X-Request-Id": rid})
+            response = connection.getresponse()
+            answers.append((response.getheader("X-Cache-Status"), response.read()))
+            sockets.append(connection.sock)  # None once a server closed it
+    finally:
+        connection.close()
+    assert sockets[0] is not None and sockets.count(sockets[0]) == 3  # one connection
+    assert [status for status, _ in answers] == ["HIT"] * 3
+    assert answers[0][1] == answers[1][1] == answers[2][1]
+    assert _fast_hits(proxy) == 3
 
 
 def test_a_clear_sends_the_next_repeat_upstream(
