@@ -1,10 +1,11 @@
 """A lean pipelined Redis connection for the hit path's reads.
 
 redis-py spends 80-180 µs of CPU on every command (pool checkout, packing, its reply
-parser), more than the rest of a store hit. This connection is the hit path's only: every
-read is written at once on one socket, replies are matched to callers in order (RESP2),
-and concurrent hits share the socket and its system calls: a 12-byte read costs a
-fraction of redis-py's CPU (tools/bench_redis_reads.py measures both in one run).
+parser), more than the rest of a store hit. This connection is the hit path's only: the
+reads asked for in one turn of the event loop leave in one write at its end, replies are
+matched to callers in order (RESP2), and concurrent hits share the socket and its system
+calls: a 12-byte read costs a fraction of redis-py's CPU (tools/bench_redis_reads.py
+measures both in one run).
 
 It connects as the redis-py client it is made from does (host, port, database, user,
 password, and TLS with that client's own context, so a URL's `ssl_*` options hold), and
@@ -127,6 +128,10 @@ class RedisPipe:
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        # Commands asked for in this turn of the loop, written together at its end: the
+        # hits that arrived together share one send.
+        self._outbox: list[bytes] = []
+        self._outbox_for: _Protocol | None = None
 
     async def _connect(self) -> _Protocol:
         conn: Any = self._template
@@ -173,12 +178,26 @@ class RedisPipe:
     async def _send(self, protocol: _Protocol, args: tuple[bytes, ...]) -> Reply:
         if protocol.lost.done() or protocol.transport is None:
             raise PipeError("connection lost")  # nothing written now could be answered
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Reply] = loop.create_future()
         self._waiting.append((future, time.monotonic()))
-        protocol.transport.write(pack(*args))
+        if self._outbox_for is not protocol:
+            # Queued for a lost connection: their callers have failed already.
+            self._outbox.clear()
+            self._outbox_for = protocol
+        if not self._outbox:
+            loop.call_soon(self._flush)
+        self._outbox.append(pack(*args))
         if self._watchdog is None:
-            self._watchdog = asyncio.get_running_loop().call_later(self.timeout_s, self._check)
+            self._watchdog = loop.call_later(self.timeout_s, self._check)
         return await future
+
+    def _flush(self) -> None:
+        """Write this loop turn's commands in one go."""
+        protocol, data = self._outbox_for, b"".join(self._outbox)
+        self._outbox.clear()
+        if protocol is not None and protocol.transport is not None and not protocol.lost.done():
+            protocol.transport.write(data)
 
     def _check(self) -> None:
         """The oldest reply is overdue: the connection is stuck, fail it; else look again

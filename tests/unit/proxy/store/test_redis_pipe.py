@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,36 @@ async def test_a_reply_nobody_asked_for_fails_the_connection() -> None:
     protocol.data_received(b"*1\r\n$1\r\na\r\n")  # an array: no read here asks for one
     with pytest.raises(PipeError, match="not a RESP2 reply"):
         pending.result()
+
+
+async def test_reads_asked_for_in_one_loop_turn_leave_in_one_write() -> None:
+    async def answer_each(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        buffer = b""
+        while data := await reader.read(65536):
+            buffer += data
+            commands = re.findall(rb"\*2\r\n\$3\r\nGET\r\n\$\d+\r\n([^\r]*)\r\n", buffer)
+            buffer = buffer[sum(len(pack(b"GET", key)) for key in commands):]
+            writer.write(b"".join(b"$%d\r\n%b\r\n" % (len(k), k) for k in commands))
+
+    server = await asyncio.start_server(answer_each, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pipe = RedisPipe(aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=5))
+    try:
+        assert await pipe.call(b"GET", b"first") == b"first"  # connected
+        protocol = pipe._protocol
+        assert protocol is not None and protocol.transport is not None
+        writes: list[bytes] = []
+        send = protocol.transport.write
+        protocol.transport.write = lambda data: (writes.append(data), send(data))[-1]  # type: ignore[method-assign]
+        keys = [b"k%d" % i for i in range(10)]
+        assert await asyncio.gather(*[pipe.call(b"GET", k) for k in keys]) == keys
+        assert writes == [b"".join(pack(b"GET", k) for k in keys)]
+        assert await pipe.call(b"GET", b"later") == b"later"  # a later turn: its own write
+        assert len(writes) == 2
+    finally:
+        pipe.close()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_a_server_that_never_replies_fails_the_read_within_the_timeout() -> None:
