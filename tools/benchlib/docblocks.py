@@ -264,7 +264,7 @@ def store_hits_targets(r: Data) -> list[str]:
     """tools/bench_store_hits.py's targets, met or missed."""
     hits = r.get("store_hits", {}).get("vs_ceiling", {})
     out = [_verdict_row(f"store hits vs ceiling: {name}, {conns} connections", ratio,
-                        f"{ratio:.2f}x", f">= {r['targets']['hits_vs_ceiling']:.2f}x",
+                        f"{ratio:.3f}x", f">= {r['targets']['hits_vs_ceiling']:.2f}x",
                         ratio >= r["targets"]["hits_vs_ceiling"])
            for name, per in hits.items() if not name.startswith("diskcache at ")
            for conns, ratio in per.items()]
