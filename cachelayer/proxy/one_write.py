@@ -22,8 +22,8 @@ from cachelayer.protocol.sse import SSE_HEADERS
 
 _JSON_HEAD = ("Content-Type: application/json",)
 _SSE_HEAD = tuple(f"{name}: {value}" for name, value in SSE_HEADERS.items())
-# Past this many bytes waiting in the transport, wait for the client to read (aiohttp's
-# payload writer waits at the same point).
+# Past this many bytes left unsent in the transport, wait for the client to read (the
+# size at which aiohttp's payload writer drains).
 _DRAIN_ABOVE = 2**16
 
 
