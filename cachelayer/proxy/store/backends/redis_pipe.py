@@ -149,7 +149,7 @@ class RedisPipe:
         self._protocol = protocol
         try:
             for command in handshake:
-                await self._send(protocol, command)
+                await self.call(*command)
         except ReplyError as exc:  # a wrong password: the connection is no use
             self.close()
             raise PipeError(f"redis refused the connection: {exc}") from exc
@@ -163,19 +163,7 @@ class RedisPipe:
         ReplyError if Redis refuses the command."""
         protocol = self._protocol
         if protocol is None or protocol.lost.done():
-            if self._connecting is None:
-                self._connecting = asyncio.ensure_future(self._connect())
-            task = self._connecting
-            try:
-                protocol = await asyncio.shield(task)
-            except (OSError, asyncio.TimeoutError) as exc:
-                raise PipeError(f"cannot connect: {exc or type(exc).__name__}") from exc
-            finally:
-                if self._connecting is task and task.done():
-                    self._connecting = None
-        return await self._send(protocol, args)
-
-    async def _send(self, protocol: _Protocol, args: tuple[bytes, ...]) -> Reply:
+            protocol = await self._connected()
         if protocol.lost.done() or protocol.transport is None:
             raise PipeError("connection lost")  # nothing written now could be answered
         loop = asyncio.get_running_loop()
@@ -191,6 +179,20 @@ class RedisPipe:
         if self._watchdog is None:
             self._watchdog = loop.call_later(self.timeout_s, self._check)
         return await future
+
+    async def _connected(self) -> _Protocol:
+        """A live connection: the one being made, or a new one (reads waiting for it
+        share it)."""
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._connect())
+        task = self._connecting
+        try:
+            return await asyncio.shield(task)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise PipeError(f"cannot connect: {exc or type(exc).__name__}") from exc
+        finally:
+            if self._connecting is task and task.done():
+                self._connecting = None
 
     def _flush(self) -> None:
         """Write this loop turn's commands in one go."""
